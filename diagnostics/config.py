@@ -1,0 +1,155 @@
+"""What a diagnosis can be told: one pydantic model shared by the library, the CLI and the API."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from diagnostics.errors import InvalidConfigError
+
+
+class Loss(StrEnum):
+    """The scalar the probe differentiates.
+
+    ``mean_square`` (default): sum over the model's float outputs of mean(y²) — needs no labels and
+    gives every output unit a gradient proportional to its value. ``cross_entropy``: softmax cross
+    entropy over the last axis against seeded random labels, the loss a classifier trains with.
+    ``sum``: sum of all float outputs, a gradient of exactly 1 on every output element.
+    """
+
+    MEAN_SQUARE = "mean_square"
+    CROSS_ENTROPY = "cross_entropy"
+    SUM = "sum"
+
+
+class NormStats(StrEnum):
+    """Which statistics normalization layers use during the probe.
+
+    ``batch`` (default): the sample batch's statistics, as during training (running statistics are
+    left untouched). ``running``: the stored running statistics, as in inference.
+    """
+
+    BATCH = "batch"
+    RUNNING = "running"
+
+
+class Device(StrEnum):
+    AUTO = "auto"
+    CPU = "cpu"
+    CUDA = "cuda"
+
+
+class ProbeDtype(StrEnum):
+    FLOAT32 = "float32"
+    FLOAT16 = "float16"
+    BFLOAT16 = "bfloat16"
+
+
+class Thresholds(BaseModel):
+    """Every number the verdict compares against; see the README's "Verdict rules".
+
+    Ratios are of the backward signal ‖∂L/∂output‖ between the deepest and the shallowest layer
+    with parameters, corrected for width changes (the smaller deviation of the total-norm and the
+    per-element ratio is used), so a change of layer width is never mistaken for a pathology.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    vanishing_ratio: float = Field(
+        1e-3, gt=0, lt=1,
+        description="Backward-signal ratio (deepest / shallowest parametric layer) below which the "
+        "model is 'vanishing': the first layers receive under 0.1 % of the last layers' signal. "
+        "AUTOTRAINER uses the same factor on weight gradients.",
+    )
+    exploding_ratio: float = Field(
+        1e3, gt=1,
+        description="Backward-signal ratio above which the model is 'exploding': the signal grows "
+        "over a thousandfold on its way to the input.",
+    )
+    max_grad_to_weight: float = Field(
+        1e4, gt=0,
+        description="Largest ‖grad‖/‖weight‖ of a weight matrix or kernel tolerated. Above it, an SGD "
+        "step at learning rate 1e-4 would change that weight by more than 100 %: 'exploding'.",
+    )
+    saturation_derivative: float = Field(
+        0.05, gt=0, lt=1,
+        description="A sigmoid/tanh-like unit is saturated where its derivative is below this "
+        "fraction of the activation's largest derivative (sigmoid: |x| > 4.4; tanh: |x| > 1.8).",
+    )
+    saturated_layer_fraction: float = Field(
+        0.5, gt=0, le=1,
+        description="A layer is flagged 'saturated' when at least this fraction of its units are "
+        "saturated (DeepDiagnosis, TheDeepChecker: 50 %).",
+    )
+    dying_layer_fraction: float = Field(
+        0.7, gt=0, le=1,
+        description="A ReLU-family layer is flagged 'dying' when at least this fraction of its units "
+        "are zero for every sample (AUTOTRAINER, DeepDiagnosis: 70 %). At 100 % it is 'dead'.",
+    )
+    fp16_normal_min: float = Field(
+        6.1e-5, gt=0,
+        description="Smallest normal float16 magnitude; gradient entries below it lose precision "
+        "in half precision.",
+    )
+    fp16_subnormal_min: float = Field(
+        6e-8, gt=0, description="Smallest float16 subnormal; entries below it flush to zero."
+    )
+    fp16_max: float = Field(65504.0, gt=0, description="Largest finite float16.")
+
+
+class DiagnosisConfig(BaseModel):
+    """Everything that shapes a diagnosis. Unknown fields are an error, never silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    batch_size: int = Field(8, ge=1, le=4096, description="Size of dynamic batch dimensions.")
+    input_shapes: dict[str, list[int]] = Field(
+        default_factory=dict,
+        description="Full shapes for inputs whose dimensions the model leaves dynamic, by input name.",
+    )
+    norm_stats: NormStats = NormStats.BATCH
+    loss: Loss = Loss.MEAN_SQUARE
+    samples: int = Field(
+        3, ge=1, le=64,
+        description="Independent seeded batches; each statistic is the median with min/max spread.",
+    )
+    seed: int = Field(0, ge=0, le=2**32 - 1)
+    device: Device = Device.AUTO
+    dtype: ProbeDtype = Field(
+        ProbeDtype.FLOAT32, description="Precision the probe runs in (statistics are float64)."
+    )
+    vocab_size: int | None = Field(
+        None, ge=1, le=10_000_000,
+        description="Range of synthesized integer inputs when no embedding table tells it.",
+    )
+    verify_remedies: bool | None = Field(
+        None,
+        description="Re-probe the model with each remedy applied. Default: on for models up to "
+        "max_verify_parameters parameters.",
+    )
+    max_verify_parameters: int = Field(50_000_000, ge=0)
+    thresholds: Thresholds = Field(default_factory=Thresholds)
+
+
+def resolve_config(config: DiagnosisConfig | dict[str, Any] | None) -> DiagnosisConfig:
+    """Validate ``config`` into a :class:`DiagnosisConfig`.
+
+    Raises:
+        InvalidConfigError: naming the first offending field (dotted path).
+    """
+    if config is None:
+        return DiagnosisConfig()
+    if isinstance(config, DiagnosisConfig):
+        return config
+    if not isinstance(config, dict):
+        raise InvalidConfigError(
+            f"config must be a JSON object, got {type(config).__name__}", field="config"
+        )
+    try:
+        return DiagnosisConfig.model_validate(config)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(part) for part in first["loc"]) or "config"
+        raise InvalidConfigError(f"config.{field}: {first['msg']}", field=field) from None

@@ -1,0 +1,230 @@
+"""The report: what a diagnosis returns, as pydantic models. No computation lives here.
+
+``Report.model_dump(mode="json")`` is exactly what the CLI prints with ``--format json`` and what
+the HTTP API returns. JSON has no NaN or Infinity: a statistic that is not finite is ``null`` and
+is counted in ``nonfinite_count`` and the flags.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from diagnostics.config import DiagnosisConfig
+
+SCHEMA_VERSION = "1.0"
+
+
+class Status(StrEnum):
+    HEALTHY = "healthy"
+    VANISHING = "vanishing"
+    EXPLODING = "exploding"
+
+
+class Flag(StrEnum):
+    """Per-layer and model-wide findings."""
+
+    VANISHING = "vanishing"
+    EXPLODING = "exploding"
+    SATURATED = "saturated"
+    DYING = "dying"
+    DEAD = "dead"
+    NON_FINITE = "non_finite"
+    LARGE_UPDATE = "large_update"
+    NONFINITE_INPUT = "nonfinite_input"
+    FP16_UNDERFLOW = "fp16_underflow"
+    FP16_OVERFLOW = "fp16_overflow"
+    TEMPORAL_VANISHING = "temporal_vanishing"
+    TEMPORAL_EXPLODING = "temporal_exploding"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Stat(_Model):
+    """A statistic over the samples: the median and the min/max spread (``null`` if not finite)."""
+
+    median: float | None
+    min: float | None
+    max: float | None
+
+
+class ParameterStats(_Model):
+    """Gradient statistics of one trainable tensor (an ONNX initializer, a spec weight)."""
+
+    name: str = Field(description="ONNX initializer name, or the spec path + '.weight'/'.bias'.")
+    shape: list[int]
+    grad_norm: Stat = Field(description="‖∂L/∂W‖₂ (float64).")
+    grad_rms: Stat
+    grad_mean_abs: Stat
+    grad_max_abs: Stat
+    weight_norm: float | None = Field(description="‖W‖₂.")
+    grad_to_weight: Stat = Field(
+        description="‖∂L/∂W‖/‖W‖: the relative step a learning rate of 1 would take; null when "
+        "‖W‖ is 0."
+    )
+    zero_fraction: Stat = Field(description="Fraction of gradient entries exactly 0.")
+    nonfinite_count: int = Field(description="Largest count of NaN/Inf gradient entries in a sample.")
+    fp16_underflow_fraction: Stat | None = Field(
+        None, description="Fraction of non-zero gradient entries below the float16 normal range."
+    )
+    shared_with: list[str] = Field(
+        default_factory=list, description="Other layers that use this tensor (its gradient is their total)."
+    )
+
+
+class ActivationStats(_Model):
+    """Statistics of a layer's forward output over the sample batch."""
+
+    mean: Stat
+    std: Stat
+    saturated_fraction: Stat | None = Field(
+        None, description="Sigmoid/tanh-like layers: fraction of units in the flat region."
+    )
+    dead_fraction: Stat | None = Field(
+        None, description="ReLU-family layers: fraction of units zero for every sample of the batch."
+    )
+    nonfinite_count: int = 0
+
+
+class LayerReport(_Model):
+    name: str = Field(description="ONNX node name as in the file, or the spec's JSON path.")
+    op_type: str
+    index: int = Field(description="Position in topological order.")
+    depth: int = Field(description="Longest distance in watched layers to a model output (0 = last).")
+    kinds: list[str]
+    activation: str | None = None
+    output_numel: int | None = Field(None, description="Elements of the output per sample.")
+    output_grad_norm: Stat | None = Field(
+        None, description="‖∂L/∂output‖₂ — the backward signal reaching this layer."
+    )
+    output_grad_nonfinite_count: int = 0
+    activations: ActivationStats | None = None
+    parameters: list[ParameterStats] = Field(default_factory=list)
+    flags: list[Flag] = Field(default_factory=list)
+
+
+class RuleCheck(_Model):
+    """One verdict rule as evaluated: the number, its threshold, and whether it fired."""
+
+    rule: str
+    value: float | None
+    threshold: float | None
+    fired: bool
+    detail: str
+
+
+class Evidence(_Model):
+    backward_signal_ratio: Stat | None = Field(
+        None, description="Width-corrected ‖δ‖ ratio, deepest / shallowest parametric layer."
+    )
+    backward_signal_ratio_raw: Stat | None = Field(
+        None, description="The same ratio of total norms, uncorrected."
+    )
+    per_layer_gain: float | None = Field(
+        None, description="Geometric-mean factor by which the backward signal changes per layer."
+    )
+    deepest_layer: str | None = None
+    shallowest_layer: str | None = None
+    weight_grad_ratio: Stat | None = Field(
+        None, description="‖∂L/∂W‖ of the first parametric layer / of the last (AUTOTRAINER)."
+    )
+    max_grad_to_weight: float | None = None
+    max_grad_to_weight_parameter: str | None = None
+    nonfinite_count: int = 0
+    first_nonfinite_forward: str | None = None
+    first_nonfinite_backward: str | None = None
+    dead_layers: list[str] = Field(default_factory=list)
+    dying_layers: list[str] = Field(default_factory=list)
+    saturated_layers: list[str] = Field(default_factory=list)
+    rules: list[RuleCheck] = Field(default_factory=list)
+
+
+class Verdict(_Model):
+    status: Status
+    summary: str = Field(description="One sentence a person reads.")
+    flags: list[Flag] = Field(default_factory=list)
+    evidence: Evidence
+
+
+class Verification(_Model):
+    """What re-probing the model with a remedy applied showed."""
+
+    status_before: Status
+    status_after: Status
+    evidence_before: dict[str, Any]
+    evidence_after: dict[str, Any]
+
+
+class Remedy(_Model):
+    id: str = Field(description="Stable identifier, e.g. 'reinit-kaiming'.")
+    rank: int
+    title: str
+    rationale: str = Field(description="Why, citing layer names and measured numbers.")
+    layers: list[str] = Field(default_factory=list)
+    params: dict[str, Any] = Field(default_factory=dict)
+    verified: Verification | None = None
+    verification_note: str | None = Field(
+        None, description="Why the remedy was not verified, when ``verified`` is null."
+    )
+    repairable: bool = Field(
+        False, description="Changes only initializer values: a repaired ONNX can be downloaded."
+    )
+
+
+class SourceReport(_Model):
+    kind: str
+    sha256: str
+    name: str | None = None
+    opset: int | None = None
+    producer: str | None = None
+
+
+class SampleReport(_Model):
+    seed: int
+    loss: float | None
+    status: Status
+
+
+class SamplesReport(_Model):
+    count: int
+    batch_size: int
+    input_shapes: dict[str, list[int]]
+    runs: list[SampleReport]
+
+
+class Timings(_Model):
+    load_s: float = 0.0
+    inputs_s: float = 0.0
+    probe_s: float = 0.0
+    verdict_s: float = 0.0
+    remedies_s: float = 0.0
+    verification_s: float = 0.0
+    total_s: float = 0.0
+
+
+class TemporalProfile(_Model):
+    """‖∂L/∂x_t‖ for each time step t of a sequence input, loss on the last step's output."""
+
+    input: str
+    axis: int
+    grad_norms: list[float | None]
+    decay_per_step: float | None
+    effective_horizon: int | None
+    status: Status
+
+
+class Report(_Model):
+    schema_version: str = SCHEMA_VERSION
+    source: SourceReport
+    config: DiagnosisConfig
+    verdict: Verdict
+    layers: list[LayerReport]
+    remedies: list[Remedy] = Field(default_factory=list)
+    temporal: list[TemporalProfile] = Field(default_factory=list)
+    samples: SamplesReport
+    timings: Timings
+    notes: list[str] = Field(default_factory=list)
