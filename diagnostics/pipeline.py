@@ -1,0 +1,204 @@
+"""diagnose(): load -> inputs -> probe -> statistics -> verdict -> remedies -> report."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from diagnostics.aggregate import build_layer_reports
+from diagnostics.config import DiagnosisConfig, Device, ProbeDtype, resolve_config
+from diagnostics.errors import DiagnosticsError, InvalidConfigError, ModelLoadError
+from diagnostics.inputs import InputsSource, SampleBatch, make_batches, read_inputs
+from diagnostics.limits import DEFAULT_LIMITS, Limits
+from diagnostics.model import LoadedModel
+from diagnostics.probe import SampleObservation, probe_mode, run_sample
+from diagnostics.remedies import Candidate, propose
+from diagnostics.report import (Remedy, Report, SampleReport, SamplesReport, SourceReport, Timings,
+                                Verdict)
+from diagnostics.verdict import judge
+from diagnostics.verification import skip_verification, verify
+
+Source = str | Path | bytes | Mapping[str, Any]
+Progress = Callable[[str], None]
+
+
+def load_model(source: Source, *, limits: Limits = DEFAULT_LIMITS, seed: int = 0) -> LoadedModel:
+    """Load an ONNX model (path or bytes) or an architecture spec (dict or path to .json).
+
+    Raises:
+        ModelLoadError, InvalidSpecError, UnsupportedOperatorError, ResourceLimitError.
+    """
+    from diagnostics.loading.onnx import load_onnx
+    from diagnostics.loading.spec import load_spec
+
+    if isinstance(source, Mapping):
+        return load_spec(dict(source), limits=limits, seed=seed)
+    if isinstance(source, bytes):
+        return load_onnx(source, limits=limits)
+    path = Path(source)
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise ModelLoadError(f"cannot read model file {path}: {exc.strerror}", file=str(path)) from None
+    if size > limits.max_model_bytes:
+        from diagnostics.errors import ResourceLimitError
+        raise ResourceLimitError(
+            f"model file {path} is {size:,} bytes, over the limit of {limits.max_model_bytes:,}",
+            limit="max_model_bytes", value=limits.max_model_bytes)
+    data = path.read_bytes()
+    if path.suffix.lower() == ".json" or data.lstrip()[:1] == b"{":
+        return load_spec(data, limits=limits, seed=seed)
+    return load_onnx(data, name=path.name, limits=limits)
+
+
+def diagnose(source: Source, *, inputs: InputsSource | None = None,
+             config: DiagnosisConfig | dict[str, Any] | None = None,
+             limits: Limits | None = None, progress: Progress | None = None) -> Report:
+    """Diagnose a model's gradients from sample forward+backward passes.
+
+    Args:
+        source: ONNX model (path or bytes) or architecture spec (dict, or path to a .json file).
+        inputs: Sample inputs: path to an .npz, its bytes, or a mapping name -> array. Without
+            them inputs are synthesized from ``config.seed``.
+        config: A :class:`DiagnosisConfig` or a dict of its fields.
+        limits: Size budgets (the service passes its own); defaults to ``DEFAULT_LIMITS``.
+        progress: Called with a short message at each stage (the CLI shows it).
+
+    Returns:
+        The report. A vanishing or exploding verdict is a result, not an error.
+
+    Raises:
+        DiagnosticsError: Bad input (model, spec, inputs, config), naming what is at fault.
+    """
+    started = time.perf_counter()
+    say = progress or (lambda _message: None)
+    settings = resolve_config(config)
+    limits = limits or DEFAULT_LIMITS
+    timings = Timings()
+
+    say("loading model")
+    clock = time.perf_counter()
+    model = load_model(_read_spec_path(source), limits=limits, seed=settings.seed)
+    timings.load_s = time.perf_counter() - clock
+
+    clock = time.perf_counter()
+    provided = read_inputs(inputs) if inputs is not None else None
+    batches = make_batches(model, settings, limits, provided)
+    device = _device(settings)
+    model, batches = _place(model, batches, device, settings.dtype)
+    timings.inputs_s = time.perf_counter() - clock
+
+    clock = time.perf_counter()
+    observations = probe(model, batches, settings, say)
+    timings.probe_s = time.perf_counter() - clock
+
+    clock = time.perf_counter()
+    layers = build_layer_reports(model, observations, settings.thresholds)
+    verdict, sample_statuses = judge(model, layers, observations, settings.thresholds)
+    timings.verdict_s = time.perf_counter() - clock
+
+    clock = time.perf_counter()
+    candidates = propose(model, layers, verdict, settings)
+    timings.remedies_s = time.perf_counter() - clock
+    clock = time.perf_counter()
+    remedies = _verified_remedies(candidates, model, batches, settings, verdict, say)
+    timings.verification_s = time.perf_counter() - clock
+
+    report = Report(
+        source=SourceReport(**vars(model.source)),
+        config=settings,
+        verdict=verdict,
+        layers=layers,
+        remedies=remedies,
+        samples=SamplesReport(
+            count=len(batches),
+            batch_size=int(batches[0].tensors[0].shape[0]) if batches[0].tensors and
+            batches[0].tensors[0].dim() else 1,
+            input_shapes={spec.name: list(t.shape) for spec, t in
+                          zip(model.inputs, batches[0].tensors, strict=True)},
+            runs=[SampleReport(seed=o.seed, loss=o.loss if _finite(o.loss) else None, status=s)
+                  for o, s in zip(observations, sample_statuses, strict=True)],
+        ),
+        timings=timings,
+        notes=list(model.notes),
+    )
+    timings.total_s = time.perf_counter() - started
+    return report
+
+
+def probe(model: LoadedModel, batches: list[SampleBatch], config: DiagnosisConfig,
+          progress: Progress | None = None) -> list[SampleObservation]:
+    """Run one probe pass per batch with the model in probe mode (restored afterwards)."""
+    say = progress or (lambda _message: None)
+    observations = []
+    with probe_mode(model.module, config.norm_stats):
+        for number, batch in enumerate(batches, 1):
+            say(f"sample {number}/{len(batches)}: forward + backward")
+            observations.append(run_sample(model, batch, config))
+    return observations
+
+
+def _verified_remedies(candidates: list[Candidate], model: LoadedModel,
+                       batches: list[SampleBatch], config: DiagnosisConfig, verdict: Verdict,
+                       say: Progress) -> list[Remedy]:
+    if not candidates:
+        return []
+    size = sum(param.numel() for param in model.parameters.values())
+    enabled = config.verify_remedies
+    if enabled is None:
+        enabled = size <= config.max_verify_parameters
+        reason = (f"not verified: the model has {size:,} parameters, over max_verify_parameters "
+                  f"({config.max_verify_parameters:,}); set verify_remedies to true to force it")
+    else:
+        reason = "not verified: verify_remedies is off"
+    if not enabled:
+        return skip_verification(candidates, reason)
+    say(f"verifying {sum(1 for c in candidates if c.edit)} remedies")
+    return verify(candidates, model, batches, config, verdict, probe)
+
+
+def _read_spec_path(source: Source) -> Source:
+    # A spec given as a JSON *string* (not a path) is common from notebooks.
+    if isinstance(source, str) and source.lstrip().startswith("{"):
+        try:
+            return json.loads(source)
+        except json.JSONDecodeError:
+            return source.encode()
+    return source
+
+
+def _device(config: DiagnosisConfig) -> torch.device:
+    if config.device is Device.CUDA and not torch.cuda.is_available():
+        raise InvalidConfigError("config.device is 'cuda' but no CUDA device is available",
+                                 field="device")
+    if config.device is Device.CPU or not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda")
+
+
+def _place(model: LoadedModel, batches: list[SampleBatch], device: torch.device,
+           dtype: ProbeDtype) -> tuple[LoadedModel, list[SampleBatch]]:
+    target = {ProbeDtype.FLOAT16: torch.float16, ProbeDtype.BFLOAT16: torch.bfloat16}.get(dtype)
+    if device.type == "cpu" and target is None:
+        return model, batches
+    model.module.to(device=device)
+    if target is not None:
+        model.module.to(dtype=target)
+
+    def move(tensor: torch.Tensor) -> torch.Tensor:
+        tensor = tensor.to(device)
+        return tensor.to(target) if target is not None and tensor.is_floating_point() else tensor
+
+    return model, [SampleBatch(b.seed, tuple(move(t) for t in b.tensors)) for b in batches]
+
+
+def _finite(value: float) -> bool:
+    return value == value and value not in (float("inf"), float("-inf"))
+
+
+__all__ = ["DiagnosticsError", "diagnose", "load_model", "probe"]

@@ -1,0 +1,241 @@
+"""One forward+backward pass with hooks in, statistics taken as tensors pass, hooks always out.
+
+Forward hooks summarize each watched layer's output and attach a tensor hook that summarizes the
+gradient arriving at it; post-accumulate hooks summarize each parameter's gradient once autograd
+has summed it over every use, then release it. No hook keeps a tensor: memory stays what autograd
+itself needs.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from diagnostics.config import DiagnosisConfig, Loss, NormStats
+from diagnostics.errors import ProbeError
+from diagnostics.inputs import SampleBatch
+from diagnostics.model import LoadedModel
+from diagnostics.stats import ActivationSummary, GradSummary, summarize_activation, summarize_grad
+
+
+@dataclass
+class LayerObservation:
+    """What one sample showed at one watched layer."""
+
+    activation: ActivationSummary | None = None
+    grad_sum_squares: float = 0.0
+    grad_nonfinite: int = 0
+    grad_seen: bool = False
+
+    @property
+    def output_grad_norm(self) -> float | None:
+        if not self.grad_seen:
+            return None
+        return math.sqrt(self.grad_sum_squares) if math.isfinite(self.grad_sum_squares) else math.nan
+
+
+@dataclass
+class SampleObservation:
+    """Everything one forward+backward pass measured."""
+
+    seed: int
+    loss: float
+    layers: list[LayerObservation]
+    parameters: dict[str, GradSummary]
+    first_nonfinite_forward: str | None = None
+    first_nonfinite_backward: str | None = None
+    nonfinite_inputs: list[str] = field(default_factory=list)
+    input_grads: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+@contextmanager
+def probe_mode(module: nn.Module, norm_stats: NormStats) -> Iterator[None]:
+    """Put ``module`` in the probe's mode and restore everything on exit, even on error.
+
+    Dropout is always off (deterministic passes). With ``norm_stats=batch`` batch-norm layers
+    use the batch's statistics as in training, and their running statistics are restored after.
+    """
+    modes = {sub: sub.training for sub in module.modules()}
+    requires_grad = {param: param.requires_grad for param in module.parameters()}
+    saved_buffers: dict[nn.Module, dict[str, torch.Tensor]] = {}
+    try:
+        module.eval()
+        if norm_stats is NormStats.BATCH:
+            for sub in module.modules():
+                if isinstance(sub, _BatchNorm):
+                    saved_buffers[sub] = {n: b.clone() for n, b in sub.named_buffers(recurse=False)}
+                    sub.train()
+        for param in requires_grad:
+            param.requires_grad_(True)
+        yield
+    finally:
+        for sub, was_training in modes.items():
+            sub.training = was_training
+        for param, flag in requires_grad.items():
+            param.requires_grad_(flag)
+        for sub, buffers in saved_buffers.items():
+            with torch.no_grad():
+                for name, value in buffers.items():
+                    getattr(sub, name).copy_(value)
+
+
+def run_sample(model: LoadedModel, batch: SampleBatch, config: DiagnosisConfig, *,
+               input_grads: frozenset[str] = frozenset()) -> SampleObservation:
+    """Run one forward+backward pass on ``batch`` and collect the statistics.
+
+    Args:
+        model: The loaded model; call inside :func:`probe_mode`.
+        batch: Inputs in the model's input order.
+        config: Loss, thresholds.
+        input_grads: Names of float inputs whose full gradient is kept (temporal profiles).
+
+    Raises:
+        ProbeError: The forward or backward pass raised (shape mismatch, bad ids ...).
+    """
+    thresholds = config.thresholds
+    observations = [LayerObservation() for _ in model.layers]
+    observed = SampleObservation(batch.seed, math.nan, observations, {})
+    observed.nonfinite_inputs = [model.inputs[i].name for i in batch.nonfinite_inputs]
+    last_entered: list[str] = []
+    handles: list[torch.utils.hooks.RemovableHandle] = []
+
+    def forward_hook(index: int):
+        layer = model.layers[index]
+        bounds = _hardtanh_bounds(model.module.get_submodule(layer.module_path))
+
+        def hook(_module: nn.Module, _args: object, output: object) -> None:
+            tensor = _first_float_tensor(output)
+            if tensor is None:
+                return
+            if observations[index].activation is None:
+                summary = summarize_activation(
+                    tensor, layer.activation,
+                    saturation_derivative=thresholds.saturation_derivative, bounds=bounds)
+                observations[index].activation = summary
+                if summary.nonfinite_count and observed.first_nonfinite_forward is None:
+                    observed.first_nonfinite_forward = layer.name
+            if tensor.requires_grad:
+                tensor.register_hook(grad_hook(index))
+
+        return hook
+
+    def grad_hook(index: int):
+        def hook(grad: torch.Tensor) -> None:
+            flat = grad.detach().reshape(-1).to(torch.float64)
+            sum_squares = float(torch.dot(flat, flat))
+            obs = observations[index]
+            obs.grad_seen = True
+            obs.grad_sum_squares += sum_squares
+            if not math.isfinite(sum_squares):
+                obs.grad_nonfinite += int(flat.numel() - int(torch.isfinite(flat).sum()))
+                if observed.first_nonfinite_backward is None:
+                    observed.first_nonfinite_backward = model.layers[index].name
+
+        return hook
+
+    def param_hook(name: str):
+        def hook(param: torch.Tensor) -> None:
+            observed.parameters[name] = summarize_grad(
+                param.grad, fp16_normal_min=thresholds.fp16_normal_min)
+            param.grad = None  # measured: release it now rather than at the end of the pass
+
+        return hook
+
+    def pre_hook(name: str):
+        def hook(_module: nn.Module, _args: object) -> None:
+            last_entered.append(name)
+
+        return hook
+
+    inputs = tuple(
+        tensor.detach().requires_grad_(True) if model.inputs[i].name in input_grads else tensor
+        for i, tensor in enumerate(batch.tensors))
+    try:
+        for index, layer in enumerate(model.layers):
+            submodule = model.module.get_submodule(layer.module_path)
+            handles.append(submodule.register_forward_hook(forward_hook(index)))
+            handles.append(submodule.register_forward_pre_hook(pre_hook(layer.name)))
+        for name, param in model.parameters.items():
+            param.grad = None
+            handles.append(param.register_post_accumulate_grad_hook(param_hook(name)))
+        try:
+            outputs = model.module(*inputs)
+        except Exception as exc:
+            raise _probe_error("forward", exc, last_entered) from None
+        loss = compute_loss(outputs, config.loss, batch.seed)
+        observed.loss = float(loss.detach())
+        if loss.requires_grad:
+            try:
+                loss.backward()
+            except Exception as exc:
+                raise _probe_error("backward", exc, last_entered) from None
+        for name in input_grads:
+            position = next(i for i, spec in enumerate(model.inputs) if spec.name == name)
+            grad = inputs[position].grad
+            if grad is not None:
+                observed.input_grads[name] = grad.detach()
+    finally:
+        for handle in handles:
+            handle.remove()
+        for param in model.parameters.values():
+            param.grad = None
+    return observed
+
+
+def compute_loss(outputs: object, loss: Loss, seed: int) -> torch.Tensor:
+    """The scalar to differentiate, computed in float64 so huge outputs do not overflow it.
+
+    Raises:
+        ProbeError: The model has no float output to differentiate.
+    """
+    tensors = [t for t in _float_tensors(outputs)]
+    if not tensors:
+        raise ProbeError("the model has no floating-point output to take a gradient of")
+    total = torch.zeros((), dtype=torch.float64)
+    generator = torch.Generator().manual_seed(seed + 7919)
+    for tensor in tensors:
+        wide = tensor.to(torch.float64)
+        if loss is Loss.MEAN_SQUARE:
+            total = total + wide.pow(2).mean()
+        elif loss is Loss.SUM:
+            total = total + wide.sum()
+        else:
+            logits = wide.reshape(-1, wide.shape[-1]) if wide.dim() > 0 else wide.reshape(1, 1)
+            labels = torch.randint(0, logits.shape[-1], (logits.shape[0],), generator=generator)
+            total = total + nn.functional.cross_entropy(logits, labels)
+    return total
+
+
+def _float_tensors(value: object) -> Iterator[torch.Tensor]:
+    if isinstance(value, torch.Tensor):
+        if value.is_floating_point():
+            yield value
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            yield from _float_tensors(item)
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _float_tensors(item)
+
+
+def _first_float_tensor(value: object) -> torch.Tensor | None:
+    return next(_float_tensors(value), None)
+
+
+def _hardtanh_bounds(module: nn.Module) -> tuple[float, float] | None:
+    if isinstance(module, nn.Hardtanh):
+        return (float(module.min_val), float(module.max_val))
+    return None
+
+
+def _probe_error(phase: str, exc: Exception, last_entered: list[str]) -> ProbeError:
+    node = last_entered[-1] if last_entered else None
+    where = f" at or after layer {node!r}" if node else ""
+    message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return ProbeError(f"the {phase} pass failed{where}: {message}", node=node)

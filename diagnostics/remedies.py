@@ -1,0 +1,354 @@
+"""Verdict + layer context -> candidate remedies, each with the edit that would verify it.
+
+A remedy is proposed only when the evidence supports it, and its rationale cites that evidence
+(layer names, measured numbers). Where the change can be made to a copy of the model, the
+candidate carries the edit; :mod:`diagnostics.verification` re-probes the edited copy.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from torch import nn
+
+from diagnostics import edits
+from diagnostics.aggregate import is_weight
+from diagnostics.config import DiagnosisConfig
+from diagnostics.inputs import SampleBatch
+from diagnostics.model import Activation, LayerKind, LoadedModel
+from diagnostics.report import Evidence, Flag, LayerReport, Remedy, Status, Verdict
+
+Edit = Callable[[LoadedModel, list[SampleBatch]], None]
+
+# Ratio of measured to recommended weight std beyond which a layer is called mis-initialized.
+INIT_TOLERANCE = 1.5
+# A plain chain at least this deep (layers with weights) is "deep" for normalization/residuals.
+DEEP_CHAIN = 8
+
+
+@dataclass
+class Candidate:
+    remedy: Remedy
+    edit: Edit | None = None
+    note: str | None = None
+
+
+def propose(model: LoadedModel, layers: list[LayerReport], verdict: Verdict,
+            config: DiagnosisConfig) -> list[Candidate]:
+    """Candidates for this verdict, most specific first (ranking happens after verification)."""
+    if verdict.status is Status.HEALTHY and not any(
+            flag in verdict.flags for flag in (Flag.DEAD, Flag.DYING)):
+        return []
+    builders = (_replace_activation, _fix_dead_units, _reinitialize, _data_dependent_init,
+                _add_normalization, _add_residual, _clip_gradients, _lower_learning_rate)
+    candidates = []
+    for builder in builders:
+        candidate = builder(model, layers, verdict, config)
+        if candidate is not None:
+            candidates.append(candidate)
+    for rank, candidate in enumerate(candidates, 1):
+        candidate.remedy.rank = rank
+    return candidates
+
+
+def _ratio_text(evidence: Evidence) -> str:
+    ratio = evidence.backward_signal_ratio.median if evidence.backward_signal_ratio else None
+    if ratio is None:
+        return ""
+    return (f"the backward signal at {evidence.deepest_layer} is {ratio:.3g}× that at "
+            f"{evidence.shallowest_layer}")
+
+
+def _hidden_saturating(model: LoadedModel) -> list[int]:
+    return [i for i, layer in enumerate(model.layers)
+            if layer.activation in edits.SATURATING and layer.depth > 0]
+
+
+def _replace_activation(model, layers, verdict, config) -> Candidate | None:
+    if verdict.status is not Status.VANISHING:
+        return None
+    targets = _hidden_saturating(model)
+    if not targets:
+        return None
+    names = [model.layers[i].name for i in targets]
+    saturated = [layers[i].name for i in targets if Flag.SATURATED in layers[i].flags]
+    feeding = sorted({f for i in targets if (f := edits.feeding_layer(model, i)) is not None})
+    kinds = sorted({model.layers[i].op_type for i in targets})
+    detail = f"; {len(saturated)} of them saturated" if saturated else ""
+    remedy = Remedy(
+        id="replace-activation", rank=0,
+        title=f"Replace {'/'.join(kinds)} with ReLU in {len(names)} hidden layer(s) and "
+              "He-initialize the layers feeding them",
+        rationale=(f"{_ratio_text(verdict.evidence)}. {', '.join(kinds)} has slope at most "
+                   f"{'0.25' if any(model.layers[i].activation in edits._SIGMOID for i in targets) else '1'}"
+                   f" and flattens for large inputs{detail}, so the gradient shrinks at every "
+                   "hidden layer. Keep a sigmoid only at an output that needs it."),
+        layers=names,
+        params={"activation": "ReLU", "layers": names, "init": "kaiming_normal",
+                "reinitialized_layers": [model.layers[f].name for f in feeding]},
+    )
+
+    def edit(copy: LoadedModel, _batches: list[SampleBatch]) -> None:
+        updated = {i: edits.swap_activation(copy, copy.layers[i], nn.ReLU(), Activation.RELU)
+                   for i in targets}
+        edits.replace_layers(copy, updated)
+        plan = {}
+        for f in feeding:
+            found = edits.weight_of(copy, copy.layers[f])
+            fan = found and edits.fans(copy, copy.layers[f], found[1])
+            if found and fan:
+                plan[found[0]] = math.sqrt(2.0 / fan[0])
+        edits.reinitialize(copy, plan, config.seed)
+
+    return Candidate(remedy, edit)
+
+
+def _fix_dead_units(model, layers, verdict, config) -> Candidate | None:
+    targets = [i for i, layer in enumerate(layers)
+               if Flag.DEAD in layer.flags or Flag.DYING in layer.flags]
+    if not targets:
+        return None
+    described = []
+    for i in targets:
+        dead = layers[i].activations.dead_fraction.median if layers[i].activations and \
+            layers[i].activations.dead_fraction else None
+        described.append(f"{layers[i].name} ({dead:.0%} of units never active)" if dead is not None
+                         else layers[i].name)
+    biases = {i: edits.bias_of(model, f) for i in targets
+              if (f := edits.feeding_layer(model, i)) is not None}
+    bias_facts = [f"{name} mean {float(param.detach().mean()):.3g}"
+                  for name, param in (b for b in biases.values() if b)]
+    remedy = Remedy(
+        id="fix-dead-units", rank=0,
+        title=f"Revive dead ReLU units in {len(targets)} layer(s): LeakyReLU(0.01) and zero biases",
+        rationale=(f"{'; '.join(described)}: a unit that is never active passes no gradient, and "
+                   "a layer that is entirely inactive blocks all gradient below it."
+                   + (f" Feeding biases: {', '.join(bias_facts)}." if bias_facts else "")
+                   + " LeakyReLU keeps a small slope for negative inputs; biases at zero (or a "
+                   "small positive value) and He initialization start every unit active on "
+                   "about half of the inputs."),
+        layers=[layers[i].name for i in targets],
+        params={"activation": "LeakyReLU", "negative_slope": 0.01,
+                "zero_biases": [b[0] for b in biases.values() if b]},
+    )
+
+    def edit(copy: LoadedModel, _batches: list[SampleBatch]) -> None:
+        import torch
+
+        updated = {i: edits.swap_activation(copy, copy.layers[i], nn.LeakyReLU(0.01),
+                                            Activation.LEAKY_RELU) for i in targets}
+        edits.replace_layers(copy, updated)
+        with torch.no_grad():
+            for found in biases.values():
+                if found:
+                    copy.parameters[found[0]].zero_()
+
+    return Candidate(remedy, edit)
+
+
+def init_plan(model: LoadedModel) -> list[dict]:
+    """Per weight: measured std, the recommended scheme and std, and their ratio."""
+    plan = []
+    for index, layer in enumerate(model.layers):
+        found = edits.weight_of(model, layer)
+        if found is None:
+            continue
+        name, param = found
+        fan = edits.fans(model, layer, param)
+        following = edits.following_activation(model, index)
+        if fan is None or following == "normalization" or param.numel() < 2:
+            continue
+        scheme, std = edits.recommended_init(following, *fan)
+        measured = float(param.detach().double().std())
+        plan.append({"layer": layer.name, "parameter": name, "scheme": scheme,
+                     "std": std, "measured_std": measured,
+                     "ratio": measured / std if std else math.inf,
+                     "activation": following.value if isinstance(following, Activation) else None})
+    return plan
+
+
+def _reinitialize(model, layers, verdict, config) -> Candidate | None:
+    if verdict.status is Status.HEALTHY:
+        return None
+    plan = init_plan(model)
+    off = [p for p in plan if not (1 / INIT_TOLERANCE <= p["ratio"] <= INIT_TOLERANCE)]
+    if not off:
+        return None
+    worst = max(off, key=lambda p: abs(math.log(max(p["ratio"], 1e-300))))
+    schemes = sorted({p["scheme"] for p in off})
+    remedy = Remedy(
+        id="reinitialize", rank=0,
+        title=f"Re-initialize {len(off)} weight(s) with {', '.join(schemes)}",
+        rationale=(f"{_ratio_text(verdict.evidence)}. {len(off)} weight(s) are off the fan-in "
+                   f"rule for the activation that follows them; worst: {worst['parameter']} has "
+                   f"std {worst['measured_std']:.3g} where {worst['scheme']} gives "
+                   f"{worst['std']:.3g} ({worst['ratio']:.3g}×). Each layer scales the backward "
+                   "signal by about that factor (times the activation's slope)."),
+        layers=[p["layer"] for p in off],
+        params={"weights": {p["parameter"]: {"scheme": p["scheme"], "std": _round(p["std"]),
+                                             "measured_std": _round(p["measured_std"])}
+                            for p in off}, "biases": "zeros"},
+        repairable=True,
+    )
+
+    def edit(copy: LoadedModel, _batches: list[SampleBatch]) -> None:
+        edits.reinitialize(copy, {p["parameter"]: p["std"] for p in off}, config.seed)
+
+    return Candidate(remedy, edit)
+
+
+def _data_dependent_init(model, layers, verdict, config) -> Candidate | None:
+    if verdict.status is Status.HEALTHY:
+        return None
+    rescalable = [layer.name for layer in model.layers
+                  if isinstance(model.module.get_submodule(layer.module_path),
+                                (nn.Linear, nn.modules.conv._ConvNd))]
+    if not rescalable:
+        return None
+    remedy = Remedy(
+        id="data-dependent-init", rank=0,
+        title=f"LSUV: rescale {len(rescalable)} layer(s) to unit output variance on your data",
+        rationale=(f"{_ratio_text(verdict.evidence)}. Layer-sequential unit-variance "
+                   "initialization (Mishkin & Matas 2015) fits each layer's weights, in order, so "
+                   "its output units have zero mean and unit variance on the sample batch, which "
+                   "keeps activations out of flat or dead regions and the per-layer gain near 1."),
+        layers=rescalable,
+        params={"method": "lsuv", "target_variance": 1.0, "per_unit": True,
+                "layers": rescalable},
+        repairable=True,
+    )
+
+    def edit(copy: LoadedModel, batches: list[SampleBatch]) -> None:
+        edits.rescale_data_dependent(copy, batches[0].tensors)
+
+    return Candidate(remedy, edit)
+
+
+def _has_normalization(model: LoadedModel) -> bool:
+    return any(LayerKind.NORMALIZATION in layer.kinds for layer in model.layers)
+
+
+def _weighted_count(model: LoadedModel) -> int:
+    return sum(1 for layer in model.layers if edits.weight_of(model, layer) is not None)
+
+
+def _is_chain(model: LoadedModel) -> bool:
+    depths = [layer.depth for layer in model.layers]
+    return len(set(depths)) == len(depths)
+
+
+def _add_normalization(model, layers, verdict, config) -> Candidate | None:
+    if verdict.status is Status.HEALTHY or _has_normalization(model):
+        return None
+    count = _weighted_count(model)
+    if count < 4:
+        return None
+    convolutional = any(op.startswith("Conv") for op in {layer.op_type for layer in model.layers})
+    kind = "BatchNorm" if convolutional else "LayerNorm"
+    remedy = Remedy(
+        id="add-normalization", rank=0,
+        title=f"Add {kind} after each of the {count} layers with weights",
+        rationale=(f"{_ratio_text(verdict.evidence)} and the model has no normalization layer: "
+                   "nothing keeps the activation scale, and with it the per-layer gain, near 1 as "
+                   f"depth grows. {kind} ({'CNN' if convolutional else 'sequence/MLP'}) "
+                   "re-centres and rescales every layer's output."),
+        layers=[layer.name for layer in model.layers if edits.weight_of(model, layer)],
+        params={"normalization": kind, "position": "after each layer with weights, before its "
+                                                   "activation"},
+    )
+    return Candidate(remedy, None, _graph_edit_note(model))
+
+
+def _add_residual(model, layers, verdict, config) -> Candidate | None:
+    if verdict.status is Status.HEALTHY or not _is_chain(model):
+        return None
+    count = _weighted_count(model)
+    if count < DEEP_CHAIN:
+        return None
+    remedy = Remedy(
+        id="add-residual", rank=0,
+        title=f"Add residual connections around the blocks of this {count}-layer plain stack",
+        rationale=(f"{_ratio_text(verdict.evidence)} through a plain chain of {count} layers "
+                   "with weights and no skip connection: every layer multiplies the backward "
+                   "signal. Residual blocks (He et al. 2016) give it an identity path; zero-init "
+                   "the last layer of each branch (Fixup, ReZero) so the net starts as identity."),
+        layers=[layer.name for layer in model.layers if edits.weight_of(model, layer)],
+        params={"block": "layer with weights + activation", "branch_last_layer_init": "zeros"},
+    )
+    return Candidate(remedy, None, _graph_edit_note(model))
+
+
+def _graph_edit_note(model: LoadedModel) -> str:
+    if model.source.kind == "spec":
+        return "verified on specs once structural edits of the spec are supported"
+    return ("not verified: inserting layers into an ONNX graph would be speculative (where, "
+            "with which shapes); the recommendation stands on the evidence")
+
+
+def _total_grad_norm(layers: list[LayerReport]) -> float | None:
+    squares = [p.grad_norm.median ** 2 for layer in layers for p in layer.parameters
+               if p.grad_norm.median is not None]
+    return math.sqrt(sum(squares)) if squares else None
+
+
+def _clip_gradients(model, layers, verdict, config) -> Candidate | None:
+    recurrent = any(layer.op_type in ("RNN", "LSTM", "GRU") for layer in model.layers)
+    if verdict.status is not Status.EXPLODING and not recurrent:
+        return None
+    total = _total_grad_norm(layers)
+    g2w = verdict.evidence.max_grad_to_weight
+    if not total or not math.isfinite(total):
+        params = {"max_norm": 1.0, "norm_type": 2.0}
+        rationale = ("gradients are not finite, so no norm can be measured: clip at the common "
+                     "max_norm 1.0 and fix the cause (see the other remedies)")
+        clipped = None
+    else:
+        # Clip so that the largest relative update at learning rate 1 is at most 1.
+        scale = min(1.0, 1.0 / g2w) if g2w else 1.0
+        max_norm = float(f"{total * scale:.2g}")
+        clipped = min(total, max_norm)
+        params = {"max_norm": max_norm, "norm_type": 2.0, "measured_total_grad_norm": _round(total),
+                  "clipped_update_norm": _round(clipped),
+                  "clipped_max_grad_to_weight": _round(g2w * clipped / total) if g2w else None}
+        rationale = (f"the total gradient norm is {total:.3g} and the largest ‖∂L/∂W‖/‖W‖ is "
+                     f"{g2w:.3g} ({verdict.evidence.max_grad_to_weight_parameter}); clipping at "
+                     f"max_norm={max_norm:g} bounds every step to at most the weight's own size at "
+                     "learning rate 1 (Pascanu et al. 2013)")
+    remedy = Remedy(
+        id="clip-gradients", rank=0,
+        title="Clip the gradient norm: torch.nn.utils.clip_grad_norm_(model.parameters(), "
+              f"max_norm={params['max_norm']:g})",
+        rationale=rationale[0].upper() + rationale[1:] + ". Clipping bounds the step; it does "
+                  "not repair the signal profile.",
+        params=params,
+    )
+    return Candidate(remedy, None, "a training-time safeguard: it changes the update, not the "
+                     "gradients a sample pass measures" + (
+                         f"; clipped update norm {clipped:.3g}" if clipped else ""))
+
+
+def _lower_learning_rate(model, layers, verdict, config) -> Candidate | None:
+    g2w = verdict.evidence.max_grad_to_weight
+    if not g2w or g2w <= config.thresholds.max_grad_to_weight:
+        return None
+    lr = float(f"{1e-3 / g2w:.2g}")
+    remedy = Remedy(
+        id="lower-learning-rate", rank=0,
+        title=f"Use a learning rate of at most {lr:g} (with warmup)",
+        rationale=(f"‖∂L/∂W‖/‖W‖ reaches {g2w:.3g} at "
+                   f"{verdict.evidence.max_grad_to_weight_parameter}: a relative step of about "
+                   f"1e-3 needs lr ≈ 1e-3 / {g2w:.3g}. Warm the learning rate up over the first "
+                   "steps (post-LN transformers especially)."),
+        layers=[layer.name for layer in layers if Flag.LARGE_UPDATE in layer.flags],
+        params={"learning_rate": lr, "warmup": True},
+    )
+    return Candidate(remedy, None, "a training-time setting: a sample pass has no learning rate")
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None or not math.isfinite(value) else float(f"{value:.4g}")
+
+
+__all__ = ["Candidate", "init_plan", "is_weight", "propose"]

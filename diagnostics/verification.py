@@ -1,0 +1,102 @@
+"""Re-probe a copy of the model with each remedy applied, and rank remedies by what that showed.
+
+The re-probe uses the same inputs and seeds as the diagnosis, so "before" and "after" differ only
+by the remedy.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+from diagnostics import edits
+from diagnostics.aggregate import build_layer_reports
+from diagnostics.config import DiagnosisConfig
+from diagnostics.errors import DiagnosticsError
+from diagnostics.inputs import SampleBatch
+from diagnostics.model import LoadedModel
+from diagnostics.probe import probe_mode
+from diagnostics.remedies import Candidate
+from diagnostics.report import Remedy, Status, Verdict, Verification
+from diagnostics.verdict import judge
+
+ProbeFn = Callable[[LoadedModel, list[SampleBatch], DiagnosisConfig], list]
+
+
+def evidence_digest(verdict: Verdict) -> dict:
+    """The few numbers a before/after comparison needs."""
+    evidence = verdict.evidence
+    ratio = evidence.backward_signal_ratio.median if evidence.backward_signal_ratio else None
+    return {
+        "status": verdict.status.value,
+        "backward_signal_ratio": ratio,
+        "per_layer_gain": evidence.per_layer_gain,
+        "max_grad_to_weight": evidence.max_grad_to_weight,
+        "nonfinite_count": evidence.nonfinite_count,
+        "dead_layers": list(evidence.dead_layers),
+        "summary": verdict.summary,
+    }
+
+
+def verify(candidates: list[Candidate], model: LoadedModel, batches: list[SampleBatch],
+           config: DiagnosisConfig, before: Verdict, probe: ProbeFn) -> list[Remedy]:
+    """Apply each candidate's edit to a fresh copy, re-probe, and attach the result.
+
+    Returns:
+        The remedies, ranked: verified healthy first (closest to a unit signal ratio), then
+        verified improvements, then unverified ones in proposal order, then verified failures.
+    """
+    digest_before = evidence_digest(before)
+    for candidate in candidates:
+        if candidate.edit is None:
+            candidate.remedy.verification_note = candidate.note
+            continue
+        try:
+            copy = edits.copy_model(model)
+            with probe_mode(copy.module, config.norm_stats):
+                candidate.edit(copy, batches)
+            observations = probe(copy, batches, config)
+            layers = build_layer_reports(copy, observations, config.thresholds)
+            after, _ = judge(copy, layers, observations, config.thresholds)
+        except DiagnosticsError as exc:
+            candidate.remedy.verification_note = f"verification failed: {exc.detail}"
+            continue
+        candidate.remedy.verified = Verification(
+            status_before=before.status, status_after=after.status,
+            evidence_before=digest_before, evidence_after=evidence_digest(after))
+    return rank([c.remedy for c in candidates])
+
+
+def skip_verification(candidates: list[Candidate], reason: str) -> list[Remedy]:
+    for candidate in candidates:
+        candidate.remedy.verification_note = reason if candidate.edit else candidate.note
+    return rank([c.remedy for c in candidates])
+
+
+def _distance(digest: dict) -> float:
+    ratio = digest.get("backward_signal_ratio")
+    if ratio is None or not math.isfinite(ratio) or ratio <= 0:
+        return math.inf
+    return abs(math.log10(ratio))
+
+
+def _key(indexed: tuple[int, Remedy]) -> tuple:
+    order, remedy = indexed
+    check = remedy.verified
+    if check is None:
+        return (2, 0.0, order)
+    after = _distance(check.evidence_after)
+    if check.status_after is Status.HEALTHY:
+        return (0, after, order)
+    if after < _distance(check.evidence_before) or (
+            check.evidence_after.get("nonfinite_count", 0)
+            < check.evidence_before.get("nonfinite_count", 0)):
+        return (1, after, order)
+    return (3, after, order)
+
+
+def rank(remedies: list[Remedy]) -> list[Remedy]:
+    ranked = [remedy for _, remedy in sorted(enumerate(remedies), key=_key)]
+    for position, remedy in enumerate(ranked, 1):
+        remedy.rank = position
+    return ranked
