@@ -10,7 +10,7 @@ from diagnostics.config import Thresholds
 from diagnostics.model import LoadedModel
 from diagnostics.probe import SampleObservation
 from diagnostics.report import ActivationStats, Flag, LayerReport, ParameterStats, Stat
-from diagnostics.stats import tensor_norm
+from diagnostics.stats import l2_norm
 
 
 def make_stat(values: Iterable[float | None]) -> Stat:
@@ -32,7 +32,7 @@ def build_layer_reports(model: LoadedModel, samples: list[SampleObservation],
     Flags set here are the per-layer findings that need no cross-layer comparison (saturated,
     dying/dead, non-finite, large updates); the verdict adds vanishing/exploding.
     """
-    weight_norms = {name: tensor_norm(param) for name, param in model.parameters.items()}
+    weight_norms = {name: l2_norm(param) for name, param in model.parameters.items()}
     users: dict[str, list[str]] = {}
     for layer in model.layers:
         for name in layer.parameters:

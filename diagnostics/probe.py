@@ -21,7 +21,8 @@ from diagnostics.config import DiagnosisConfig, Loss, NormStats
 from diagnostics.errors import ProbeError
 from diagnostics.inputs import SampleBatch
 from diagnostics.model import LoadedModel
-from diagnostics.stats import ActivationSummary, GradSummary, summarize_activation, summarize_grad
+from diagnostics.stats import (ActivationSummary, GradSummary, l2_norm, nonfinite_count,
+                               summarize_activation, summarize_grad)
 
 
 @dataclass
@@ -127,13 +128,12 @@ def run_sample(model: LoadedModel, batch: SampleBatch, config: DiagnosisConfig, 
 
     def grad_hook(index: int):
         def hook(grad: torch.Tensor) -> None:
-            flat = grad.detach().reshape(-1).to(torch.float64)
-            sum_squares = float(torch.dot(flat, flat))
+            norm = l2_norm(grad)
             obs = observations[index]
             obs.grad_seen = True
-            obs.grad_sum_squares += sum_squares
-            if not math.isfinite(sum_squares):
-                obs.grad_nonfinite += int(flat.numel() - int(torch.isfinite(flat).sum()))
+            obs.grad_sum_squares += norm * norm
+            if not math.isfinite(norm):
+                obs.grad_nonfinite += nonfinite_count(grad)
                 if observed.first_nonfinite_backward is None:
                     observed.first_nonfinite_backward = model.layers[index].name
 

@@ -1,8 +1,10 @@
-"""Tensors -> numbers. Every reduction runs in float64.
+"""Tensors -> numbers, exact to float64 where float32 would lie.
 
-A float32 L2 norm of a large but finite gradient overflows to inf and would fake a non-finite
-verdict, so each tensor is cast to float64 once and all reductions are taken from that copy,
-which is dropped before returning: nothing here keeps a tensor alive.
+A float32 L2 norm of a large but finite gradient overflows to inf (and fakes a non-finite
+verdict); of a tiny one it underflows to 0 (and fakes a dead gradient). Each reduction therefore
+runs on the tensor's own dtype first — fast, and accumulated in double on the CPU — and is redone
+from a float64 copy whenever that result is not finite or so small that squares may have
+underflowed. Nothing here keeps a tensor alive.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from diagnostics.model import Activation
 
 # Families whose derivative is exactly zero on part of their domain: such units can die.
 ZERO_SLOPE = frozenset({Activation.RELU, Activation.RELU6, Activation.HARDSWISH})
+# Below this a float32 sum of squares may have lost entries to underflow (1e-19² < 1.2e-38).
+_UNDERFLOW_SUSPECT = 1e-15
 
 
 @dataclass(frozen=True)
@@ -44,6 +48,23 @@ class ActivationSummary:
     numel_per_sample: int
 
 
+def l2_norm(tensor: torch.Tensor) -> float:
+    """‖tensor‖₂, exact to float64 (nan/inf when the tensor holds NaN/Inf)."""
+    flat = tensor.detach().reshape(-1)
+    if flat.numel() == 0:
+        return 0.0
+    value = float(torch.linalg.vector_norm(flat))
+    if flat.dtype == torch.float64 or (math.isfinite(value) and value > _UNDERFLOW_SUSPECT):
+        return value
+    wide = flat.to(torch.float64)
+    return math.sqrt(float(torch.dot(wide, wide)))
+
+
+def nonfinite_count(tensor: torch.Tensor) -> int:
+    flat = tensor.detach().reshape(-1)
+    return int(flat.numel() - int(torch.count_nonzero(torch.isfinite(flat))))
+
+
 def summarize_grad(grad: torch.Tensor, *, fp16_normal_min: float | None = None) -> GradSummary:
     """Summarize a gradient tensor.
 
@@ -59,35 +80,30 @@ def summarize_grad(grad: torch.Tensor, *, fp16_normal_min: float | None = None) 
     numel = flat.numel()
     if numel == 0:
         return GradSummary(0.0, 0.0, 0.0, 0.0, 0.0, 0, 0)
-    wide = flat.to(torch.float64)
-    sum_squares = float(torch.dot(wide, wide))
-    zeros = int(numel - torch.count_nonzero(flat))
-    if not math.isfinite(sum_squares):
-        nonfinite = int(numel - int(torch.isfinite(flat).sum()))
-        nan = float("nan")
-        return GradSummary(nan, nan, nan, nan, zeros / numel, nonfinite, numel)
-    magnitudes = wide.abs_()
+    norm = l2_norm(flat)
+    zeros = int(numel - int(torch.count_nonzero(flat)))
+    if not math.isfinite(norm):
+        nan = math.nan
+        return GradSummary(nan, nan, nan, nan, zeros / numel, nonfinite_count(flat), numel)
+    low, high = torch.aminmax(flat)
+    abs_sum = float(torch.linalg.vector_norm(flat, 1))
+    if not math.isfinite(abs_sum):
+        abs_sum = float(flat.to(torch.float64).abs().sum())
     underflow = None
     if fp16_normal_min is not None:
         nonzero = numel - zeros
-        small = int(torch.count_nonzero(magnitudes < fp16_normal_min)) - zeros
+        small = int(torch.count_nonzero(flat.abs() < fp16_normal_min)) - zeros
         underflow = small / nonzero if nonzero else 0.0
     return GradSummary(
-        norm=math.sqrt(sum_squares),
-        rms=math.sqrt(sum_squares / numel),
-        mean_abs=float(magnitudes.sum()) / numel,
-        max_abs=float(magnitudes.max()),
+        norm=norm,
+        rms=norm / math.sqrt(numel),
+        mean_abs=abs_sum / numel,
+        max_abs=max(abs(float(low)), abs(float(high))),
         zero_fraction=zeros / numel,
         nonfinite_count=0,
         numel=numel,
         fp16_underflow_fraction=underflow,
     )
-
-
-def tensor_norm(tensor: torch.Tensor) -> float:
-    """‖tensor‖₂ in float64 (nan if not finite)."""
-    flat = tensor.detach().reshape(-1).to(torch.float64)
-    return math.sqrt(float(torch.dot(flat, flat)))
 
 
 def summarize_activation(
@@ -114,44 +130,68 @@ def summarize_activation(
     per_sample = numel // values.shape[0] if values.dim() > 0 and values.shape[0] else numel
     if numel == 0:
         return ActivationSummary(0.0, 0.0, None, None, 0, 0)
-    std, mean = torch.std_mean(values.to(torch.float64), unbiased=False)
-    mean_value, std_value = float(mean), float(std)
-    nonfinite = 0
-    if not (math.isfinite(mean_value) and math.isfinite(std_value)):
-        nonfinite = int(numel - int(torch.isfinite(values).sum()))
-    saturated = _saturated_fraction(values, activation, saturation_derivative, bounds)
-    dead = _dead_fraction(values, activation) if activation in ZERO_SLOPE else None
-    return ActivationSummary(mean_value, std_value, saturated, dead, nonfinite, per_sample)
+    flat = values.reshape(-1)
+    total = float(flat.sum())
+    root_sum_squares = l2_norm(flat)
+    if not math.isfinite(total) and math.isfinite(root_sum_squares):
+        total = float(flat.to(torch.float64).sum())
+    mean = total / numel
+    std = math.sqrt(max(root_sum_squares**2 / numel - mean * mean, 0.0))
+    bad = 0 if math.isfinite(std) and math.isfinite(mean) else nonfinite_count(flat)
+    if bad:
+        mean = std = math.nan
+    saturated = saturated_fraction(flat, activation, saturation_derivative, bounds)
+    dead = dead_fraction(values, activation) if activation in ZERO_SLOPE else None
+    return ActivationSummary(mean, std, saturated, dead, bad, per_sample)
 
 
-def _saturated_fraction(values: torch.Tensor, activation: Activation | None,
-                        threshold: float, bounds: tuple[float, float] | None) -> float | None:
-    # The derivative is read off the output, relative to the family's peak derivative.
-    y = values.float()
-    if activation is Activation.SIGMOID:
-        flat = y * (1 - y) / 0.25 < threshold
-    elif activation is Activation.TANH:
-        flat = 1 - y * y < threshold
-    elif activation is Activation.SOFTSIGN:
-        flat = (1 - y.abs()) ** 2 < threshold
-    elif activation is Activation.LOG_SIGMOID:
-        flat = 1 - torch.exp(y) < threshold
-    elif activation is Activation.HARDTANH:
-        low, high = bounds or (-1.0, 1.0)
-        flat = (y <= low) | (y >= high)
-    elif activation is Activation.HARDSIGMOID:
-        flat = (y <= 0) | (y >= 1)
-    else:
+def saturated_fraction(flat: torch.Tensor, activation: Activation | None, threshold: float,
+                       bounds: tuple[float, float] | None = None) -> float | None:
+    """Fraction of outputs where the activation's slope is below ``threshold`` × its peak.
+
+    The slope is read off the output: each family's flat region is an output interval, so the
+    count is two comparisons, not an elementwise derivative.
+    """
+    region = _flat_region(activation, threshold, bounds)
+    if region is None:
         return None
-    return float(torch.count_nonzero(flat)) / flat.numel()
+    low, high, inclusive = region
+    if inclusive:
+        count = torch.count_nonzero(flat <= low) + torch.count_nonzero(flat >= high)
+    else:
+        count = torch.count_nonzero(flat < low) + torch.count_nonzero(flat > high)
+    return int(count) / flat.numel()
 
 
-def _dead_fraction(values: torch.Tensor, activation: Activation | None) -> float:
-    # A unit (every non-batch position) is dead when its derivative is zero for every sample.
+def _flat_region(activation: Activation | None, c: float,
+                 bounds: tuple[float, float] | None) -> tuple[float, float, bool] | None:
+    if activation is Activation.SIGMOID:  # y(1 - y) / 0.25 < c
+        half_width = math.sqrt(1 - c) / 2
+        return 0.5 - half_width, 0.5 + half_width, False
+    if activation is Activation.TANH:  # 1 - y² < c
+        edge = math.sqrt(1 - c)
+        return -edge, edge, False
+    if activation is Activation.SOFTSIGN:  # (1 - |y|)² < c
+        edge = 1 - math.sqrt(c)
+        return -edge, edge, False
+    if activation is Activation.LOG_SIGMOID:  # slope 1 - e^y < c; the other tail is linear
+        return -math.inf, math.log(1 - c), False
+    if activation is Activation.HARDTANH:
+        low, high = bounds or (-1.0, 1.0)
+        return low, high, True
+    if activation is Activation.HARDSIGMOID:
+        return 0.0, 1.0, True
+    return None
+
+
+def dead_fraction(values: torch.Tensor, activation: Activation | None) -> float:
+    """Fraction of units (non-batch positions) whose slope is zero for every sample."""
     if values.dim() == 0:
         return float(values.item() == 0)
-    active = values > 0 if activation is not Activation.HARDSWISH else values != 0
     if activation is Activation.RELU6:
-        active &= values < 6
-    alive = active.any(dim=0)
-    return 1.0 - float(torch.count_nonzero(alive)) / alive.numel()
+        alive = ((values > 0) & (values < 6)).any(dim=0)
+    elif activation is Activation.HARDSWISH:
+        alive = (values != 0).any(dim=0)
+    else:  # ReLU: alive where some sample is positive
+        alive = values.amax(dim=0) > 0
+    return 1.0 - int(torch.count_nonzero(alive)) / alive.numel()

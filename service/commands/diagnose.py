@@ -1,0 +1,126 @@
+"""`graddoctor diagnose MODEL`: run a diagnosis locally and print the report."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from contextlib import AbstractContextManager, nullcontext
+from pathlib import Path
+from typing import Any
+
+from service.exit_codes import ExitCode
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "diagnose", help="diagnose an ONNX model or architecture spec locally",
+        description="Run sample forward+backward passes and report per-layer gradient "
+                    "statistics, a verdict and remedies. Exit status: 0 healthy, 3 vanishing or "
+                    "exploding, 2 bad input, 1 internal error.")
+    parser.add_argument("model", help="an .onnx file or a .json architecture spec")
+    parser.add_argument("--inputs", metavar="NPZ", help="sample inputs (.npz, name -> array)")
+    parser.add_argument("--loss", choices=["mean_square", "cross_entropy", "sum"])
+    parser.add_argument("--samples", type=int, metavar="N", help="independent seeded batches")
+    parser.add_argument("--batch-size", type=int, metavar="N", help="size of dynamic batch axes")
+    parser.add_argument("--seed", type=int, metavar="N")
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--config", metavar="FILE", help="JSON file with any config field")
+    parser.add_argument("--format", choices=["text", "json"], default="text")
+    parser.add_argument("--output", metavar="FILE", help="write the report here, not stdout")
+    parser.add_argument("--fix", metavar="REMEDY_ID",
+                        help="write the model repaired by this remedy (see --fix-output)")
+    parser.add_argument("--fix-output", metavar="FILE", help="where --fix writes the ONNX model")
+    parser.set_defaults(run=run)
+
+
+def build_config(args: argparse.Namespace) -> dict[str, Any]:
+    """The config dict: --config file first, then the explicit flags on top."""
+    config: dict[str, Any] = {}
+    if args.config:
+        try:
+            loaded = json.loads(Path(args.config).read_text())
+        except OSError as exc:
+            raise _UsageError(f"cannot read config file {args.config}: {exc.strerror}") from None
+        except json.JSONDecodeError as exc:
+            raise _UsageError(f"config file {args.config} is not valid JSON: {exc}") from None
+        if not isinstance(loaded, dict):
+            raise _UsageError(f"config file {args.config} must hold a JSON object")
+        config.update(loaded)
+    flags = {"loss": args.loss, "samples": args.samples, "batch_size": args.batch_size,
+             "seed": args.seed, "device": args.device}
+    config.update({key: value for key, value in flags.items() if value is not None})
+    return config
+
+
+class _UsageError(Exception):
+    pass
+
+
+def run(args: argparse.Namespace) -> int:
+    from diagnostics import DiagnosticsError, diagnose
+
+    if (args.fix is None) != (args.fix_output is None):
+        return _fail("--fix and --fix-output go together", ExitCode.BAD_INPUT)
+    try:
+        config = build_config(args)
+        if not Path(args.model).is_file():
+            return _fail(f"model file {args.model} does not exist", ExitCode.BAD_INPUT)
+        with _progress() as say:
+            report = diagnose(args.model, inputs=args.inputs, config=config, progress=say)
+        if args.fix:
+            from diagnostics.repair import write_repaired_model
+
+            write_repaired_model(report, args.fix, args.model, args.fix_output, config=config,
+                                 inputs=args.inputs)
+    except _UsageError as exc:
+        return _fail(str(exc), ExitCode.BAD_INPUT)
+    except DiagnosticsError as exc:
+        return _fail(exc.detail, ExitCode.BAD_INPUT)
+    except Exception as exc:  # noqa: BLE001 - the CLI's promise: one line, never a traceback
+        if os.environ.get("GRADDOCTOR_DEBUG"):
+            raise
+        return _fail(f"internal error: {type(exc).__name__}: {exc}", ExitCode.INTERNAL)
+    text = _render(report, args.format, color=args.output is None and sys.stdout.isatty())
+    if args.output:
+        try:
+            Path(args.output).write_text(text)
+        except OSError as exc:
+            return _fail(f"cannot write {args.output}: {exc.strerror}", ExitCode.BAD_INPUT)
+    else:
+        sys.stdout.write(text if text.endswith("\n") else text + "\n")
+    return ExitCode.HEALTHY if report.verdict.status == "healthy" else ExitCode.UNHEALTHY
+
+
+def _render(report: Any, fmt: str, *, color: bool) -> str:
+    if fmt == "json":
+        return report.model_dump_json(indent=2)
+    from diagnostics.render.text import render_text
+
+    return render_text(report, color=color)
+
+
+def _progress() -> AbstractContextManager:
+    """Progress on stderr while the passes run (only when stderr is a terminal)."""
+    if not sys.stderr.isatty():
+        return nullcontext(lambda _message: None)
+    from rich.console import Console
+
+    console = Console(stderr=True)
+
+    class _Status:
+        def __enter__(self):
+            self._status = console.status("graddoctor: starting")
+            self._status.__enter__()
+            return lambda message: self._status.update(f"graddoctor: {message}")
+
+        def __exit__(self, *exc_info):
+            return self._status.__exit__(*exc_info)
+
+    return _Status()
+
+
+def _fail(message: str, code: ExitCode) -> int:
+    print(f"graddoctor: error: {message}", file=sys.stderr)
+    return code

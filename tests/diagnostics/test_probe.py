@@ -1,0 +1,79 @@
+"""The probe against plain autograd, and its promise to leave the model as it found it."""
+
+import pytest
+import torch
+from torch import nn
+
+from diagnostics.config import DiagnosisConfig
+from diagnostics.inputs import SampleBatch
+from diagnostics.probe import compute_loss, probe_mode, run_sample
+from tests.sequential import wrap
+
+
+def _model():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(6, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Dropout(0.5),
+                        nn.Linear(8, 8), nn.Tanh(), nn.Linear(8, 3))
+    return wrap(net, (5, 6))
+
+
+def test_gradients_match_plain_autograd():
+    model = _model()
+    x = torch.randn(5, 6)
+    config = DiagnosisConfig()
+    with probe_mode(model.module, config.norm_stats):
+        observed = run_sample(model, SampleBatch(0, (x,)), config)
+
+    reference = _model().module
+    reference.eval()
+    reference[1].train()
+    outputs = {}
+    hooks = [m.register_forward_hook(lambda mod, _i, out, key=name: outputs.__setitem__(key, out))
+             for name, m in reference.named_children()]
+    y = reference(x)
+    for out in outputs.values():
+        out.retain_grad()
+    compute_loss(y, config.loss, 0).backward()
+    for hook in hooks:
+        hook.remove()
+
+    for index, layer in enumerate(model.layers):
+        expected = outputs[layer.module_path].grad.double().norm().item()
+        assert observed.layers[index].output_grad_norm == pytest.approx(expected, rel=1e-5), layer.name
+    for name, param in reference.named_parameters():
+        assert observed.parameters[name].norm == pytest.approx(param.grad.double().norm().item(),
+                                                               rel=1e-5), name
+
+
+def test_probe_restores_modes_hooks_grads_and_running_stats():
+    model = _model()
+    model.module.train()
+    bn = model.module[1]
+    before = bn.running_mean.clone(), bn.running_var.clone(), int(bn.num_batches_tracked)
+    config = DiagnosisConfig()
+    with probe_mode(model.module, config.norm_stats):
+        run_sample(model, SampleBatch(0, (torch.randn(5, 6),)), config)
+    assert all(m.training for m in model.module.modules())
+    assert torch.equal(bn.running_mean, before[0]) and torch.equal(bn.running_var, before[1])
+    assert int(bn.num_batches_tracked) == before[2]
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.module.modules())
+    assert all(p.grad is None and not p._post_accumulate_grad_hooks for p in model.module.parameters())
+
+
+def test_probe_restores_state_when_the_forward_pass_raises():
+    model = _model()
+    model.module.train()
+    config = DiagnosisConfig()
+    from diagnostics.errors import ProbeError
+
+    with pytest.raises(ProbeError, match="forward pass failed"), \
+            probe_mode(model.module, config.norm_stats):
+        run_sample(model, SampleBatch(0, (torch.randn(5, 7),)), config)
+    assert all(m.training for m in model.module.modules())
+    assert all(not m._forward_hooks for m in model.module.modules())
+
+
+def test_huge_outputs_do_not_fake_a_nonfinite_loss():
+    y = torch.full((4, 4), 1e25)  # y² overflows float32, not float64
+    loss = compute_loss(y, DiagnosisConfig().loss, 0)
+    assert torch.isfinite(loss)
