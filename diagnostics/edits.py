@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
@@ -57,14 +57,41 @@ def weight_of(model: LoadedModel, layer: LayerInfo) -> tuple[str, nn.Parameter] 
     return None
 
 
-def fans(model: LoadedModel, layer: LayerInfo, param: torch.Tensor) -> tuple[int, int] | None:
-    """(fan_in, fan_out) of a weight, by the layout of the op that uses it; None if unknown."""
+@dataclass(frozen=True)
+class WeightLayout:
+    """How a weight maps inputs to output units: its fans and the axes that sum over inputs."""
+
+    fan_in: int
+    fan_out: int
+    input_axes: tuple[int, ...]
+
+
+def weight_layout(model: LoadedModel, layer: LayerInfo, param: torch.Tensor) -> WeightLayout | None:
+    """The layout of a weight, by the module or op that uses it; None where unknown."""
     module = model.module.get_submodule(layer.module_path)
+    rest = tuple(range(2, param.dim()))
     if isinstance(module, (nn.Linear, nn.modules.conv._ConvNd)) and param is module.weight:
-        return nn.init._calculate_fan_in_and_fan_out(param)
+        fan_in, fan_out = nn.init._calculate_fan_in_and_fan_out(param)
+        transposed = isinstance(module, nn.modules.conv._ConvTransposeNd)
+        return WeightLayout(fan_in, fan_out, (0, *rest) if transposed else (1, *rest))
+    if param.dim() == 2 and getattr(module, "weight", None) is param and hasattr(module, "trans_b"):
+        # Gemm kept in its ONNX layout: B is (in, out), or (out, in) with transB.
+        if module.trans_b:
+            return WeightLayout(int(param.shape[1]), int(param.shape[0]), (1,))
+        return WeightLayout(int(param.shape[0]), int(param.shape[1]), (0,))
     if layer.op_type == "MatMul" and param.dim() == 2:
-        return int(param.shape[0]), int(param.shape[1])
+        return WeightLayout(int(param.shape[0]), int(param.shape[1]), (0,))
     return None
+
+
+def preceding_activation(model: LoadedModel, index: int) -> Activation | None:
+    """The activation whose output this layer consumes (the watched layer just before it)."""
+    return model.layers[index - 1].activation if index > 0 else None
+
+
+# Mean output of an activation at its centre of symmetry: what a layer fed by it must subtract
+# so its pre-activations start centred (sigmoid(x) = 1/2 + tanh(x/2)/2).
+INPUT_MEANS = {Activation.SIGMOID: 0.5, Activation.HARDSIGMOID: 0.5}
 
 
 def recommended_init(activation: Activation | None | str, fan_in: int, fan_out: int,
@@ -83,23 +110,38 @@ def recommended_init(activation: Activation | None | str, fan_in: int, fan_out: 
     return "xavier_normal", math.sqrt(2.0 / (fan_in + fan_out))
 
 
-def reinitialize(model: LoadedModel, plan: dict[str, float], seed: int) -> None:
-    """Draw each named weight from N(0, std²) (seeded) and zero the biases of the same layers."""
+@dataclass(frozen=True)
+class InitChoice:
+    """A weight's new scale and, for layers fed by a non-centred activation, the input mean to
+    cancel with the bias."""
+
+    std: float
+    input_mean: float = 0.0
+
+
+def reinitialize(model: LoadedModel, plan: dict[str, InitChoice], seed: int) -> None:
+    """Draw each named weight from N(0, std²) (seeded); set the same layers' biases to zero, or to
+    −input_mean·W·1 so that pre-activations start centred."""
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for layer in model.layers:
-            names = [n for n in layer.parameters if n in plan]
-            if not names:
+        for index, layer in enumerate(model.layers):
+            found = weight_of(model, layer)
+            if found is None or found[0] not in plan:
                 continue
-            for name in names:
-                param = model.parameters[name]
-                sample = torch.randn(param.shape, generator=generator, dtype=torch.float32)
-                param.copy_(sample.to(param.dtype) * plan[name])
-            for name in layer.parameters:
-                param = model.parameters.get(name)
-                if param is not None and param.dim() == 1 and name not in plan and \
-                        _is_bias(model, layer, param):
-                    param.zero_()
+            name, param = found
+            choice = plan[name]
+            sample = torch.randn(param.shape, generator=generator, dtype=torch.float32)
+            param.copy_(sample.to(param.dtype) * choice.std)
+            bias = bias_of(model, index)
+            if bias is None:
+                continue
+            layout = weight_layout(model, layer, param)
+            if choice.input_mean and layout is not None:
+                shift = param.sum(dim=layout.input_axes) * choice.input_mean
+                if shift.shape == bias[1].shape:
+                    bias[1].copy_(-shift)
+                    continue
+            bias[1].zero_()
 
 
 def _is_bias(model: LoadedModel, layer: LayerInfo, param: torch.Tensor) -> bool:

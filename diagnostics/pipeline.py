@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -12,12 +11,14 @@ import torch
 
 from diagnostics.aggregate import build_layer_reports
 from diagnostics.config import DiagnosisConfig, Device, ProbeDtype, resolve_config
-from diagnostics.errors import DiagnosticsError, InvalidConfigError, ModelLoadError
+from diagnostics.errors import (DiagnosticsError, InvalidConfigError, ModelLoadError,
+                                ResourceLimitError)
 from diagnostics.inputs import InputsSource, SampleBatch, make_batches, read_inputs
 from diagnostics.limits import DEFAULT_LIMITS, Limits
 from diagnostics.model import LoadedModel
 from diagnostics.probe import SampleObservation, probe_mode, run_sample
 from diagnostics.remedies import Candidate, propose
+from diagnostics.repair import RepairContext
 from diagnostics.report import (Remedy, Report, SampleReport, SamplesReport, SourceReport, Timings,
                                 Verdict)
 from diagnostics.verdict import judge
@@ -27,8 +28,36 @@ Source = str | Path | bytes | Mapping[str, Any]
 Progress = Callable[[str], None]
 
 
-def load_model(source: Source, *, limits: Limits = DEFAULT_LIMITS, seed: int = 0) -> LoadedModel:
-    """Load an ONNX model (path or bytes) or an architecture spec (dict or path to .json).
+def read_source(source: Source, limits: Limits = DEFAULT_LIMITS) -> tuple[bytes | dict, str | None]:
+    """Read a model source once: (ONNX bytes or JSON text bytes or spec dict, display name).
+
+    Raises:
+        ModelLoadError: A path that cannot be read.
+        ResourceLimitError: A file over ``limits.max_model_bytes``.
+    """
+    if isinstance(source, Mapping):
+        return dict(source), None
+    if isinstance(source, bytes):
+        return source, None
+    if isinstance(source, str) and source.lstrip().startswith("{"):
+        return source.encode(), None  # a spec as JSON text, as notebooks pass it
+    path = Path(source)
+    try:
+        size = path.stat().st_size
+        if size > limits.max_model_bytes:
+            raise ResourceLimitError(
+                f"model file {path} is {size:,} bytes, over the limit of "
+                f"{limits.max_model_bytes:,}", limit="max_model_bytes",
+                value=limits.max_model_bytes)
+        return path.read_bytes(), path.name
+    except OSError as exc:
+        raise ModelLoadError(f"cannot read model file {path}: {exc.strerror}",
+                             file=str(path)) from None
+
+
+def load_model(payload: bytes | dict, *, name: str | None = None,
+               limits: Limits = DEFAULT_LIMITS, seed: int = 0) -> LoadedModel:
+    """Load ONNX bytes, JSON spec text (bytes starting with '{') or a spec dict.
 
     Raises:
         ModelLoadError, InvalidSpecError, UnsupportedOperatorError, ResourceLimitError.
@@ -36,24 +65,9 @@ def load_model(source: Source, *, limits: Limits = DEFAULT_LIMITS, seed: int = 0
     from diagnostics.loading.onnx import load_onnx
     from diagnostics.loading.spec import load_spec
 
-    if isinstance(source, Mapping):
-        return load_spec(dict(source), limits=limits, seed=seed)
-    if isinstance(source, bytes):
-        return load_onnx(source, limits=limits)
-    path = Path(source)
-    try:
-        size = path.stat().st_size
-    except OSError as exc:
-        raise ModelLoadError(f"cannot read model file {path}: {exc.strerror}", file=str(path)) from None
-    if size > limits.max_model_bytes:
-        from diagnostics.errors import ResourceLimitError
-        raise ResourceLimitError(
-            f"model file {path} is {size:,} bytes, over the limit of {limits.max_model_bytes:,}",
-            limit="max_model_bytes", value=limits.max_model_bytes)
-    data = path.read_bytes()
-    if path.suffix.lower() == ".json" or data.lstrip()[:1] == b"{":
-        return load_spec(data, limits=limits, seed=seed)
-    return load_onnx(data, name=path.name, limits=limits)
+    if isinstance(payload, dict) or payload.lstrip()[:1] == b"{":
+        return load_spec(payload, limits=limits, seed=seed)
+    return load_onnx(payload, name=name, limits=limits)
 
 
 def diagnose(source: Source, *, inputs: InputsSource | None = None,
@@ -83,7 +97,8 @@ def diagnose(source: Source, *, inputs: InputsSource | None = None,
 
     say("loading model")
     clock = time.perf_counter()
-    model = load_model(_read_spec_path(source), limits=limits, seed=settings.seed)
+    payload, name = read_source(source, limits)
+    model = load_model(payload, name=name, limits=limits, seed=settings.seed)
     timings.load_s = time.perf_counter() - clock
 
     clock = time.perf_counter()
@@ -127,6 +142,8 @@ def diagnose(source: Source, *, inputs: InputsSource | None = None,
         timings=timings,
         notes=list(model.notes),
     )
+    onnx_bytes = payload if model.source.kind == "onnx" else None
+    report._repair = RepairContext(onnx_bytes, model, batches, settings, candidates)
     timings.total_s = time.perf_counter() - started
     return report
 
@@ -160,16 +177,6 @@ def _verified_remedies(candidates: list[Candidate], model: LoadedModel,
         return skip_verification(candidates, reason)
     say(f"verifying {sum(1 for c in candidates if c.edit)} remedies")
     return verify(candidates, model, batches, config, verdict, probe)
-
-
-def _read_spec_path(source: Source) -> Source:
-    # A spec given as a JSON *string* (not a path) is common from notebooks.
-    if isinstance(source, str) and source.lstrip().startswith("{"):
-        try:
-            return json.loads(source)
-        except json.JSONDecodeError:
-            return source.encode()
-    return source
 
 
 def _device(config: DiagnosisConfig) -> torch.device:

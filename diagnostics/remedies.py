@@ -57,8 +57,8 @@ def _ratio_text(evidence: Evidence) -> str:
     ratio = evidence.backward_signal_ratio.median if evidence.backward_signal_ratio else None
     if ratio is None:
         return ""
-    return (f"the backward signal at {evidence.deepest_layer} is {ratio:.3g}× that at "
-            f"{evidence.shallowest_layer}")
+    return (f"The backward signal at {evidence.deepest_layer} is {ratio:.3g}× (width-corrected) "
+            f"that at {evidence.shallowest_layer}")
 
 
 def _hidden_saturating(model: LoadedModel) -> list[int]:
@@ -97,9 +97,9 @@ def _replace_activation(model, layers, verdict, config) -> Candidate | None:
         plan = {}
         for f in feeding:
             found = edits.weight_of(copy, copy.layers[f])
-            fan = found and edits.fans(copy, copy.layers[f], found[1])
-            if found and fan:
-                plan[found[0]] = math.sqrt(2.0 / fan[0])
+            layout = found and edits.weight_layout(copy, copy.layers[f], found[1])
+            if found and layout:
+                plan[found[0]] = edits.InitChoice(math.sqrt(2.0 / layout.fan_in))
         edits.reinitialize(copy, plan, config.seed)
 
     return Candidate(remedy, edit)
@@ -156,14 +156,15 @@ def init_plan(model: LoadedModel) -> list[dict]:
         if found is None:
             continue
         name, param = found
-        fan = edits.fans(model, layer, param)
+        layout = edits.weight_layout(model, layer, param)
         following = edits.following_activation(model, index)
-        if fan is None or following == "normalization" or param.numel() < 2:
+        if layout is None or following == "normalization" or param.numel() < 2:
             continue
-        scheme, std = edits.recommended_init(following, *fan)
+        scheme, std = edits.recommended_init(following, layout.fan_in, layout.fan_out)
         measured = float(param.detach().double().std())
+        input_mean = edits.INPUT_MEANS.get(edits.preceding_activation(model, index), 0.0)
         plan.append({"layer": layer.name, "parameter": name, "scheme": scheme,
-                     "std": std, "measured_std": measured,
+                     "std": std, "measured_std": measured, "input_mean": input_mean,
                      "ratio": measured / std if std else math.inf,
                      "activation": following.value if isinstance(following, Activation) else None})
     return plan
@@ -177,6 +178,7 @@ def _reinitialize(model, layers, verdict, config) -> Candidate | None:
     if not off:
         return None
     worst = max(off, key=lambda p: abs(math.log(max(p["ratio"], 1e-300))))
+    centred = [p for p in off if p["input_mean"]]
     schemes = sorted({p["scheme"] for p in off})
     remedy = Remedy(
         id="reinitialize", rank=0,
@@ -189,12 +191,16 @@ def _reinitialize(model, layers, verdict, config) -> Candidate | None:
         layers=[p["layer"] for p in off],
         params={"weights": {p["parameter"]: {"scheme": p["scheme"], "std": _round(p["std"]),
                                              "measured_std": _round(p["measured_std"])}
-                            for p in off}, "biases": "zeros"},
+                            for p in off},
+                "biases": "zeros" if not centred else
+                f"zeros, except layers fed by a sigmoid: bias = -0.5 * W.sum(inputs), so "
+                f"pre-activations start centred ({len(centred)} layer(s))"},
         repairable=True,
     )
 
     def edit(copy: LoadedModel, _batches: list[SampleBatch]) -> None:
-        edits.reinitialize(copy, {p["parameter"]: p["std"] for p in off}, config.seed)
+        edits.reinitialize(copy, {p["parameter"]: edits.InitChoice(p["std"], p["input_mean"])
+                                  for p in off}, config.seed)
 
     return Candidate(remedy, edit)
 
@@ -250,7 +256,7 @@ def _add_normalization(model, layers, verdict, config) -> Candidate | None:
     remedy = Remedy(
         id="add-normalization", rank=0,
         title=f"Add {kind} after each of the {count} layers with weights",
-        rationale=(f"{_ratio_text(verdict.evidence)} and the model has no normalization layer: "
+        rationale=(f"{_ratio_text(verdict.evidence)}, and the model has no normalization layer: "
                    "nothing keeps the activation scale, and with it the per-layer gain, near 1 as "
                    f"depth grows. {kind} ({'CNN' if convolutional else 'sequence/MLP'}) "
                    "re-centres and rescales every layer's output."),

@@ -10,7 +10,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from diagnostics.config import DiagnosisConfig
 
@@ -228,3 +228,22 @@ class Report(_Model):
     samples: SamplesReport
     timings: Timings
     notes: list[str] = Field(default_factory=list)
+
+    # In-memory only (never serialized): what repaired_model() needs.
+    _repair: Any = PrivateAttr(default=None)
+
+    def repaired_model(self, remedy_id: str) -> bytes:
+        """The ONNX model with a repairable remedy (re-initialization, LSUV) applied.
+
+        Available on reports returned by ``diagnose`` in this process, for ONNX sources.
+
+        Raises:
+            RemedyNotRepairableError: Unknown remedy, one that changes the architecture, a spec
+                source, or a report that was loaded from JSON.
+        """
+        from diagnostics.repair import RemedyNotRepairableError, repaired_onnx
+
+        if self._repair is None:
+            raise RemedyNotRepairableError(
+                "this report holds no model (it was loaded from JSON); re-run diagnose")
+        return repaired_onnx(self._repair, remedy_id)

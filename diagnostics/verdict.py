@@ -234,9 +234,14 @@ def _sample_status(sample: SampleObservation, ratio: SignalRatio | None,
 
 def _summary(status: Status, evidence: Evidence, samples: list[SampleObservation]) -> str:
     ratio = evidence.backward_signal_ratio.median if evidence.backward_signal_ratio else None
+    raw = evidence.backward_signal_ratio_raw.median if evidence.backward_signal_ratio_raw else None
     gain = f", {evidence.per_layer_gain:.3g}× per layer" if evidence.per_layer_gain else ""
-    profile = (f"the backward signal at {evidence.deepest_layer} is {ratio:.3g}× that at "
-               f"{evidence.shallowest_layer}{gain}") if ratio is not None else None
+    profile = None
+    if ratio is not None:
+        shown = f"{raw:.3g}× (width-corrected {ratio:.3g}×)" if raw is not None and \
+            f"{raw:.3g}" != f"{ratio:.3g}" else f"{ratio:.3g}×"
+        profile = (f"the backward signal at {evidence.deepest_layer} is {shown} that at "
+                   f"{evidence.shallowest_layer}{gain}")
     bad_inputs = sorted({name for s in samples for name in s.nonfinite_inputs})
     if status is Status.EXPLODING and evidence.nonfinite_count:
         if bad_inputs:
