@@ -5,11 +5,25 @@
     report.verdict.status   # "healthy" | "vanishing" | "exploding"
 """
 
+from typing import TYPE_CHECKING, Any
+
 from diagnostics.config import DiagnosisConfig, Thresholds
 from diagnostics.errors import DiagnosticsError
 from diagnostics.limits import Limits
-from diagnostics.pipeline import diagnose
 from diagnostics.report import Report, Status
+
+if TYPE_CHECKING:
+    from diagnostics.pipeline import diagnose
 
 __all__ = ["DiagnosisConfig", "DiagnosticsError", "Limits", "Report", "Status", "Thresholds",
            "diagnose"]
+
+
+def __getattr__(name: str) -> Any:
+    # diagnose pulls in torch; the report types and renderers must not (a pipeline client that
+    # only prints reports should start in milliseconds).
+    if name == "diagnose":
+        from diagnostics.pipeline import diagnose
+
+        return diagnose
+    raise AttributeError(f"module 'diagnostics' has no attribute {name!r}")
