@@ -1,0 +1,173 @@
+"""`graddoctor diagnose`: the exit-code contract, JSON output, one-line errors, repaired models.
+
+The first tests run the installed console script in a subprocess, as a pipeline would; the
+error table calls ``main()`` in-process (same code path, no interpreter start per case).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from service.cli import main
+from tests.onnx_export import export_legacy
+
+GRADDOCTOR = [sys.executable, "-m", "service.cli"]
+
+
+def deep_sigmoid_onnx(path: Path) -> Path:
+    torch.manual_seed(0)
+    layers: list[nn.Module] = []
+    for _ in range(12):
+        layers += [nn.Linear(32, 32), nn.Sigmoid()]
+    net = nn.Sequential(*layers, nn.Linear(32, 4)).eval()
+    path.write_bytes(export_legacy(net, (torch.randn(4, 32),), input_names=["x"]))
+    return path
+
+
+class ResidualBlock(nn.Module):
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(channels)
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(channels)
+
+    def forward(self, x):
+        return torch.relu(x + self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x))))))
+
+
+def residual_cnn_onnx(path: Path) -> Path:
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+                        *[ResidualBlock(16) for _ in range(4)],
+                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10))
+    for module in net.modules():
+        if isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+    net.eval()
+    path.write_bytes(export_legacy(net, (torch.randn(2, 3, 16, 16),), input_names=["image"],
+                                   do_constant_folding=False))
+    return path
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([*GRADDOCTOR, *args], capture_output=True, text=True, timeout=300,
+                          check=False)
+
+
+def test_deep_sigmoid_onnx_is_vanishing_with_remedies_naming_layers(tmp_path):
+    model = deep_sigmoid_onnx(tmp_path / "sigmoid.onnx")
+    done = run_cli("diagnose", str(model), "--samples", "2")
+    assert done.returncode == 3, done.stderr
+    assert "VANISHING" in done.stdout
+    assert "/0/Gemm" in done.stdout and "replace-activation" in done.stdout
+    assert "Traceback" not in done.stderr
+
+
+def test_he_residual_cnn_onnx_is_healthy_and_json_is_the_report(tmp_path):
+    model = residual_cnn_onnx(tmp_path / "resnet.onnx")
+    done = run_cli("diagnose", str(model), "--format", "json", "--samples", "2", "--seed", "3")
+    assert done.returncode == 0, done.stderr + done.stdout[-2000:]
+    report = json.loads(done.stdout)
+    assert report["verdict"]["status"] == "healthy"
+    assert report["config"]["seed"] == 3 and report["samples"]["count"] == 2
+    assert report["source"]["kind"] == "onnx" and len(report["source"]["sha256"]) == 64
+    assert {layer["op_type"] for layer in report["layers"]} >= {"Conv", "Relu", "Gemm"}
+
+
+def test_repaired_model_rediagnoses_healthy(tmp_path):
+    model = deep_sigmoid_onnx(tmp_path / "sigmoid.onnx")
+    fixed = tmp_path / "fixed.onnx"
+    assert main(["diagnose", str(model), "--samples", "1", "--fix", "reinitialize",
+                 "--fix-output", str(fixed), "--output", str(tmp_path / "r.txt")]) == 3
+    assert main(["diagnose", str(fixed), "--samples", "1", "--format", "json",
+                 "--output", str(tmp_path / "r.json")]) == 0
+    assert json.loads((tmp_path / "r.json").read_text())["verdict"]["status"] == "healthy"
+
+
+def _write(path: Path, content: bytes | str) -> Path:
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    return path
+
+
+SPEC = {"inputs": [{"name": "x", "shape": [4, 8]}],
+        "layers": [{"type": "Linear", "in_features": 8, "out_features": 8}]}
+
+
+def _spec(**changes) -> str:
+    spec = json.loads(json.dumps(SPEC))
+    spec.update(changes)
+    return json.dumps(spec)
+
+
+ERROR_CASES = {
+    "missing-file": (lambda d: ["diagnose", str(d / "nope.onnx")], "does not exist"),
+    "garbage-bytes": (lambda d: ["diagnose", str(_write(d / "m.onnx", b"\x00garbage" * 50))],
+                      "onnx"),
+    "empty-file": (lambda d: ["diagnose", str(_write(d / "m.onnx", b""))], "empty"),
+    "truncated-onnx": (lambda d: ["diagnose", str(_write(
+        d / "m.onnx", deep_sigmoid_onnx(d / "full.onnx").read_bytes()[:300]))], "onnx"),
+    "unknown-spec-type": (lambda d: ["diagnose", str(_write(d / "s.json", _spec(
+        layers=[{"type": "Linear", "in_features": 8, "out_features": 8}, {"type": "Frobnicate"}])))],
+        "layers[1]"),
+    "bad-kwarg": (lambda d: ["diagnose", str(_write(d / "s.json", _spec(
+        layers=[{"type": "Linear", "in_features": 8, "out_features": "eight"}])))],
+        "out_features"),
+    "unresolvable-dynamic-dim": (lambda d: ["diagnose", str(_write(d / "s.onnx", _dynamic_onnx()))],
+                                 "axis 1"),
+    "bad-config-json": (lambda d: ["diagnose", str(_write(d / "s.json", json.dumps(SPEC))),
+                                   "--config", str(_write(d / "c.json", "{nope"))], "not valid JSON"),
+    "unknown-config-field": (lambda d: ["diagnose", str(_write(d / "s.json", json.dumps(SPEC))),
+                                        "--config", str(_write(d / "c.json", '{"sampels": 2}'))],
+                             "sampels"),
+    "wrong-input-name": (lambda d: ["diagnose", str(_write(d / "s.json", json.dumps(SPEC))),
+                                    "--inputs", str(_npz(d / "in.npz", y=np.zeros((4, 8),
+                                                                                 np.float32)))],
+                         "'y'"),
+    "pickled-inputs": (lambda d: ["diagnose", str(_write(d / "s.json", json.dumps(SPEC))),
+                                  "--inputs", str(_npz(d / "in.npz", x=np.array([{"a": 1}],
+                                                                              dtype=object)))],
+                       "pickle"),
+    "usage-error": (lambda d: ["diagnose"], "required"),
+    "fix-without-output": (lambda d: ["diagnose", str(_write(d / "s.json", json.dumps(SPEC))),
+                                      "--fix", "reinitialize"], "--fix-output"),
+}
+
+
+def _npz(path: Path, **arrays) -> Path:
+    np.savez(path, **arrays)
+    return path
+
+
+def _dynamic_onnx() -> bytes:
+    """A model whose input has a dynamic time axis that nothing in the graph resolves."""
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the legacy exporter announces its deprecation
+        torch.onnx.export(nn.Linear(8, 2).eval(), (torch.randn(2, 3, 8),), buffer, dynamo=False,
+                          input_names=["seq"], dynamic_axes={"seq": {0: "batch", 1: "time"}})
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(("make_args", "needle"), list(ERROR_CASES.values()), ids=list(ERROR_CASES))
+def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, make_args, needle):
+    try:
+        code = main(make_args(tmp_path))
+    except SystemExit as exc:  # argparse usage errors exit through SystemExit
+        code = exc.code
+    err = capsys.readouterr().err
+    assert code == 2, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert lines and lines[-1].startswith("graddoctor: error:"), err
+    assert "Traceback" not in err
+    assert needle in err, err
