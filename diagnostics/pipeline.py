@@ -9,19 +9,16 @@ from typing import Any
 
 import torch
 
-from diagnostics.aggregate import build_layer_reports
 from diagnostics.config import DiagnosisConfig, Device, ProbeDtype, resolve_config
 from diagnostics.errors import (DiagnosticsError, InvalidConfigError, ModelLoadError,
                                 ResourceLimitError)
 from diagnostics.inputs import InputsSource, SampleBatch, make_batches, read_inputs
 from diagnostics.limits import DEFAULT_LIMITS, Limits
 from diagnostics.model import LoadedModel
-from diagnostics.probe import SampleObservation, probe_mode, run_sample
+from diagnostics.examination import Examination, examine
 from diagnostics.remedies import Candidate, propose
 from diagnostics.repair import RepairContext
-from diagnostics.report import (Remedy, Report, SampleReport, SamplesReport, SourceReport, Timings,
-                                Verdict)
-from diagnostics.verdict import judge
+from diagnostics.report import Remedy, Report, SampleReport, SamplesReport, SourceReport, Timings
 from diagnostics.verification import skip_verification, verify
 
 Source = str | Path | bytes | Mapping[str, Any]
@@ -108,20 +105,15 @@ def diagnose(source: Source, *, inputs: InputsSource | None = None,
     model, batches = _place(model, batches, device, settings.dtype)
     timings.inputs_s = time.perf_counter() - clock
 
-    clock = time.perf_counter()
-    observations = probe(model, batches, settings, say)
-    timings.probe_s = time.perf_counter() - clock
+    found = examine(model, batches, settings, say)
+    timings.probe_s, timings.verdict_s = found.probe_s, found.verdict_s
+    verdict, layers = found.verdict, found.layers
 
     clock = time.perf_counter()
-    layers = build_layer_reports(model, observations, settings.thresholds)
-    verdict, sample_statuses = judge(model, layers, observations, settings.thresholds)
-    timings.verdict_s = time.perf_counter() - clock
-
-    clock = time.perf_counter()
-    candidates = propose(model, layers, verdict, settings)
+    candidates = propose(model, found, settings)
     timings.remedies_s = time.perf_counter() - clock
     clock = time.perf_counter()
-    remedies = _verified_remedies(candidates, model, batches, settings, verdict, say)
+    remedies = _verified_remedies(candidates, model, batches, settings, found, say)
     timings.verification_s = time.perf_counter() - clock
 
     report = Report(
@@ -130,6 +122,7 @@ def diagnose(source: Source, *, inputs: InputsSource | None = None,
         verdict=verdict,
         layers=layers,
         remedies=remedies,
+        temporal=found.temporal,
         samples=SamplesReport(
             count=len(batches),
             batch_size=int(batches[0].tensors[0].shape[0]) if batches[0].tensors and
@@ -137,7 +130,7 @@ def diagnose(source: Source, *, inputs: InputsSource | None = None,
             input_shapes={spec.name: list(t.shape) for spec, t in
                           zip(model.inputs, batches[0].tensors, strict=True)},
             runs=[SampleReport(seed=o.seed, loss=o.loss if _finite(o.loss) else None, status=s)
-                  for o, s in zip(observations, sample_statuses, strict=True)],
+                  for o, s in zip(found.observations, found.sample_statuses, strict=True)],
         ),
         timings=timings,
         notes=list(model.notes),
@@ -148,21 +141,9 @@ def diagnose(source: Source, *, inputs: InputsSource | None = None,
     return report
 
 
-def probe(model: LoadedModel, batches: list[SampleBatch], config: DiagnosisConfig,
-          progress: Progress | None = None) -> list[SampleObservation]:
-    """Run one probe pass per batch with the model in probe mode (restored afterwards)."""
-    say = progress or (lambda _message: None)
-    observations = []
-    with probe_mode(model.module, config.norm_stats):
-        for number, batch in enumerate(batches, 1):
-            say(f"sample {number}/{len(batches)}: forward + backward")
-            observations.append(run_sample(model, batch, config))
-    return observations
-
-
 def _verified_remedies(candidates: list[Candidate], model: LoadedModel,
-                       batches: list[SampleBatch], config: DiagnosisConfig, verdict: Verdict,
-                       say: Progress) -> list[Remedy]:
+                       batches: list[SampleBatch], config: DiagnosisConfig,
+                       before: Examination, say: Progress) -> list[Remedy]:
     if not candidates:
         return []
     size = sum(param.numel() for param in model.parameters.values())
@@ -176,7 +157,7 @@ def _verified_remedies(candidates: list[Candidate], model: LoadedModel,
     if not enabled:
         return skip_verification(candidates, reason)
     say(f"verifying {sum(1 for c in candidates if c.edit)} remedies")
-    return verify(candidates, model, batches, config, verdict, probe)
+    return verify(candidates, model, batches, config, before)
 
 
 def _device(config: DiagnosisConfig) -> torch.device:
@@ -208,4 +189,4 @@ def _finite(value: float) -> bool:
     return value == value and value not in (float("inf"), float("-inf"))
 
 
-__all__ = ["DiagnosticsError", "diagnose", "load_model", "probe"]
+__all__ = ["DiagnosticsError", "diagnose", "load_model", "read_source"]

@@ -194,7 +194,7 @@ def compute_loss(outputs: object, loss: Loss, seed: int) -> torch.Tensor:
     Raises:
         ProbeError: The model has no float output to differentiate.
     """
-    tensors = [t for t in _float_tensors(outputs)]
+    tensors = [t for t in float_tensors(outputs)]
     if not tensors:
         raise ProbeError("the model has no floating-point output to take a gradient of")
     total = torch.zeros((), dtype=torch.float64)
@@ -212,20 +212,20 @@ def compute_loss(outputs: object, loss: Loss, seed: int) -> torch.Tensor:
     return total
 
 
-def _float_tensors(value: object) -> Iterator[torch.Tensor]:
+def float_tensors(value: object) -> Iterator[torch.Tensor]:
     if isinstance(value, torch.Tensor):
         if value.is_floating_point():
             yield value
     elif isinstance(value, (list, tuple)):
         for item in value:
-            yield from _float_tensors(item)
+            yield from float_tensors(item)
     elif isinstance(value, dict):
         for item in value.values():
-            yield from _float_tensors(item)
+            yield from float_tensors(item)
 
 
 def _first_float_tensor(value: object) -> torch.Tensor | None:
-    return next(_float_tensors(value), None)
+    return next(float_tensors(value), None)
 
 
 def _hardtanh_bounds(module: nn.Module) -> tuple[float, float] | None:

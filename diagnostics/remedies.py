@@ -16,11 +16,14 @@ from torch import nn
 from diagnostics import edits
 from diagnostics.aggregate import is_weight
 from diagnostics.config import DiagnosisConfig
+from diagnostics.examination import Examination
 from diagnostics.inputs import SampleBatch
 from diagnostics.model import Activation, LayerKind, LoadedModel
 from diagnostics.report import Evidence, Flag, LayerReport, Remedy, Status, Verdict
 
-Edit = Callable[[LoadedModel, list[SampleBatch]], None]
+# An edit gets a private copy of the model (and the sample batches) and returns the model to
+# re-examine: the copy edited in place, or a model rebuilt from an edited spec.
+Edit = Callable[[LoadedModel, list[SampleBatch]], LoadedModel]
 
 # Ratio of measured to recommended weight std beyond which a layer is called mis-initialized.
 INIT_TOLERANCE = 1.5
@@ -35,22 +38,32 @@ class Candidate:
     note: str | None = None
 
 
-def propose(model: LoadedModel, layers: list[LayerReport], verdict: Verdict,
-            config: DiagnosisConfig) -> list[Candidate]:
-    """Candidates for this verdict, most specific first (ranking happens after verification)."""
-    if verdict.status is Status.HEALTHY and not any(
-            flag in verdict.flags for flag in (Flag.DEAD, Flag.DYING)):
-        return []
-    builders = (_replace_activation, _fix_dead_units, _reinitialize, _data_dependent_init,
-                _add_normalization, _add_residual, _clip_gradients, _lower_learning_rate)
+@dataclass(frozen=True)
+class Context:
+    """What the remedy builders look at."""
+
+    model: LoadedModel
+    found: Examination
+    config: DiagnosisConfig
+    spec: dict | None = None  # the spec document, for structural edits of spec models
+
+
+def propose(model: LoadedModel, found: Examination, config: DiagnosisConfig,
+            spec: dict | None = None) -> list[Candidate]:
+    """Candidates for this examination, most specific first (ranked after verification)."""
+    context = Context(model, found, config, spec)
     candidates = []
-    for builder in builders:
-        candidate = builder(model, layers, verdict, config)
+    for builder in BUILDERS:
+        candidate = builder(context)
         if candidate is not None:
             candidates.append(candidate)
     for rank, candidate in enumerate(candidates, 1):
         candidate.remedy.rank = rank
     return candidates
+
+
+def _unpack(context: Context) -> tuple[LoadedModel, list[LayerReport], Verdict, DiagnosisConfig]:
+    return context.model, context.found.layers, context.found.verdict, context.config
 
 
 def _ratio_text(evidence: Evidence) -> str:
@@ -66,7 +79,8 @@ def _hidden_saturating(model: LoadedModel) -> list[int]:
             if layer.activation in edits.SATURATING and layer.depth > 0]
 
 
-def _replace_activation(model, layers, verdict, config) -> Candidate | None:
+def _replace_activation(context: Context) -> Candidate | None:
+    model, layers, verdict, config = _unpack(context)
     if verdict.status is not Status.VANISHING:
         return None
     targets = _hidden_saturating(model)
@@ -101,11 +115,13 @@ def _replace_activation(model, layers, verdict, config) -> Candidate | None:
             if found and layout:
                 plan[found[0]] = edits.InitChoice(math.sqrt(2.0 / layout.fan_in))
         edits.reinitialize(copy, plan, config.seed)
+        return copy
 
     return Candidate(remedy, edit)
 
 
-def _fix_dead_units(model, layers, verdict, config) -> Candidate | None:
+def _fix_dead_units(context: Context) -> Candidate | None:
+    model, layers, verdict, config = _unpack(context)
     targets = [i for i, layer in enumerate(layers)
                if Flag.DEAD in layer.flags or Flag.DYING in layer.flags]
     if not targets:
@@ -144,6 +160,7 @@ def _fix_dead_units(model, layers, verdict, config) -> Candidate | None:
             for found in biases.values():
                 if found:
                     copy.parameters[found[0]].zero_()
+        return copy
 
     return Candidate(remedy, edit)
 
@@ -170,7 +187,8 @@ def init_plan(model: LoadedModel) -> list[dict]:
     return plan
 
 
-def _reinitialize(model, layers, verdict, config) -> Candidate | None:
+def _reinitialize(context: Context) -> Candidate | None:
+    model, layers, verdict, config = _unpack(context)
     if verdict.status is Status.HEALTHY:
         return None
     plan = init_plan(model)
@@ -201,11 +219,13 @@ def _reinitialize(model, layers, verdict, config) -> Candidate | None:
     def edit(copy: LoadedModel, _batches: list[SampleBatch]) -> None:
         edits.reinitialize(copy, {p["parameter"]: edits.InitChoice(p["std"], p["input_mean"])
                                   for p in off}, config.seed)
+        return copy
 
     return Candidate(remedy, edit)
 
 
-def _data_dependent_init(model, layers, verdict, config) -> Candidate | None:
+def _data_dependent_init(context: Context) -> Candidate | None:
+    model, layers, verdict, config = _unpack(context)
     if verdict.status is Status.HEALTHY:
         return None
     rescalable = [layer.name for layer in model.layers
@@ -228,6 +248,7 @@ def _data_dependent_init(model, layers, verdict, config) -> Candidate | None:
 
     def edit(copy: LoadedModel, batches: list[SampleBatch]) -> None:
         edits.rescale_data_dependent(copy, batches[0].tensors)
+        return copy
 
     return Candidate(remedy, edit)
 
@@ -245,7 +266,8 @@ def _is_chain(model: LoadedModel) -> bool:
     return len(set(depths)) == len(depths)
 
 
-def _add_normalization(model, layers, verdict, config) -> Candidate | None:
+def _add_normalization(context: Context) -> Candidate | None:
+    model, layers, verdict, config = _unpack(context)
     if verdict.status is Status.HEALTHY or _has_normalization(model):
         return None
     count = _weighted_count(model)
@@ -267,7 +289,8 @@ def _add_normalization(model, layers, verdict, config) -> Candidate | None:
     return Candidate(remedy, None, _graph_edit_note(model))
 
 
-def _add_residual(model, layers, verdict, config) -> Candidate | None:
+def _add_residual(context: Context) -> Candidate | None:
+    model, layers, verdict, config = _unpack(context)
     if verdict.status is Status.HEALTHY or not _is_chain(model):
         return None
     count = _weighted_count(model)
@@ -299,9 +322,11 @@ def _total_grad_norm(layers: list[LayerReport]) -> float | None:
     return math.sqrt(sum(squares)) if squares else None
 
 
-def _clip_gradients(model, layers, verdict, config) -> Candidate | None:
-    recurrent = any(layer.op_type in ("RNN", "LSTM", "GRU") for layer in model.layers)
-    if verdict.status is not Status.EXPLODING and not recurrent:
+def _clip_gradients(context: Context) -> Candidate | None:
+    model, layers, verdict, config = _unpack(context)
+    temporal_trouble = Flag.TEMPORAL_EXPLODING in verdict.flags or \
+        Flag.TEMPORAL_VANISHING in verdict.flags
+    if verdict.status is not Status.EXPLODING and not temporal_trouble:
         return None
     total = _total_grad_norm(layers)
     g2w = verdict.evidence.max_grad_to_weight
@@ -335,7 +360,8 @@ def _clip_gradients(model, layers, verdict, config) -> Candidate | None:
                          f"; clipped update norm {clipped:.3g}" if clipped else ""))
 
 
-def _lower_learning_rate(model, layers, verdict, config) -> Candidate | None:
+def _lower_learning_rate(context: Context) -> Candidate | None:
+    model, layers, verdict, config = _unpack(context)
     g2w = verdict.evidence.max_grad_to_weight
     if not g2w or g2w <= config.thresholds.max_grad_to_weight:
         return None
@@ -357,4 +383,7 @@ def _round(value: float | None) -> float | None:
     return None if value is None or not math.isfinite(value) else float(f"{value:.4g}")
 
 
-__all__ = ["Candidate", "init_plan", "is_weight", "propose"]
+BUILDERS = (_replace_activation, _fix_dead_units, _reinitialize, _data_dependent_init,
+            _add_normalization, _add_residual, _clip_gradients, _lower_learning_rate)
+
+__all__ = ["Candidate", "Context", "init_plan", "is_weight", "propose"]

@@ -64,7 +64,7 @@ def repaired_onnx(context: RepairContext, remedy_id: str) -> bytes:
             "remedy's params", remedy=remedy_id)
     copy = edits.copy_model(context.model)
     with probe_mode(copy.module, context.config.norm_stats):
-        candidate.edit(copy, context.batches)
+        copy = candidate.edit(copy, context.batches)
     model = onnx.load_from_string(context.source_bytes)
     by_name = {init.name: init for init in model.graph.initializer}
     for name, param in copy.parameters.items():

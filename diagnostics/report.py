@@ -207,13 +207,18 @@ class Timings(_Model):
 
 
 class TemporalProfile(_Model):
-    """‖∂L/∂x_t‖ for each time step t of a sequence input, loss on the last step's output."""
+    """‖∂L/∂x_t‖ for each time step t of the first recurrent layer's input, loss on the last
+    step's output (median over samples)."""
 
-    input: str
-    axis: int
-    grad_norms: list[float | None]
-    decay_per_step: float | None
-    effective_horizon: int | None
+    input: str = Field(description="The recurrent layer whose input sequence is profiled.")
+    axis: int = Field(description="Time axis of that input.")
+    grad_norms: list[float | None] = Field(description="‖∂L/∂x_t‖ for t = 0 .. T-1.")
+    decay_per_step: float | None = Field(
+        description="Factor by which the gradient changes per step back in time (log-linear fit).")
+    effective_horizon: int = Field(
+        description="Steps back from the last for which the gradient stays above "
+        "vanishing_ratio × its value at the last step (T = the whole sequence).")
+    first_to_last_ratio: float | None = Field(description="‖∂L/∂x_0‖ / ‖∂L/∂x_{T-1}‖.")
     status: Status
 
 

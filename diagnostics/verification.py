@@ -7,27 +7,24 @@ by the remedy.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 from diagnostics import edits
-from diagnostics.aggregate import build_layer_reports
 from diagnostics.config import DiagnosisConfig
 from diagnostics.errors import DiagnosticsError
+from diagnostics.examination import Examination, examine
 from diagnostics.inputs import SampleBatch
 from diagnostics.model import LoadedModel
 from diagnostics.probe import probe_mode
 from diagnostics.remedies import Candidate
-from diagnostics.report import Remedy, Status, Verdict, Verification
-from diagnostics.verdict import judge
-
-ProbeFn = Callable[[LoadedModel, list[SampleBatch], DiagnosisConfig], list]
+from diagnostics.report import Remedy, Status, Verification
 
 
-def evidence_digest(verdict: Verdict) -> dict:
+def evidence_digest(found: Examination) -> dict:
     """The few numbers a before/after comparison needs."""
+    verdict = found.verdict
     evidence = verdict.evidence
     ratio = evidence.backward_signal_ratio.median if evidence.backward_signal_ratio else None
-    return {
+    digest = {
         "status": verdict.status.value,
         "backward_signal_ratio": ratio,
         "per_layer_gain": evidence.per_layer_gain,
@@ -36,10 +33,15 @@ def evidence_digest(verdict: Verdict) -> dict:
         "dead_layers": list(evidence.dead_layers),
         "summary": verdict.summary,
     }
+    for profile in found.temporal[:1]:
+        digest.update(temporal_status=profile.status.value,
+                      temporal_ratio=profile.first_to_last_ratio,
+                      effective_horizon=profile.effective_horizon)
+    return digest
 
 
 def verify(candidates: list[Candidate], model: LoadedModel, batches: list[SampleBatch],
-           config: DiagnosisConfig, before: Verdict, probe: ProbeFn) -> list[Remedy]:
+           config: DiagnosisConfig, before: Examination) -> list[Remedy]:
     """Apply each candidate's edit to a fresh copy, re-probe, and attach the result.
 
     Returns:
@@ -54,15 +56,13 @@ def verify(candidates: list[Candidate], model: LoadedModel, batches: list[Sample
         try:
             copy = edits.copy_model(model)
             with probe_mode(copy.module, config.norm_stats):
-                candidate.edit(copy, batches)
-            observations = probe(copy, batches, config)
-            layers = build_layer_reports(copy, observations, config.thresholds)
-            after, _ = judge(copy, layers, observations, config.thresholds)
+                edited = candidate.edit(copy, batches)
+            after = examine(edited, batches, config)
         except DiagnosticsError as exc:
             candidate.remedy.verification_note = f"verification failed: {exc.detail}"
             continue
         candidate.remedy.verified = Verification(
-            status_before=before.status, status_after=after.status,
+            status_before=before.verdict.status, status_after=after.verdict.status,
             evidence_before=digest_before, evidence_after=evidence_digest(after))
     return rank([c.remedy for c in candidates])
 

@@ -1,0 +1,139 @@
+"""The temporal profile of a recurrent model: how far back in time the gradient reaches.
+
+For the first recurrent layer (RNN, LSTM, GRU) we take ‖∂L/∂x_t‖ for every time step t of its
+input sequence, with the loss on the last step's output only. A healthy memory keeps that norm
+within a factor of the vanishing ratio over the sequence; the number of steps back it stays
+above that factor is the effective horizon (DOMAIN.md §4: gated cells at torch's default init
+decay too, so this is reported for every recurrent model, not judged on the cell type).
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from diagnostics.config import DiagnosisConfig, Thresholds
+from diagnostics.inputs import SampleBatch
+from diagnostics.model import LoadedModel
+from diagnostics.probe import compute_loss, float_tensors
+from diagnostics.report import Status, TemporalProfile
+
+RECURRENT_OPS = frozenset({"RNN", "LSTM", "GRU"})
+
+
+@dataclass(frozen=True)
+class TemporalTarget:
+    layer: str
+    module_path: str
+    time_axis: int
+
+
+def find_target(model: LoadedModel) -> TemporalTarget | None:
+    """The first recurrent layer and the time axis of its input, or None."""
+    for layer in model.layers:
+        if layer.op_type in RECURRENT_OPS:
+            module = model.module.get_submodule(layer.module_path)
+            batch_first = bool(getattr(module, "batch_first", False)) or \
+                getattr(module, "layout", 0) == 1
+            return TemporalTarget(layer.name, layer.module_path, 1 if batch_first else 0)
+    return None
+
+
+def step_norms(model: LoadedModel, batch: SampleBatch, config: DiagnosisConfig,
+               target: TemporalTarget) -> list[float] | None:
+    """‖∂L/∂x_t‖ (float64) per time step of the recurrent layer's input, loss on the last step.
+
+    Call inside :func:`diagnostics.probe.probe_mode`. Returns None when the sequence has fewer
+    than two steps or no gradient reaches it.
+    """
+    module = model.module.get_submodule(target.module_path)
+    captured: dict[str, object] = {}
+
+    def record(grad: torch.Tensor) -> None:
+        steps = grad.detach().movedim(target.time_axis, 0)
+        wide = steps.reshape(steps.shape[0], -1).to(torch.float64)
+        captured["norms"] = [float(v) for v in torch.linalg.vector_norm(wide, dim=1)]
+
+    def pre_hook(_module: nn.Module, args: tuple) -> tuple:
+        x = args[0]
+        if not x.requires_grad:
+            x = x.detach().requires_grad_(True)
+        captured["length"] = int(x.shape[target.time_axis])
+        x.register_hook(record)
+        return (x, *args[1:])
+
+    handle = module.register_forward_pre_hook(pre_hook)
+    try:
+        outputs = model.module(*batch.tensors)
+        length = int(captured.get("length", 0))
+        if length < 2:
+            return None
+        loss = compute_loss(_last_step(outputs, length, target.time_axis), config.loss, batch.seed)
+        if loss.requires_grad:
+            loss.backward()
+    finally:
+        handle.remove()
+        for param in model.parameters.values():
+            param.grad = None
+    return captured.get("norms")  # type: ignore[return-value]
+
+
+def _last_step(outputs: object, length: int, axis: int) -> list[torch.Tensor]:
+    # Outputs that still carry the time axis are cut to their last step; the others (a
+    # classifier on the final state) already are "the last step's output".
+    selected = []
+    for tensor in float_tensors(outputs):
+        if tensor.dim() > axis and tensor.shape[axis] == length:
+            selected.append(tensor.select(axis, length - 1))
+        else:
+            selected.append(tensor)
+    return selected
+
+
+def profile(target: TemporalTarget, per_sample: list[list[float]],
+            thresholds: Thresholds) -> TemporalProfile:
+    """Median over samples per step, with the decay rate, effective horizon and status."""
+    length = min(len(norms) for norms in per_sample)
+    medians = [statistics.median(norms[t] for norms in per_sample) for t in range(length)]
+    last = medians[-1]
+    ratio = medians[0] / last if last > 0 else (math.inf if medians[0] > 0 else 1.0)
+    if ratio < thresholds.vanishing_ratio:
+        status = Status.VANISHING
+    elif ratio > thresholds.exploding_ratio:
+        status = Status.EXPLODING
+    else:
+        status = Status.HEALTHY
+    return TemporalProfile(
+        input=target.layer,
+        axis=target.time_axis,
+        grad_norms=[v if math.isfinite(v) else None for v in medians],
+        decay_per_step=_decay_per_step(medians),
+        effective_horizon=_horizon(medians, thresholds.vanishing_ratio),
+        first_to_last_ratio=ratio if math.isfinite(ratio) else None,
+        status=status,
+    )
+
+
+def _decay_per_step(norms: list[float]) -> float | None:
+    # Least-squares slope of log‖∂L/∂x_t‖ over t; going one step back multiplies by exp(-slope).
+    points = [(t, math.log(v)) for t, v in enumerate(norms) if v > 0 and math.isfinite(v)]
+    if len(points) < 2:
+        return None
+    mean_t = sum(t for t, _ in points) / len(points)
+    mean_y = sum(y for _, y in points) / len(points)
+    spread = sum((t - mean_t) ** 2 for t, _ in points)
+    slope = sum((t - mean_t) * (y - mean_y) for t, y in points) / spread
+    return math.exp(-slope)
+
+
+def _horizon(norms: list[float], floor: float) -> int:
+    """Steps back from the last for which the gradient stays above ``floor`` × its last value."""
+    last = norms[-1]
+    for back, value in enumerate(reversed(norms)):
+        if not (value >= floor * last):
+            return back
+    return len(norms)
