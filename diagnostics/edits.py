@@ -232,3 +232,29 @@ def rescale_data_dependent(model: LoadedModel, inputs: tuple[torch.Tensor, ...])
         for handle in handles:
             handle.remove()
     return touched
+
+
+def chrono_initialize(module: nn.Module, horizon: int, generator: torch.Generator) -> bool:
+    """Chrono initialization (Tallec & Ollivier 2018) of an LSTM's or GRU's gate biases.
+
+    LSTM: forget-gate bias log(U[1, horizon - 1]) and input-gate bias its negative; GRU: the
+    update gate (which keeps the old state) gets log(U[1, horizon - 1]). Time constants then
+    spread up to ``horizon`` steps. Returns False for other modules.
+    """
+    if not isinstance(module, (nn.LSTM, nn.GRU)) or not module.bias:
+        return False
+    hidden = module.hidden_size
+    upper = max(float(horizon) - 1.0, 2.0)
+    with torch.no_grad():
+        for name, bias in module.named_parameters():
+            if not name.startswith("bias_"):
+                continue
+            timescale = torch.log(1 + (upper - 1) * torch.rand(hidden, generator=generator))
+            bias.zero_()
+            if name.startswith("bias_ih"):
+                if isinstance(module, nn.LSTM):  # gates i, f, g, o
+                    bias[hidden:2 * hidden] = timescale
+                    bias[:hidden] = -timescale
+                else:  # gates r, z, n
+                    bias[hidden:2 * hidden] = timescale
+    return True

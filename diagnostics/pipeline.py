@@ -67,6 +67,17 @@ def load_model(payload: bytes | dict, *, name: str | None = None,
     return load_onnx(payload, name=name, limits=limits)
 
 
+def _load(payload: bytes | dict, name: str | None, limits: Limits,
+          seed: int) -> tuple[LoadedModel, dict | None]:
+    """The model, and for specs the validated document that structural remedies edit."""
+    if isinstance(payload, dict) or payload.lstrip()[:1] == b"{":
+        from diagnostics.loading.spec import build_spec, parse_spec
+
+        spec = parse_spec(payload, limits=limits)
+        return build_spec(spec, seed=seed, limits=limits), spec.to_dict()
+    return load_model(payload, name=name, limits=limits, seed=seed), None
+
+
 def diagnose(source: Source, *, inputs: InputsSource | None = None,
              config: DiagnosisConfig | dict[str, Any] | None = None,
              limits: Limits | None = None, progress: Progress | None = None) -> Report:
@@ -95,7 +106,7 @@ def diagnose(source: Source, *, inputs: InputsSource | None = None,
     say("loading model")
     clock = time.perf_counter()
     payload, name = read_source(source, limits)
-    model = load_model(payload, name=name, limits=limits, seed=settings.seed)
+    model, spec_document = _load(payload, name, limits, settings.seed)
     timings.load_s = time.perf_counter() - clock
 
     clock = time.perf_counter()
@@ -110,7 +121,7 @@ def diagnose(source: Source, *, inputs: InputsSource | None = None,
     verdict, layers = found.verdict, found.layers
 
     clock = time.perf_counter()
-    candidates = propose(model, found, settings)
+    candidates = propose(model, found, settings, spec_document, limits)
     timings.remedies_s = time.perf_counter() - clock
     clock = time.perf_counter()
     remedies = _verified_remedies(candidates, model, batches, settings, found, say)

@@ -13,11 +13,12 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from diagnostics import edits
+from diagnostics import edits, spec_edits
 from diagnostics.aggregate import is_weight
 from diagnostics.config import DiagnosisConfig
 from diagnostics.examination import Examination
 from diagnostics.inputs import SampleBatch
+from diagnostics.limits import DEFAULT_LIMITS, Limits
 from diagnostics.model import Activation, LayerKind, LoadedModel
 from diagnostics.report import Evidence, Flag, LayerReport, Remedy, Status, Verdict
 
@@ -36,6 +37,7 @@ class Candidate:
     remedy: Remedy
     edit: Edit | None = None
     note: str | None = None
+    temporal: bool = False  # verified on the temporal profile rather than the verdict
 
 
 @dataclass(frozen=True)
@@ -46,12 +48,19 @@ class Context:
     found: Examination
     config: DiagnosisConfig
     spec: dict | None = None  # the spec document, for structural edits of spec models
+    limits: Limits = DEFAULT_LIMITS
+
+    def rebuild(self, document: dict) -> LoadedModel:
+        """A spec model built from an edited document, seeded as the original."""
+        from diagnostics.loading.spec import load_spec
+
+        return load_spec(document, limits=self.limits, seed=self.config.seed)
 
 
 def propose(model: LoadedModel, found: Examination, config: DiagnosisConfig,
-            spec: dict | None = None) -> list[Candidate]:
+            spec: dict | None = None, limits: Limits = DEFAULT_LIMITS) -> list[Candidate]:
     """Candidates for this examination, most specific first (ranked after verification)."""
-    context = Context(model, found, config, spec)
+    context = Context(model, found, config, spec, limits)
     candidates = []
     for builder in BUILDERS:
         candidate = builder(context)
@@ -286,7 +295,7 @@ def _add_normalization(context: Context) -> Candidate | None:
         params={"normalization": kind, "position": "after each layer with weights, before its "
                                                    "activation"},
     )
-    return Candidate(remedy, None, _graph_edit_note(model))
+    return _structural(context, remedy, spec_edits.insert_normalization)
 
 
 def _add_residual(context: Context) -> Candidate | None:
@@ -306,14 +315,29 @@ def _add_residual(context: Context) -> Candidate | None:
         layers=[layer.name for layer in model.layers if edits.weight_of(model, layer)],
         params={"block": "layer with weights + activation", "branch_last_layer_init": "zeros"},
     )
-    return Candidate(remedy, None, _graph_edit_note(model))
+    return _structural(context, remedy, spec_edits.wrap_residual)
 
 
-def _graph_edit_note(model: LoadedModel) -> str:
-    if model.source.kind == "spec":
-        return "verified on specs once structural edits of the spec are supported"
-    return ("not verified: inserting layers into an ONNX graph would be speculative (where, "
-            "with which shapes); the recommendation stands on the evidence")
+ONNX_STRUCTURE_NOTE = ("not verified: inserting or replacing layers in an ONNX graph would be "
+                       "speculative (where, with which shapes); the recommendation stands on the "
+                       "evidence")
+
+
+def _structural(context: Context, remedy: Remedy,
+                edit_document: Callable[[dict], dict | None]) -> Candidate:
+    """A remedy that changes the architecture: verified by rebuilding an edited spec."""
+    if context.spec is None:
+        return Candidate(remedy, None, ONNX_STRUCTURE_NOTE)
+    edited = edit_document(context.spec)
+    if edited is None:
+        return Candidate(remedy, None, "not verified: no layer of this spec can take the edit "
+                                       "as it stands (shapes would not match)")
+    remedy.params["spec_after"] = edited
+
+    def edit(_copy: LoadedModel, _batches: list[SampleBatch]) -> LoadedModel:
+        return context.rebuild(edited)
+
+    return Candidate(remedy, edit)
 
 
 def _total_grad_norm(layers: list[LayerReport]) -> float | None:
@@ -383,7 +407,100 @@ def _round(value: float | None) -> float | None:
     return None if value is None or not math.isfinite(value) else float(f"{value:.4g}")
 
 
+def _temporal_trouble(context: Context):
+    found = context.found.temporal
+    return found[0] if found and found[0].status is Status.VANISHING else None
+
+
+def _gated_cells(context: Context) -> Candidate | None:
+    profile = _temporal_trouble(context)
+    vanilla = [layer for layer in context.model.layers if layer.op_type == "RNN"]
+    if profile is None or not vanilla:
+        return None
+    steps = len(profile.grad_norms)
+    remedy = Remedy(
+        id="gated-cells", rank=0,
+        title=f"Replace the vanilla RNN by an LSTM (or GRU) with chrono-initialized gates",
+        rationale=(f"Through time the gradient reaching the first of {steps} steps is "
+                   f"{profile.first_to_last_ratio:.3g}× that at the last "
+                   f"({profile.decay_per_step:.3g}× per step back): the effective horizon is "
+                   f"{profile.effective_horizon} steps. A tanh RNN multiplies the signal by its "
+                   "recurrent Jacobian at every step; gated cells carry it through an additive "
+                   "memory, and chrono initialization (Tallec & Ollivier 2018) sets the forget "
+                   f"gates for time scales up to {steps} steps."),
+        layers=[layer.name for layer in vanilla],
+        params={"cell": "LSTM", "alternative": "GRU", "init": "chrono",
+                "chrono_max_timescale": steps, "orthogonal_recurrent_init": True},
+    )
+    if context.spec is None:
+        return Candidate(remedy, None, ONNX_STRUCTURE_NOTE, temporal=True)
+    edited = spec_edits.replace_recurrent(context.spec, "RNN", "LSTM")
+
+    def edit(_copy: LoadedModel, _batches: list[SampleBatch]) -> LoadedModel:
+        rebuilt = context.rebuild(edited)
+        _chrono(rebuilt, steps, context.config.seed)
+        return rebuilt
+
+    return Candidate(remedy, edit, temporal=True)
+
+
+def _chrono(model: LoadedModel, horizon: int, seed: int) -> list[str]:
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    return [layer.name for layer in model.layers if layer.op_type in ("LSTM", "GRU") and
+            edits.chrono_initialize(model.module.get_submodule(layer.module_path), horizon,
+                                    generator)]
+
+
+def _gate_init(context: Context) -> Candidate | None:
+    profile = _temporal_trouble(context)
+    gated = [layer for layer in context.model.layers if layer.op_type in ("LSTM", "GRU") and
+             isinstance(context.model.module.get_submodule(layer.module_path),
+                        (nn.LSTM, nn.GRU))]
+    if profile is None or not gated:
+        return None
+    steps = len(profile.grad_norms)
+    remedy = Remedy(
+        id="chrono-init", rank=0,
+        title="Chrono-initialize the gate biases (forget gate log U[1, T-1])",
+        rationale=(f"Through time the gradient reaching the first of {steps} steps is "
+                   f"{profile.first_to_last_ratio:.3g}× that at the last; the effective horizon "
+                   f"is {profile.effective_horizon} steps. At torch's default initialization "
+                   "the forget gate sits near 0.5 and the memory halves every step; a forget-gate "
+                   "bias of 1 (Jozefowicz et al. 2015) or chrono initialization lengthens it."),
+        layers=[layer.name for layer in gated],
+        params={"init": "chrono", "max_timescale": steps, "simple_alternative":
+                "forget-gate bias 1"},
+    )
+
+    def edit(copy: LoadedModel, _batches: list[SampleBatch]) -> LoadedModel:
+        _chrono(copy, steps, context.config.seed)
+        return copy
+
+    return Candidate(remedy, edit, temporal=True)
+
+
+def _truncate_bptt(context: Context) -> Candidate | None:
+    profile = _temporal_trouble(context)
+    if profile is None:
+        return None
+    horizon = max(profile.effective_horizon, 1)
+    remedy = Remedy(
+        id="truncate-bptt", rank=0,
+        title=f"Truncate backpropagation through time to about {horizon} steps",
+        rationale=(f"Beyond {horizon} steps back the gradient is under "
+                   f"{context.config.thresholds.vanishing_ratio:g}× its value at the last step: "
+                   "longer unrolls cost compute and memory without carrying signal, until the "
+                   "memory itself is fixed."),
+        layers=[profile.input],
+        params={"bptt_steps": horizon},
+    )
+    return Candidate(remedy, None, "a training-time setting", temporal=True)
+
+
 BUILDERS = (_replace_activation, _fix_dead_units, _reinitialize, _data_dependent_init,
-            _add_normalization, _add_residual, _clip_gradients, _lower_learning_rate)
+            _add_normalization, _add_residual, _gated_cells, _gate_init, _truncate_bptt,
+            _clip_gradients, _lower_learning_rate)
 
 __all__ = ["Candidate", "Context", "init_plan", "is_weight", "propose"]

@@ -153,6 +153,9 @@ class Verdict(_Model):
 class Verification(_Model):
     """What re-probing the model with a remedy applied showed."""
 
+    judged_on: str = Field(
+        "verdict", description="'verdict': the model's status; 'temporal': the status of the "
+        "temporal profile (remedies for memory through time).")
     status_before: Status
     status_after: Status
     evidence_before: dict[str, Any]

@@ -61,10 +61,17 @@ def verify(candidates: list[Candidate], model: LoadedModel, batches: list[Sample
         except DiagnosticsError as exc:
             candidate.remedy.verification_note = f"verification failed: {exc.detail}"
             continue
+        judged_on = "temporal" if candidate.temporal and before.temporal and after.temporal \
+            else "verdict"
         candidate.remedy.verified = Verification(
-            status_before=before.verdict.status, status_after=after.verdict.status,
+            judged_on=judged_on, status_before=_status(before, judged_on),
+            status_after=_status(after, judged_on),
             evidence_before=digest_before, evidence_after=evidence_digest(after))
     return rank([c.remedy for c in candidates])
+
+
+def _status(found: Examination, judged_on: str) -> Status:
+    return found.temporal[0].status if judged_on == "temporal" else found.verdict.status
 
 
 def skip_verification(candidates: list[Candidate], reason: str) -> list[Remedy]:
@@ -73,8 +80,8 @@ def skip_verification(candidates: list[Candidate], reason: str) -> list[Remedy]:
     return rank([c.remedy for c in candidates])
 
 
-def _distance(digest: dict) -> float:
-    ratio = digest.get("backward_signal_ratio")
+def _distance(digest: dict, judged_on: str = "verdict") -> float:
+    ratio = digest.get("temporal_ratio" if judged_on == "temporal" else "backward_signal_ratio")
     if ratio is None or not math.isfinite(ratio) or ratio <= 0:
         return math.inf
     return abs(math.log10(ratio))
@@ -85,10 +92,10 @@ def _key(indexed: tuple[int, Remedy]) -> tuple:
     check = remedy.verified
     if check is None:
         return (2, 0.0, order)
-    after = _distance(check.evidence_after)
+    after = _distance(check.evidence_after, check.judged_on)
     if check.status_after is Status.HEALTHY:
         return (0, after, order)
-    if after < _distance(check.evidence_before) or (
+    if after < _distance(check.evidence_before, check.judged_on) or (
             check.evidence_after.get("nonfinite_count", 0)
             < check.evidence_before.get("nonfinite_count", 0)):
         return (1, after, order)

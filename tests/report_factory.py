@@ -132,7 +132,8 @@ def demo_report(blocks: int = 10, temporal: bool = False) -> Report:
     ]
     norms = [0.8 ** (39 - t) if t != 5 else None for t in range(40)]  # one step not finite
     profiles = [TemporalProfile(input="x", axis=1, status=Status.VANISHING, decay_per_step=0.8,
-                                effective_horizon=12, grad_norms=norms)]
+                                effective_horizon=12, grad_norms=norms,
+                                first_to_last_ratio=norms[0] / norms[-1])]
     return Report(
         source=SourceReport(kind="spec", sha256="9f2c" * 16, name="deep-sigmoid"),
         config=DiagnosisConfig(), verdict=verdict, layers=layers, remedies=remedies,

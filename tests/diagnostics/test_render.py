@@ -90,7 +90,8 @@ def make_report(
                                    "summary": "healthy now"})),
     ]
     profiles = [TemporalProfile(input="tokens", axis=1, grad_norms=[None, 0.0, 1e-3, 1e-2, 1e-1],
-                                decay_per_step=0.1, effective_horizon=2, status=Status.VANISHING)]
+                                decay_per_step=0.1, effective_horizon=2, first_to_last_ratio=None,
+                                status=Status.VANISHING)]
     return Report(
         source=SourceReport(kind="onnx", sha256="ab" * 32, name="model.onnx", opset=17),
         config=DiagnosisConfig(),

@@ -1,0 +1,273 @@
+"""ONNX bytes -> checked model -> torch.fx GraphModule (onnx2torch) with names the user knows.
+
+The pipeline, in order (each step only after the previous one passed):
+
+1. parse; refuse external data anywhere and anything over the size/work budgets
+   (:mod:`.onnx_checks`), before any onnx function that allocates tensors or follows paths;
+2. every node has a converter at the model's opset (stock onnx2torch or ours in
+   :mod:`diagnostics.loading.ops`);
+3. onnx's checker and strict shape inference;
+4. rewrite for onnx2torch (:mod:`.onnx_graph`): safe node names, ``Identity(initializer)`` made
+   initializers of their own;
+5. convert, then bind every float weight to one trainable parameter named after its initializer
+   (:mod:`.onnx_params`), return outputs in graph order, switch to eval mode;
+6. describe the watched layers (parametric, activation, normalization), inputs and provenance.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import operator
+import re
+import types
+from collections.abc import Sequence
+
+import onnx2torch
+from onnx import GraphProto, ModelProto
+from torch import fx
+
+import diagnostics.loading.ops  # noqa: F401  (registers our converters with onnx2torch)
+from diagnostics.errors import ModelLoadError, UnsupportedOperatorError
+from diagnostics.limits import DEFAULT_LIMITS, Limits
+from diagnostics.loading.onnx_checks import (
+    check_budgets,
+    check_external_data,
+    check_supported_ops,
+    one_line,
+    opset_versions,
+    parse_model,
+    validate_and_infer,
+)
+from diagnostics.loading.onnx_graph import (
+    NORMALIZATIONS,
+    activation_of,
+    assign_safe_names,
+    check_outputs_computed,
+    default_opset,
+    identity_copy_elements,
+    input_specs,
+    layer_depths,
+    materialize_identity_initializers,
+    normalize_default_domain,
+    scalar_constants,
+)
+from diagnostics.loading.onnx_params import BoundParameters, bind_parameters
+from diagnostics.model import LayerInfo, LayerKind, LoadedModel, SourceInfo
+
+# Ops that hand a weight on unchanged in values (layout or dtype only): the weight is reported
+# on the node that consumes their output (the MatMul after ``Transpose(W)``), not on them.
+_WEIGHT_VIEWS = frozenset(
+    {"Identity", "Cast", "CastLike", "Transpose", "Reshape", "Unsqueeze", "Squeeze", "Flatten"}
+)
+# Initializer names the exporters invent for folded constants: legacy ``onnx::MatMul_40``,
+# dynamo ``val_12``.
+_GENERATED_NAME = re.compile(r"^(onnx::|val_\d+$)")
+_BN_FOLD_NOTE = (
+    "The graph has Conv but no BatchNormalization nodes: exporters fold BatchNorm into the "
+    "preceding Conv by default, so reported Conv weights may be fused ones. Export with "
+    "do_constant_folding=False (legacy exporter) or optimize=False (dynamo=True) to keep them."
+)
+
+
+def load_onnx(data: bytes, *, name: str | None = None,
+              limits: Limits = DEFAULT_LIMITS) -> LoadedModel:
+    """Load an ONNX model into a probe-ready torch module.
+
+    Args:
+        data: The ``.onnx`` file's bytes. External data is never read.
+        name: Display name for the report (e.g. the file name); defaults to the graph's name.
+        limits: Size and work budgets checked before anything is allocated.
+
+    Returns:
+        A :class:`LoadedModel` in eval mode: ``module(*inputs)`` takes tensors in ``inputs``
+        order and returns the graph outputs (a tensor, or a tuple in ``output_names`` order);
+        ``parameters`` holds every trainable float initializer once, by its ONNX name.
+
+    Raises:
+        ModelLoadError: not ONNX, truncated, no graph or nodes, rejected by the checker or
+            shape inference, or conversion failed.
+        ExternalDataError: a tensor keeps its data in an external file.
+        UnsupportedOperatorError: an op has no converter at the model's opset.
+        ResourceLimitError: the model is over one of ``limits``.
+    """
+    model = parse_model(data, limits)
+    normalize_default_domain(model)
+    check_external_data(model, limits)
+    check_budgets(model, limits, extra_parameters=identity_copy_elements(model.graph))
+    check_supported_ops(model)
+    validate_and_infer(model, limits)
+    check_outputs_computed(model.graph)
+
+    display = assign_safe_names(model.graph)
+    copies = materialize_identity_initializers(model.graph)
+    inputs = input_specs(model.graph)
+    module = _convert(model, display)
+    bound = bind_parameters(module, model.graph, opset_versions(model), display)
+    output_names = tuple(value.name for value in model.graph.output)
+    _return_outputs_in_order(module, model.graph)
+    module.eval()
+
+    return LoadedModel(
+        module=module,
+        inputs=inputs,
+        output_names=output_names,
+        layers=_layers(model.graph, display, bound),
+        parameters=bound.parameters,
+        source=_source(model, data, name),
+        notes=_notes(model.graph, copies, bound),
+    )
+
+
+def _convert(model: ModelProto, display: dict[str, str]) -> fx.GraphModule:
+    try:
+        return onnx2torch.convert(model, attach_onnx_mapping=True)
+    except Exception as exc:  # converters raise anything from KeyError to RuntimeError
+        node = _failing_node(exc)
+        shown = display.get(node.name, node.name) if node is not None else None
+        if isinstance(exc, NotImplementedError) and node is not None:
+            raise UnsupportedOperatorError(
+                node.operation_type, domain=node.domain,
+                opset=opset_versions(model).get(node.domain), node=shown,
+                detail=f"node {shown!r} ({node.operation_type}) cannot be converted: "
+                f"{one_line(exc)}",
+            ) from None
+        where = f" at node {shown!r} ({node.operation_type})" if node is not None else ""
+        raise ModelLoadError(
+            f"conversion to torch failed{where}: {type(exc).__name__}: {one_line(exc)}",
+            node=shown,
+        ) from None
+
+
+def _failing_node(exc: BaseException):
+    """The onnx2torch node being converted when ``exc`` was raised, read from the traceback.
+
+    ``onnx2torch.convert`` keeps it in its local ``onnx_node``; reading the frame avoids
+    patching the library's global registry, which other threads may be using.
+    """
+    convert_code = onnx2torch.converter.convert.__code__
+    trace: types.TracebackType | None = exc.__traceback__
+    while trace is not None:
+        if trace.tb_frame.f_code is convert_code:
+            return trace.tb_frame.f_locals.get("onnx_node")
+        trace = trace.tb_next
+    return None
+
+
+def _return_outputs_in_order(module: fx.GraphModule, graph: GraphProto) -> None:
+    """Make ``forward`` return exactly the graph outputs, in order.
+
+    onnx2torch returns each producing node's whole output once (a tuple for multi-output nodes,
+    deduplicated by node), which loses order and selection; rebuild the output from values.
+    """
+    fx_graph = module.graph
+    calls = {n.target: n for n in fx_graph.nodes if n.op == "call_module"}
+    producers = {out: (node, i) for node in graph.node for i, out in enumerate(node.output)}
+    old_output = next(n for n in fx_graph.nodes if n.op == "output")
+    values = []
+    with fx_graph.inserting_before(old_output):
+        for value in graph.output:
+            node, index = producers[value.name]  # check_outputs_computed guarantees it
+            call = calls[node.name]
+            if len(node.output) > 1:
+                call = fx_graph.call_function(operator.getitem, (call, index))
+            values.append(call)
+    fx_graph.erase_node(old_output)
+    fx_graph.output(values[0] if len(values) == 1 else tuple(values))
+    module.recompile()
+
+
+def _layers(graph: GraphProto, display: dict[str, str],
+            bound: BoundParameters) -> tuple[LayerInfo, ...]:
+    constants = scalar_constants(graph)
+    parameters = _node_parameters(graph, bound)
+    kinds_per_node = []
+    for node, names in zip(graph.node, parameters, strict=True):
+        kinds = set()
+        if names:
+            kinds.add(LayerKind.PARAMETRIC)
+        if activation_of(node, constants) is not None:
+            kinds.add(LayerKind.ACTIVATION)
+        if node.op_type in NORMALIZATIONS:
+            kinds.add(LayerKind.NORMALIZATION)
+        kinds_per_node.append(frozenset(kinds))
+    depths = layer_depths(graph, [bool(kinds) for kinds in kinds_per_node])
+    return tuple(
+        LayerInfo(
+            name=display[node.name],
+            op_type=node.op_type,
+            module_path=node.name,
+            kinds=kinds,
+            activation=activation_of(node, constants),
+            parameters=names,
+            depth=depth,
+        )
+        for node, kinds, names, depth in zip(
+            graph.node, kinds_per_node, parameters, depths, strict=True
+        )
+        if kinds
+    )
+
+
+def _node_parameters(graph: GraphProto, bound: BoundParameters) -> list[tuple[str, ...]]:
+    """Per node, the parameters it uses.
+
+    Its own initializer inputs, weights reaching it through weight views (``Transpose(W)``),
+    and untraceable parameters of its module.
+    """
+    through: dict[str, tuple[str, ...]] = {}
+    result: list[tuple[str, ...]] = []
+    for node in graph.node:
+        names: list[str] = []
+        for index, value in enumerate(node.input):
+            if value in bound.parameters:
+                names.append(value)
+            elif value in through:
+                names.extend(through[value])
+            if index == 0 and node.op_type in _WEIGHT_VIEWS and names:
+                through.update(dict.fromkeys(node.output, tuple(names)))
+                names = []
+        names.extend(bound.extra_by_node.get(node.name, ()))
+        result.append(tuple(dict.fromkeys(names)))
+    return result
+
+
+def _source(model: ModelProto, data: bytes, name: str | None) -> SourceInfo:
+    producer = f"{model.producer_name} {model.producer_version}".strip()
+    return SourceInfo(
+        kind="onnx",
+        sha256=hashlib.sha256(data).hexdigest(),
+        name=name or model.graph.name or None,
+        opset=default_opset(model),
+        producer=producer or None,
+    )
+
+
+def _notes(graph: GraphProto, copies: Sequence[str], bound: BoundParameters) -> tuple[str, ...]:
+    ops = {node.op_type for node in graph.node}
+    notes = []
+    if ops & {"Conv", "ConvTranspose"} and "BatchNormalization" not in ops:
+        notes.append(_BN_FOLD_NOTE)
+    if copies:
+        notes.append(
+            f"{len(copies)} initializers were stored by the exporter as Identity copies of "
+            f"another with equal values (deduplication); each is reported as its own parameter "
+            f"under its own name, as in the original model."
+        )
+    generated = [name for name in bound.parameters if _GENERATED_NAME.match(name)]
+    if generated:
+        notes.append(
+            f"{len(generated)} weights carry names the exporter generated (e.g. "
+            f"{generated[0]!r}): constant folding replaced the original tensor by a transformed "
+            f"copy (a transposed Linear weight, for instance), losing its name and any tying. "
+            f"Export with do_constant_folding=False (legacy exporter) or optimize=False "
+            f"(dynamo=True) to keep them."
+        )
+    if bound.constants:
+        shown = ", ".join(repr(name) for name in bound.constants[:5])
+        more = f" and {len(bound.constants) - 5} more" if len(bound.constants) > 5 else ""
+        notes.append(
+            f"{len(bound.constants)} float initializers are treated as constants, not weights "
+            f"(exponents, running statistics, non-differentiable or non-finite inputs): "
+            f"{shown}{more}."
+        )
+    return tuple(notes)

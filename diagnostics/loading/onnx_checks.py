@@ -1,0 +1,335 @@
+"""Safety and validity checks an ONNX model passes before anything converts or allocates it.
+
+The order matters and is kept by :func:`diagnostics.loading.onnx.load_onnx`: parse, then the
+structural walk (nesting, node count, external data, declared sizes, parameter budget) which only
+reads the protobuf, then the operator check, and only then onnx's checker and shape inference.
+Nothing here opens a file: external data is refused before any onnx function that could follow
+its path (``numpy_helper.to_array`` reads relative locations from the working directory).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import onnx
+from onnx import GraphProto, ModelProto, NodeProto, TensorProto, ValueInfoProto
+from onnx.defs import ONNX_DOMAIN, SchemaError, get_schema
+from onnx2torch.node_converters.registry import get_converter
+
+from diagnostics.errors import (
+    ExternalDataError,
+    ModelLoadError,
+    ResourceLimitError,
+    UnsupportedOperatorError,
+)
+from diagnostics.limits import Limits
+
+FLOAT_TYPES = frozenset(
+    {TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16, TensorProto.BFLOAT16}
+)
+_MESSAGE_CHARS = 400
+
+
+def one_line(text: object, limit: int = _MESSAGE_CHARS) -> str:
+    """``text`` with whitespace collapsed and cut to ``limit`` characters, for error details."""
+    flat = " ".join(str(text).split())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
+def parse_model(data: bytes, limits: Limits) -> ModelProto:
+    """Decode ``data`` into a ModelProto that at least has a graph with nodes.
+
+    Raises:
+        ResourceLimitError: ``data`` is larger than ``limits.max_model_bytes``.
+        ModelLoadError: empty, not a protobuf, truncated, or no graph / no nodes.
+    """
+    if len(data) > limits.max_model_bytes:
+        raise ResourceLimitError(
+            f"model file is {len(data)} bytes, over the limit of {limits.max_model_bytes}",
+            limit="max_model_bytes", value=limits.max_model_bytes,
+        )
+    if not data:
+        raise ModelLoadError("model file is empty")
+    model = ModelProto()
+    try:
+        model.ParseFromString(data)
+    except Exception as exc:  # protobuf raises DecodeError, RecursionError or others by backend
+        raise ModelLoadError(
+            f"not an ONNX model (protobuf decoding failed, truncated or corrupt file): "
+            f"{one_line(exc, 200)}"
+        ) from None
+    if not model.HasField("graph"):
+        raise ModelLoadError("not an ONNX model: the file holds no graph")
+    if not model.graph.node:
+        raise ModelLoadError("ONNX graph has no nodes")
+    return model
+
+
+@dataclass(frozen=True)
+class Scope:
+    """One graph-like body: the main graph, a subgraph attribute, a function or training graph."""
+
+    label: str
+    depth: int
+    nodes: tuple[NodeProto, ...]
+    graph: GraphProto | None
+
+
+def iter_scopes(model: ModelProto, max_nesting: int) -> Iterator[Scope]:
+    """Every graph body in ``model``, breadth-first, refusing nesting deeper than ``max_nesting``.
+
+    Iterative on purpose: a hostile file can nest subgraphs as deep as protobuf allows.
+
+    Raises:
+        ResourceLimitError: a subgraph sits deeper than ``max_nesting`` levels.
+    """
+    stack: list[tuple[str, int, GraphProto]] = [("graph", 0, model.graph)]
+    for info in model.training_info:
+        stack.append(("training_info.initialization", 0, info.initialization))
+        stack.append(("training_info.algorithm", 0, info.algorithm))
+    for function in model.functions:
+        yield Scope(f"function {function.domain}:{function.name}", 0, tuple(function.node), None)
+        stack.extend(_subgraphs(function.node, f"function {function.name}", 1))
+    while stack:
+        label, depth, graph = stack.pop()
+        if depth > max_nesting:
+            raise ResourceLimitError(
+                f"subgraphs are nested more than {max_nesting} levels deep ({label})",
+                limit="max_nesting", value=max_nesting,
+            )
+        yield Scope(label, depth, tuple(graph.node), graph)
+        stack.extend(_subgraphs(graph.node, label, depth + 1))
+
+
+def _subgraphs(nodes, label: str, depth: int) -> Iterator[tuple[str, int, GraphProto]]:
+    for node in nodes:
+        for attribute in node.attribute:
+            graphs = [attribute.g] if attribute.HasField("g") else []
+            for graph in [*graphs, *attribute.graphs]:
+                yield (f"{label} > node {node.name or node.op_type}.{attribute.name}", depth, graph)
+
+
+def _attribute_tensors(node: NodeProto) -> Iterator[tuple[str, TensorProto]]:
+    where = f"attribute of node {node.name or node.op_type!r}"
+    for attribute in node.attribute:
+        tensors = [attribute.t] if attribute.HasField("t") else []
+        tensors += list(attribute.tensors)
+        sparse = [attribute.sparse_tensor] if attribute.HasField("sparse_tensor") else []
+        sparse += list(attribute.sparse_tensors)
+        for tensor in tensors:
+            yield f"{where}.{attribute.name}", tensor
+        for item in sparse:
+            yield f"{where}.{attribute.name}", item.values
+            yield f"{where}.{attribute.name} (indices)", item.indices
+
+
+def iter_tensors(model: ModelProto, max_nesting: int) -> Iterator[tuple[str, TensorProto]]:
+    """Yield (where, tensor) for every tensor stored in the model.
+
+    Initializers, sparse initializers, node attributes (Constant ``value``/``sparse_value`` ...)
+    in every graph, subgraph and function, and function attribute defaults.
+    """
+    for function in model.functions:
+        for attribute in function.attribute_proto:
+            fake = NodeProto(name=f"function {function.name}", attribute=[attribute])
+            yield from _attribute_tensors(fake)
+    for scope in iter_scopes(model, max_nesting):
+        suffix = "" if scope.label == "graph" else f" in {scope.label}"
+        if scope.graph is not None:
+            for tensor in scope.graph.initializer:
+                yield f"initializer{suffix}", tensor
+            for item in scope.graph.sparse_initializer:
+                yield f"sparse initializer{suffix}", item.values
+                yield f"sparse initializer (indices){suffix}", item.indices
+        for node in scope.nodes:
+            for where, tensor in _attribute_tensors(node):
+                yield f"{where}{suffix}", tensor
+
+
+def check_external_data(model: ModelProto, limits: Limits) -> None:
+    """Refuse any tensor that keeps its data outside the file.
+
+    Raises:
+        ExternalDataError: naming the first such tensor and where it is.
+    """
+    for where, tensor in iter_tensors(model, limits.max_nesting):
+        if tensor.data_location == TensorProto.EXTERNAL or len(tensor.external_data) > 0:
+            location = next(
+                (entry.value for entry in tensor.external_data if entry.key == "location"), ""
+            )
+            name = tensor.name or "(unnamed)"
+            raise ExternalDataError(
+                f"tensor {name!r} ({where}) keeps its data in an external file "
+                f"({one_line(repr(location), 120)}); external data is never read - save the model "
+                f"with its weights embedded (onnx.save_model(model, path, "
+                f"save_as_external_data=False))",
+                tensor=tensor.name or None, location=location or None,
+            )
+
+
+def element_count(dims) -> int:
+    """Product of ``dims`` as a Python int (no overflow); negative dims are a load error."""
+    dims = list(dims)
+    if any(dim < 0 for dim in dims):
+        raise ModelLoadError(f"tensor has a negative dimension: {dims}")
+    return math.prod(dims)
+
+
+def _check_elements(what: str, count: int, limits: Limits) -> None:
+    if count > limits.max_tensor_elements:
+        raise ResourceLimitError(
+            f"{what} has {count} elements, over the limit of {limits.max_tensor_elements}",
+            limit="max_tensor_elements", value=limits.max_tensor_elements,
+        )
+
+
+def _declared_count(value: ValueInfoProto) -> int | None:
+    tensor_type = value.type.tensor_type if value.type.HasField("tensor_type") else None
+    if tensor_type is None or not tensor_type.HasField("shape"):
+        return None
+    dims = [dim.dim_value for dim in tensor_type.shape.dim if dim.HasField("dim_value")]
+    return element_count(dims)
+
+
+def check_declared_sizes(model: ModelProto, limits: Limits, *, inferred: bool = False) -> None:
+    """Refuse any declared (or, after shape inference, inferred) tensor over the element budget.
+
+    Only known dimensions count: a dynamic dimension is bounded later by the sample inputs.
+
+    Raises:
+        ResourceLimitError: naming the tensor.
+    """
+    kind = "inferred" if inferred else "declared"
+    for scope in iter_scopes(model, limits.max_nesting):
+        if scope.graph is None:
+            continue
+        graph = scope.graph
+        for value in [*graph.input, *graph.output, *graph.value_info]:
+            count = _declared_count(value)
+            if count is not None:
+                _check_elements(f"{kind} tensor {value.name!r}", count, limits)
+
+
+def check_budgets(model: ModelProto, limits: Limits, extra_parameters: int = 0) -> None:
+    """Node count, nesting, per-tensor elements and total float parameters, before any allocation.
+
+    Args:
+        model: The parsed model (external data already refused).
+        limits: The budgets.
+        extra_parameters: Float elements the loader will add (copies of deduplicated
+            initializers), counted against ``max_parameters`` too.
+
+    Raises:
+        ResourceLimitError: the first budget exceeded, with ``limit`` and its value.
+    """
+    nodes = sum(len(scope.nodes) for scope in iter_scopes(model, limits.max_nesting))
+    if nodes > limits.max_nodes:
+        raise ResourceLimitError(
+            f"model has {nodes} nodes (subgraphs and functions included), over the limit of "
+            f"{limits.max_nodes}",
+            limit="max_nodes", value=limits.max_nodes,
+        )
+    parameters = extra_parameters
+    for where, tensor in iter_tensors(model, limits.max_nesting):
+        count = element_count(tensor.dims)
+        _check_elements(f"tensor {tensor.name or '(unnamed)'!r} ({where})", count, limits)
+        if where.startswith("initializer") and tensor.data_type in FLOAT_TYPES:
+            parameters += count
+    if parameters > limits.max_parameters:
+        raise ResourceLimitError(
+            f"model has {parameters} float weights, over the limit of {limits.max_parameters}",
+            limit="max_parameters", value=limits.max_parameters,
+        )
+    check_declared_sizes(model, limits)
+
+
+def opset_versions(model: ModelProto) -> dict[str, int]:
+    """Imported opset per domain, with ``ai.onnx`` spelled as the default domain ``""``."""
+    return {
+        ("" if entry.domain == ONNX_DOMAIN or entry.domain == "ai.onnx" else entry.domain):
+        entry.version
+        for entry in model.opset_import
+    }
+
+
+def check_supported_ops(model: ModelProto) -> None:
+    """Every top-level node has an onnx2torch converter (stock or ours) at the model's opset.
+
+    Nodes inside If/Loop/Scan bodies are converted by their container's converter, so only
+    top-level nodes are looked up. Our own converters register on import of
+    :mod:`diagnostics.loading.ops`, which the caller has imported.
+
+    Raises:
+        ModelLoadError: a node's domain is not imported by the model.
+        UnsupportedOperatorError: naming op, domain, opset and node.
+    """
+    opsets = opset_versions(model)
+    for index, node in enumerate(model.graph.node):
+        domain = "" if node.domain == "ai.onnx" else node.domain
+        node_name = node.name or f"{node.op_type}_{index}"
+        if domain not in opsets:
+            raise ModelLoadError(
+                f"node {node_name!r} ({node.op_type}) uses domain {domain or 'ai.onnx'!r}, "
+                f"which the model does not import",
+                node=node_name,
+            )
+        try:
+            get_converter(operation_type=node.op_type, version=opsets[domain], domain=domain)
+        except NotImplementedError:
+            raise UnsupportedOperatorError(
+                node.op_type, domain=domain, opset=opsets[domain], node=node_name,
+                detail=_unsupported_detail(node.op_type, domain, opsets[domain], node_name),
+            ) from None
+
+
+def _unsupported_detail(op_type: str, domain: str, opset: int, node_name: str) -> str:
+    """The contract's message plus the op version a converter needs (Constant-19 at opset 20).
+
+    That version is what a converter author looks for.
+    """
+    try:
+        version = get_schema(op_type, max_inclusive_version=opset, domain=domain).since_version
+        needed = f"; no converter for {op_type}-{version}"
+    except SchemaError:
+        needed = "; no schema or converter for this custom op"
+    return (f"operator {op_type} (domain {domain or 'ai.onnx'}, opset {opset}{needed}) used by "
+            f"node {node_name!r} is not supported")
+
+
+def validate_and_infer(model: ModelProto, limits: Limits) -> ModelProto:
+    """Run onnx's checker, then strict shape inference with data propagation.
+
+    Strict inference with ``check_type`` is what ``check_model(full_check=True)`` runs; calling it
+    ourselves adds data propagation (so ConstantOfShape/Expand/Tile outputs get concrete shapes to
+    budget) without inferring twice.
+
+    Returns:
+        The model with inferred ``value_info``.
+
+    Raises:
+        ModelLoadError: with the checker's or inference's message on one line.
+        ResourceLimitError: an inferred tensor is over ``max_tensor_elements``.
+    """
+    try:
+        onnx.checker.check_model(model)
+    except Exception as exc:  # ValidationError, or C++ errors surfaced as other types
+        raise ModelLoadError(f"ONNX checker: {one_line(exc)}") from None
+    try:
+        inferred = onnx.shape_inference.infer_shapes(
+            model, check_type=True, strict_mode=True, data_prop=True
+        )
+    except Exception as exc:  # InferenceError, or a C++ error surfaced as RuntimeError
+        raise ModelLoadError(f"ONNX shape inference: {one_line(exc)}") from None
+    check_declared_sizes(inferred, limits, inferred=True)
+    return inferred
+
+
+def attribute_value(node: NodeProto, name: str):
+    """A node attribute's Python value, or None when absent."""
+    for attribute in node.attribute:
+        if attribute.name == name:
+            return onnx.helper.get_attribute_value(attribute)
+    return None
+
