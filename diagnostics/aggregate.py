@@ -120,6 +120,11 @@ def _layer_flags(layer: LayerReport, thresholds: Thresholds) -> list[Flag]:
     if any(is_weight(p) and (p.grad_to_weight.median or 0) > thresholds.max_grad_to_weight
            for p in layer.parameters):
         flags.append(Flag.LARGE_UPDATE)
+    if any(p.fp16_underflow_fraction and (p.fp16_underflow_fraction.median or 0) >=
+           thresholds.fp16_underflow_layer_fraction for p in layer.parameters):
+        flags.append(Flag.FP16_UNDERFLOW)
+    if any((p.grad_max_abs.max or 0) > thresholds.fp16_max for p in layer.parameters):
+        flags.append(Flag.FP16_OVERFLOW)
     return flags
 
 

@@ -97,6 +97,11 @@ class Thresholds(BaseModel):
         6e-8, gt=0, description="Smallest float16 subnormal; entries below it flush to zero."
     )
     fp16_max: float = Field(65504.0, gt=0, description="Largest finite float16.")
+    fp16_underflow_layer_fraction: float = Field(
+        0.5, gt=0, le=1,
+        description="A layer is flagged 'fp16_underflow' when at least this fraction of a "
+        "parameter's non-zero gradient entries lies below the float16 normal range.",
+    )
 
 
 class DiagnosisConfig(BaseModel):

@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from diagnostics.causes import find_causes
 from diagnostics.config import DiagnosisConfig, Device, ProbeDtype, resolve_config
 from diagnostics.errors import (DiagnosticsError, InvalidConfigError, ModelLoadError,
                                 ResourceLimitError)
@@ -121,6 +122,7 @@ def diagnose(source: Source, *, inputs: InputsSource | None = None,
     verdict, layers = found.verdict, found.layers
 
     clock = time.perf_counter()
+    causes = find_causes(model, found, settings)
     candidates = propose(model, found, settings, spec_document, limits)
     timings.remedies_s = time.perf_counter() - clock
     clock = time.perf_counter()
@@ -132,6 +134,7 @@ def diagnose(source: Source, *, inputs: InputsSource | None = None,
         config=settings,
         verdict=verdict,
         layers=layers,
+        causes=causes,
         remedies=remedies,
         temporal=found.temporal,
         samples=SamplesReport(

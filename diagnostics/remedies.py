@@ -499,8 +499,45 @@ def _truncate_bptt(context: Context) -> Candidate | None:
     return Candidate(remedy, None, "a training-time setting", temporal=True)
 
 
+def _loss_scaling(context: Context) -> Candidate | None:
+    model, layers, verdict, config = _unpack(context)
+    flagged = [layer for layer in layers if Flag.FP16_UNDERFLOW in layer.flags]
+    half = config.dtype.value == "float16"
+    float32_vanishing = config.dtype.value == "float32" and verdict.status is Status.VANISHING
+    if not flagged or not (half or float32_vanishing):
+        return None
+    means = [p.grad_mean_abs.median for layer in layers for p in layer.parameters
+             if p.grad_mean_abs.median]
+    peaks = [p.grad_max_abs.max for layer in layers for p in layer.parameters if p.grad_max_abs.max]
+    if not means or not peaks:
+        return None
+    thresholds = config.thresholds
+    needed = max(0, math.ceil(math.log2(thresholds.fp16_normal_min / min(means))))
+    room = math.floor(math.log2(thresholds.fp16_max / max(peaks)))
+    exponent = min(needed, room, 24)
+    fits = needed <= room
+    remedy = Remedy(
+        id="loss-scaling", rank=0,
+        title=(f"Use dynamic loss scaling (torch.amp.GradScaler, init_scale=2**{exponent})"
+               if fits else "Train in bfloat16 rather than float16"),
+        rationale=(f"In {len(flagged)} layer(s) most gradient entries lie below float16's normal "
+                   f"range ({thresholds.fp16_normal_min:g}); the smallest mean |gradient| of a "
+                   f"parameter is {min(means):.3g}. "
+                   + (f"Scaling the loss by 2**{exponent} lifts it into range while the largest "
+                      f"entry ({max(peaks):.3g}) stays below {thresholds.fp16_max:g}."
+                      if fits else
+                      f"No single scale fits: lifting the smallest by 2**{needed} would overflow "
+                      f"the largest ({max(peaks):.3g}); bfloat16 keeps float32's exponent range.")),
+        layers=[layer.name for layer in flagged],
+        params={"grad_scaler_init_scale": 2 ** exponent, "dtype": "float16" if fits else
+                "bfloat16", "needed_scale_exponent": needed, "headroom_exponent": room},
+    )
+    return Candidate(remedy, None, "a training-time setting: the sample pass measures the "
+                     "gradients it would scale")
+
+
 BUILDERS = (_replace_activation, _fix_dead_units, _reinitialize, _data_dependent_init,
             _add_normalization, _add_residual, _gated_cells, _gate_init, _truncate_bptt,
-            _clip_gradients, _lower_learning_rate)
+            _clip_gradients, _lower_learning_rate, _loss_scaling)
 
 __all__ = ["Candidate", "Context", "init_plan", "is_weight", "propose"]

@@ -178,6 +178,16 @@ class Remedy(_Model):
     )
 
 
+class Cause(_Model):
+    """Why the profile looks as it does: one cause and the numbers that show it."""
+
+    id: str = Field(description="saturating_activations | dead_units | initialization_scale | "
+                    "plain_depth | recurrent_memory | low_precision")
+    title: str
+    layers: list[str] = Field(default_factory=list)
+    evidence: dict[str, Any] = Field(default_factory=dict)
+
+
 class SourceReport(_Model):
     kind: str
     sha256: str
@@ -231,6 +241,7 @@ class Report(_Model):
     config: DiagnosisConfig
     verdict: Verdict
     layers: list[LayerReport]
+    causes: list[Cause] = Field(default_factory=list)
     remedies: list[Remedy] = Field(default_factory=list)
     temporal: list[TemporalProfile] = Field(default_factory=list)
     samples: SamplesReport

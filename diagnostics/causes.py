@@ -1,0 +1,156 @@
+"""Why: the causes behind a verdict, each with the numbers that show it.
+
+Causes are evidence, not verdicts: they name what in the model produces the measured profile
+(saturating activations, dead units, initialization scale, plain depth, recurrent memory, low
+precision), so a person can read the report without knowing the rules.
+"""
+
+from __future__ import annotations
+
+import math
+
+from diagnostics import edits
+from diagnostics.config import DiagnosisConfig, ProbeDtype
+from diagnostics.examination import Examination
+from diagnostics.model import LayerKind, LoadedModel
+from diagnostics.remedies import DEEP_CHAIN, INIT_TOLERANCE, init_plan
+from diagnostics.report import Cause, Flag, Status
+
+
+def find_causes(model: LoadedModel, found: Examination, config: DiagnosisConfig) -> list[Cause]:
+    """Every cause the evidence shows, most direct first."""
+    builders = (_saturation, _dead_units, _initialization, _plain_depth, _recurrent_memory,
+                _low_precision)
+    return [cause for build in builders if (cause := build(model, found, config)) is not None]
+
+
+def _saturation(model, found, config) -> Cause | None:
+    layers = found.layers
+    saturated = {layer.name: _round(layer.activations.saturated_fraction.median)
+                 for layer in layers if Flag.SATURATED in layer.flags and layer.activations
+                 and layer.activations.saturated_fraction}
+    hidden = [layer.name for layer in model.layers
+              if layer.activation in edits.SATURATING and layer.depth > 0]
+    if not saturated and not (hidden and found.verdict.status is Status.VANISHING):
+        return None
+    return Cause(
+        id="saturating_activations",
+        title=f"{len(hidden)} hidden sigmoid/tanh-like layer(s)"
+              + (f", {len(saturated)} saturated" if saturated else ""),
+        layers=sorted(set(hidden) | set(saturated)),
+        evidence={"saturated_fraction": saturated, "hidden_saturating_layers": len(hidden),
+                  "sigmoid_max_slope": 0.25, "threshold": config.thresholds.saturated_layer_fraction},
+    )
+
+
+def _dead_units(model, found, config) -> Cause | None:
+    rows = {layer.name: _round(layer.activations.dead_fraction.median) for layer in found.layers
+            if (Flag.DEAD in layer.flags or Flag.DYING in layer.flags) and layer.activations
+            and layer.activations.dead_fraction}
+    if not rows:
+        return None
+    dead = [name for name, fraction in rows.items() if fraction == 1.0]
+    return Cause(
+        id="dead_units",
+        title=(f"layer {dead[0]} is entirely dead: no gradient passes below it" if dead
+               else f"{len(rows)} layer(s) with most ReLU units never active"),
+        layers=list(rows),
+        evidence={"dead_fraction": rows, "entirely_dead": dead,
+                  "dying_threshold": config.thresholds.dying_layer_fraction},
+    )
+
+
+def _initialization(model, found, config) -> Cause | None:
+    if found.verdict.status is Status.HEALTHY:
+        return None
+    gains = _signal_gains(model, found)
+    off = [entry for entry in init_plan(model)
+           if not (1 / INIT_TOLERANCE <= entry["ratio"] <= INIT_TOLERANCE)]
+    if not off:
+        return None
+    return Cause(
+        id="initialization_scale",
+        title=f"{len(off)} weight(s) off the fan-in rule for the activation after them",
+        layers=[entry["layer"] for entry in off],
+        evidence={"weights": {entry["parameter"]: {
+            "measured_std": _round(entry["measured_std"]), "recommended": entry["scheme"],
+            "recommended_std": _round(entry["std"]), "ratio": _round(entry["ratio"]),
+            "backward_gain": gains.get(entry["layer"])} for entry in off}},
+    )
+
+
+def _signal_gains(model: LoadedModel, found: Examination) -> dict[str, float]:
+    """Per layer with weights: ‖δ‖ at its output / ‖δ‖ at the next such layer above it."""
+    weighted = [(index, layer) for index, layer in enumerate(found.layers)
+                if edits.weight_of(model, model.layers[index]) is not None
+                and layer.output_grad_norm and layer.output_grad_norm.median]
+    gains = {}
+    for (_, lower), (_, upper) in zip(weighted, weighted[1:], strict=False):
+        gains[lower.name] = _round(lower.output_grad_norm.median / upper.output_grad_norm.median)
+    return gains
+
+
+def _plain_depth(model, found, config) -> Cause | None:
+    count = sum(1 for layer in model.layers if edits.weight_of(model, layer) is not None)
+    normalized = any(LayerKind.NORMALIZATION in layer.kinds for layer in model.layers)
+    depths = [layer.depth for layer in model.layers]
+    chain = len(set(depths)) == len(depths)
+    if found.verdict.status is Status.HEALTHY or count < DEEP_CHAIN or (normalized and not chain):
+        return None
+    return Cause(
+        id="plain_depth",
+        title=f"{count} layers with weights in a plain stack"
+              + ("" if normalized else " without normalization")
+              + (" or skip connections" if chain else ""),
+        layers=[],
+        evidence={"layers_with_weights": count, "normalization": normalized,
+                  "skip_connections": not chain,
+                  "per_layer_gain": found.verdict.evidence.per_layer_gain},
+    )
+
+
+def _recurrent_memory(model, found, config) -> Cause | None:
+    for profile in found.temporal:
+        if profile.status is Status.HEALTHY:
+            continue
+        return Cause(
+            id="recurrent_memory",
+            title=f"memory through time {profile.status}: effective horizon "
+                  f"{profile.effective_horizon} of {len(profile.grad_norms)} steps",
+            layers=[profile.input],
+            evidence={"first_to_last_ratio": profile.first_to_last_ratio,
+                      "decay_per_step": profile.decay_per_step,
+                      "effective_horizon": profile.effective_horizon,
+                      "steps": len(profile.grad_norms)},
+        )
+    return None
+
+
+def _low_precision(model, found, config) -> Cause | None:
+    under, over, total = 0.0, [], 0
+    for layer in found.layers:
+        for param in layer.parameters:
+            size = math.prod(param.shape) or 1
+            total += size
+            if param.fp16_underflow_fraction and param.fp16_underflow_fraction.median:
+                under += param.fp16_underflow_fraction.median * size
+            if (param.grad_max_abs.max or 0) > config.thresholds.fp16_max:
+                over.append(param.name)
+    flagged = [layer.name for layer in found.layers
+               if Flag.FP16_UNDERFLOW in layer.flags or Flag.FP16_OVERFLOW in layer.flags]
+    if not flagged or (config.dtype is ProbeDtype.FLOAT32 and
+                       found.verdict.status is Status.HEALTHY):
+        return None
+    return Cause(
+        id="low_precision",
+        title=f"{under / total:.0%} of gradient entries below the float16 normal range"
+              if total else "low-precision gradients",
+        layers=flagged,
+        evidence={"fp16_underflow_fraction": _round(under / total) if total else None,
+                  "fp16_overflow_parameters": over, "probe_dtype": config.dtype.value,
+                  "fp16_normal_min": config.thresholds.fp16_normal_min},
+    )
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None or not math.isfinite(value) else float(f"{value:.4g}")
