@@ -91,9 +91,7 @@ def summarize_grad(grad: torch.Tensor, *, fp16_normal_min: float | None = None) 
         abs_sum = float(flat.to(torch.float64).abs().sum())
     underflow = None
     if fp16_normal_min is not None:
-        nonzero = numel - zeros
-        small = int(torch.count_nonzero(flat.abs() < fp16_normal_min)) - zeros
-        underflow = small / nonzero if nonzero else 0.0
+        underflow = _underflow_fraction(flat, fp16_normal_min)
     return GradSummary(
         norm=norm,
         rms=norm / math.sqrt(numel),
@@ -104,6 +102,22 @@ def summarize_grad(grad: torch.Tensor, *, fp16_normal_min: float | None = None) 
         numel=numel,
         fp16_underflow_fraction=underflow,
     )
+
+
+# Above this many entries the float16-underflow fraction is estimated on an evenly strided
+# sample: a fraction, not a norm, and exact counting would cost two full passes per tensor
+# (standard error of the estimate below 0.2 %).
+UNDERFLOW_SAMPLE = 65_536
+
+
+def _underflow_fraction(flat: torch.Tensor, normal_min: float) -> float:
+    step = max(1, flat.numel() // UNDERFLOW_SAMPLE)
+    sample = flat[::step]
+    nonzero = int(torch.count_nonzero(sample))
+    if not nonzero:
+        return 0.0
+    small = int(torch.count_nonzero(sample.abs() < normal_min)) - (sample.numel() - nonzero)
+    return small / nonzero
 
 
 def summarize_activation(
