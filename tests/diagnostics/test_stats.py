@@ -84,3 +84,11 @@ def test_dead_fraction_counts_units_inactive_on_every_sample():
     out[3, 0] = 1.0  # unit 0 alive in one sample
     out[:, 1] = 2.0  # unit 1 always alive
     assert dead_fraction(out, Activation.RELU) == pytest.approx(0.5)
+
+
+def test_fp16_underflow_fraction_of_a_large_tensor_is_estimated_closely():
+    generator = torch.Generator().manual_seed(0)
+    grad = torch.randn(1_000_003, generator=generator) * 1e-4  # ~45 % of |g| below 6.1e-5
+    exact = float(((grad.abs() < 6.1e-5) & (grad != 0)).double().sum() / (grad != 0).sum())
+    estimate = summarize_grad(grad, fp16_normal_min=6.1e-5).fp16_underflow_fraction
+    assert estimate == pytest.approx(exact, abs=0.01)
