@@ -129,5 +129,5 @@ def _layer_flags(layer: LayerReport, thresholds: Thresholds) -> list[Flag]:
 
 
 def is_weight(param: ParameterStats) -> bool:
-    """A matrix or kernel (not a bias, scale or scalar): the tensors relative updates are judged on."""
+    """A matrix or kernel (not a bias, scale or scalar): what relative updates are judged on."""
     return len(param.shape) >= 2

@@ -7,6 +7,7 @@ precision), so a person can read the report without knowing the rules.
 
 from __future__ import annotations
 
+import itertools
 import math
 
 from diagnostics import edits
@@ -39,7 +40,8 @@ def _saturation(model, found, config) -> Cause | None:
               + (f", {len(saturated)} saturated" if saturated else ""),
         layers=sorted(set(hidden) | set(saturated)),
         evidence={"saturated_fraction": saturated, "hidden_saturating_layers": len(hidden),
-                  "sigmoid_max_slope": 0.25, "threshold": config.thresholds.saturated_layer_fraction},
+                  "sigmoid_max_slope": 0.25,
+                  "threshold": config.thresholds.saturated_layer_fraction},
     )
 
 
@@ -85,7 +87,7 @@ def _signal_gains(model: LoadedModel, found: Examination) -> dict[str, float]:
                 if edits.weight_of(model, model.layers[index]) is not None
                 and layer.output_grad_norm and layer.output_grad_norm.median]
     gains = {}
-    for (_, lower), (_, upper) in zip(weighted, weighted[1:], strict=False):
+    for (_, lower), (_, upper) in itertools.pairwise(weighted):
         gains[lower.name] = _round(lower.output_grad_norm.median / upper.output_grad_norm.median)
     return gains
 

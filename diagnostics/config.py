@@ -70,7 +70,8 @@ class Thresholds(BaseModel):
     )
     max_grad_to_weight: float = Field(
         1e4, gt=0,
-        description="Largest ‖grad‖/‖weight‖ of a weight matrix or kernel tolerated. Above it, an SGD "
+        description="Largest ‖grad‖/‖weight‖ of a weight matrix or kernel tolerated. Above it, an "
+        "SGD "
         "step at learning rate 1e-4 would change that weight by more than 100 %: 'exploding'.",
     )
     saturation_derivative: float = Field(
@@ -85,7 +86,8 @@ class Thresholds(BaseModel):
     )
     dying_layer_fraction: float = Field(
         0.7, gt=0, le=1,
-        description="A ReLU-family layer is flagged 'dying' when at least this fraction of its units "
+        description="A ReLU-family layer is flagged 'dying' when at least this fraction of its "
+        "units "
         "are zero for every sample (AUTOTRAINER, DeepDiagnosis: 70 %). At 100 % it is 'dead'.",
     )
     fp16_normal_min: float = Field(
@@ -112,7 +114,8 @@ class DiagnosisConfig(BaseModel):
     batch_size: int = Field(8, ge=1, le=4096, description="Size of dynamic batch dimensions.")
     input_shapes: dict[str, list[int]] = Field(
         default_factory=dict,
-        description="Full shapes for inputs whose dimensions the model leaves dynamic, by input name.",
+        description="Full shapes for inputs whose dimensions the model leaves dynamic, by input "
+        "name.",
     )
     norm_stats: NormStats = NormStats.BATCH
     loss: Loss = Loss.MEAN_SQUARE

@@ -19,8 +19,8 @@ from diagnostics.model import Activation, LayerInfo, LayerKind, LoadedModel
 _HE = {Activation.RELU, Activation.RELU6, Activation.GELU, Activation.SILU, Activation.MISH,
        Activation.HARDSWISH, Activation.ELU, Activation.CELU, Activation.SOFTPLUS}
 _GLOROT = {Activation.TANH, Activation.SOFTSIGN, Activation.HARDTANH}
-_SIGMOID = {Activation.SIGMOID, Activation.HARDSIGMOID, Activation.LOG_SIGMOID}
-SATURATING = _GLOROT | _SIGMOID
+SIGMOID_LIKE = {Activation.SIGMOID, Activation.HARDSIGMOID, Activation.LOG_SIGMOID}
+SATURATING = _GLOROT | SIGMOID_LIKE
 ZERO_SLOPE = {Activation.RELU, Activation.RELU6, Activation.HARDSWISH}
 
 
@@ -32,7 +32,7 @@ def copy_model(model: LoadedModel) -> LoadedModel:
     return replace(model, module=module, parameters=params)  # type: ignore[arg-type]
 
 
-def following_activation(model: LoadedModel, index: int) -> Activation | None | str:
+def following_activation(model: LoadedModel, index: int) -> Activation | str | None:
     """The activation that consumes layer ``index``'s output, looking past bias-only layers.
 
     Returns the family, ``"normalization"`` when a normalization comes first, or None.
@@ -94,7 +94,7 @@ def preceding_activation(model: LoadedModel, index: int) -> Activation | None:
 INPUT_MEANS = {Activation.SIGMOID: 0.5, Activation.HARDSIGMOID: 0.5}
 
 
-def recommended_init(activation: Activation | None | str, fan_in: int, fan_out: int,
+def recommended_init(activation: Activation | str | None, fan_in: int, fan_out: int,
                      slope: float = 0.01) -> tuple[str, float]:
     """(scheme, std) for weights feeding ``activation`` (DOMAIN.md §4)."""
     if activation in (Activation.LEAKY_RELU, Activation.PRELU):
@@ -104,7 +104,7 @@ def recommended_init(activation: Activation | None | str, fan_in: int, fan_out: 
         return "kaiming_normal", math.sqrt(2.0 / fan_in)
     if activation is Activation.SELU:
         return "lecun_normal", math.sqrt(1.0 / fan_in)
-    if activation in _SIGMOID:
+    if activation in SIGMOID_LIKE:
         # sigmoid(x) = (1 + tanh(x/2)) / 2: its slope is a quarter of tanh's, hence Glorot × 4.
         return "xavier_normal(gain=4)", 4.0 * math.sqrt(2.0 / (fan_in + fan_out))
     return "xavier_normal", math.sqrt(2.0 / (fan_in + fan_out))

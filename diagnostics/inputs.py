@@ -52,7 +52,7 @@ def read_inputs(source: InputsSource) -> dict[str, np.ndarray]:
         for name, value in source.items():
             try:
                 arrays[str(name)] = np.asarray(value)
-            except Exception as exc:  # noqa: BLE001 - any conversion failure is the user's input
+            except Exception as exc:  # any conversion failure is the user's input
                 raise InvalidInputsError(f"input {name!r}: not an array ({exc})",
                                          input_name=str(name)) from None
         return _check_arrays(arrays)

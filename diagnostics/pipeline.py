@@ -10,13 +10,17 @@ from typing import Any
 import torch
 
 from diagnostics.causes import find_causes
-from diagnostics.config import DiagnosisConfig, Device, ProbeDtype, resolve_config
-from diagnostics.errors import (DiagnosticsError, InvalidConfigError, ModelLoadError,
-                                ResourceLimitError)
+from diagnostics.config import Device, DiagnosisConfig, ProbeDtype, resolve_config
+from diagnostics.errors import (
+    DiagnosticsError,
+    InvalidConfigError,
+    ModelLoadError,
+    ResourceLimitError,
+)
+from diagnostics.examination import Examination, examine
 from diagnostics.inputs import InputsSource, SampleBatch, make_batches, read_inputs
 from diagnostics.limits import DEFAULT_LIMITS, Limits
 from diagnostics.model import LoadedModel
-from diagnostics.examination import Examination, examine
 from diagnostics.remedies import Candidate, propose
 from diagnostics.repair import RepairContext
 from diagnostics.report import Remedy, Report, SampleReport, SamplesReport, SourceReport, Timings

@@ -21,8 +21,14 @@ from diagnostics.config import DiagnosisConfig, Loss, NormStats
 from diagnostics.errors import ProbeError
 from diagnostics.inputs import SampleBatch
 from diagnostics.model import LoadedModel
-from diagnostics.stats import (ActivationSummary, GradSummary, l2_norm, nonfinite_count,
-                               summarize_activation, summarize_grad)
+from diagnostics.stats import (
+    ActivationSummary,
+    GradSummary,
+    l2_norm,
+    nonfinite_count,
+    summarize_activation,
+    summarize_grad,
+)
 
 
 @dataclass
@@ -38,7 +44,8 @@ class LayerObservation:
     def output_grad_norm(self) -> float | None:
         if not self.grad_seen:
             return None
-        return math.sqrt(self.grad_sum_squares) if math.isfinite(self.grad_sum_squares) else math.nan
+        total = self.grad_sum_squares
+        return math.sqrt(total) if math.isfinite(total) else math.nan
 
 
 @dataclass
@@ -194,7 +201,7 @@ def compute_loss(outputs: object, loss: Loss, seed: int) -> torch.Tensor:
     Raises:
         ProbeError: The model has no float output to differentiate.
     """
-    tensors = [t for t in float_tensors(outputs)]
+    tensors = list(float_tensors(outputs))
     if not tensors:
         raise ProbeError("the model has no floating-point output to take a gradient of")
     total = torch.zeros((), dtype=torch.float64)

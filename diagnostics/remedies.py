@@ -20,7 +20,7 @@ from diagnostics.examination import Examination
 from diagnostics.inputs import SampleBatch
 from diagnostics.limits import DEFAULT_LIMITS, Limits
 from diagnostics.model import Activation, LayerKind, LoadedModel
-from diagnostics.report import Evidence, Flag, LayerReport, Remedy, Status, Verdict
+from diagnostics.report import Evidence, Flag, LayerReport, Remedy, Status
 
 # An edit gets a private copy of the model (and the sample batches) and returns the model to
 # re-examine: the copy edited in place, or a model rebuilt from an edited spec.
@@ -71,10 +71,6 @@ def propose(model: LoadedModel, found: Examination, config: DiagnosisConfig,
     return candidates
 
 
-def _unpack(context: Context) -> tuple[LoadedModel, list[LayerReport], Verdict, DiagnosisConfig]:
-    return context.model, context.found.layers, context.found.verdict, context.config
-
-
 def _ratio_text(evidence: Evidence) -> str:
     ratio = evidence.backward_signal_ratio.median if evidence.backward_signal_ratio else None
     if ratio is None:
@@ -89,7 +85,10 @@ def _hidden_saturating(model: LoadedModel) -> list[int]:
 
 
 def _replace_activation(context: Context) -> Candidate | None:
-    model, layers, verdict, config = _unpack(context)
+    model = context.model
+    layers = context.found.layers
+    verdict = context.found.verdict
+    config = context.config
     if verdict.status is not Status.VANISHING:
         return None
     targets = _hidden_saturating(model)
@@ -99,13 +98,14 @@ def _replace_activation(context: Context) -> Candidate | None:
     saturated = [layers[i].name for i in targets if Flag.SATURATED in layers[i].flags]
     feeding = sorted({f for i in targets if (f := edits.feeding_layer(model, i)) is not None})
     kinds = sorted({model.layers[i].op_type for i in targets})
+    sigmoid_like = any(model.layers[i].activation in edits.SIGMOID_LIKE for i in targets)
     detail = f"; {len(saturated)} of them saturated" if saturated else ""
     remedy = Remedy(
         id="replace-activation", rank=0,
         title=f"Replace {'/'.join(kinds)} with ReLU in {len(names)} hidden layer(s) and "
               "He-initialize the layers feeding them",
         rationale=(f"{_ratio_text(verdict.evidence)}. {', '.join(kinds)} has slope at most "
-                   f"{'0.25' if any(model.layers[i].activation in edits._SIGMOID for i in targets) else '1'}"
+                   f"{'0.25' if sigmoid_like else '1'}"
                    f" and flattens for large inputs{detail}, so the gradient shrinks at every "
                    "hidden layer. Keep a sigmoid only at an output that needs it."),
         layers=names,
@@ -130,7 +130,8 @@ def _replace_activation(context: Context) -> Candidate | None:
 
 
 def _fix_dead_units(context: Context) -> Candidate | None:
-    model, layers, verdict, config = _unpack(context)
+    model = context.model
+    layers = context.found.layers
     targets = [i for i, layer in enumerate(layers)
                if Flag.DEAD in layer.flags or Flag.DYING in layer.flags]
     if not targets:
@@ -197,7 +198,9 @@ def init_plan(model: LoadedModel) -> list[dict]:
 
 
 def _reinitialize(context: Context) -> Candidate | None:
-    model, layers, verdict, config = _unpack(context)
+    model = context.model
+    verdict = context.found.verdict
+    config = context.config
     if verdict.status is Status.HEALTHY:
         return None
     plan = init_plan(model)
@@ -234,7 +237,8 @@ def _reinitialize(context: Context) -> Candidate | None:
 
 
 def _data_dependent_init(context: Context) -> Candidate | None:
-    model, layers, verdict, config = _unpack(context)
+    model = context.model
+    verdict = context.found.verdict
     if verdict.status is Status.HEALTHY:
         return None
     rescalable = [layer.name for layer in model.layers
@@ -276,7 +280,8 @@ def _is_chain(model: LoadedModel) -> bool:
 
 
 def _add_normalization(context: Context) -> Candidate | None:
-    model, layers, verdict, config = _unpack(context)
+    model = context.model
+    verdict = context.found.verdict
     if verdict.status is Status.HEALTHY or _has_normalization(model):
         return None
     count = _weighted_count(model)
@@ -299,7 +304,8 @@ def _add_normalization(context: Context) -> Candidate | None:
 
 
 def _add_residual(context: Context) -> Candidate | None:
-    model, layers, verdict, config = _unpack(context)
+    model = context.model
+    verdict = context.found.verdict
     if verdict.status is Status.HEALTHY or not _is_chain(model):
         return None
     count = _weighted_count(model)
@@ -347,7 +353,8 @@ def _total_grad_norm(layers: list[LayerReport]) -> float | None:
 
 
 def _clip_gradients(context: Context) -> Candidate | None:
-    model, layers, verdict, config = _unpack(context)
+    layers = context.found.layers
+    verdict = context.found.verdict
     temporal_trouble = Flag.TEMPORAL_EXPLODING in verdict.flags or \
         Flag.TEMPORAL_VANISHING in verdict.flags
     if verdict.status is not Status.EXPLODING and not temporal_trouble:
@@ -385,7 +392,9 @@ def _clip_gradients(context: Context) -> Candidate | None:
 
 
 def _lower_learning_rate(context: Context) -> Candidate | None:
-    model, layers, verdict, config = _unpack(context)
+    layers = context.found.layers
+    verdict = context.found.verdict
+    config = context.config
     g2w = verdict.evidence.max_grad_to_weight
     if not g2w or g2w <= config.thresholds.max_grad_to_weight:
         return None
@@ -420,7 +429,7 @@ def _gated_cells(context: Context) -> Candidate | None:
     steps = len(profile.grad_norms)
     remedy = Remedy(
         id="gated-cells", rank=0,
-        title=f"Replace the vanilla RNN by an LSTM (or GRU) with chrono-initialized gates",
+        title="Replace the vanilla RNN by an LSTM (or GRU) with chrono-initialized gates",
         rationale=(f"Through time the gradient reaching the first of {steps} steps is "
                    f"{profile.first_to_last_ratio:.3g}× that at the last "
                    f"({profile.decay_per_step:.3g}× per step back): the effective horizon is "
@@ -500,7 +509,9 @@ def _truncate_bptt(context: Context) -> Candidate | None:
 
 
 def _loss_scaling(context: Context) -> Candidate | None:
-    model, layers, verdict, config = _unpack(context)
+    layers = context.found.layers
+    verdict = context.found.verdict
+    config = context.config
     flagged = [layer for layer in layers if Flag.FP16_UNDERFLOW in layer.flags]
     half = config.dtype.value == "float16"
     float32_vanishing = config.dtype.value == "float32" and verdict.status is Status.VANISHING

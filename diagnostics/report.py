@@ -67,12 +67,14 @@ class ParameterStats(_Model):
         "‖W‖ is 0."
     )
     zero_fraction: Stat = Field(description="Fraction of gradient entries exactly 0.")
-    nonfinite_count: int = Field(description="Largest count of NaN/Inf gradient entries in a sample.")
+    nonfinite_count: int = Field(
+        description="Largest count of NaN/Inf gradient entries in a sample.")
     fp16_underflow_fraction: Stat | None = Field(
         None, description="Fraction of non-zero gradient entries below the float16 normal range."
     )
     shared_with: list[str] = Field(
-        default_factory=list, description="Other layers that use this tensor (its gradient is their total)."
+        default_factory=list,
+        description="Other layers that use this tensor (its gradient is their total).",
     )
 
 
@@ -85,7 +87,8 @@ class ActivationStats(_Model):
         None, description="Sigmoid/tanh-like layers: fraction of units in the flat region."
     )
     dead_fraction: Stat | None = Field(
-        None, description="ReLU-family layers: fraction of units zero for every sample of the batch."
+        None,
+        description="ReLU-family layers: fraction of units zero for every sample of the batch.",
     )
     nonfinite_count: int = 0
 
@@ -94,7 +97,8 @@ class LayerReport(_Model):
     name: str = Field(description="ONNX node name as in the file, or the spec's JSON path.")
     op_type: str
     index: int = Field(description="Position in topological order.")
-    depth: int = Field(description="Longest distance in watched layers to a model output (0 = last).")
+    depth: int = Field(
+        description="Longest distance in watched layers to a model output (0 = last).")
     kinds: list[str]
     activation: str | None = None
     output_numel: int | None = Field(None, description="Elements of the output per sample.")

@@ -16,7 +16,8 @@ def wrap(sequential: nn.Sequential, input_shape: tuple) -> LoadedModel:
     layers, params = [], {}
     children = list(sequential.named_children())
     watched = [(n, m) for n, m in children
-               if type(m) in ACTIVATIONS or isinstance(m, NORMS) or next(m.parameters(False), None) is not None]
+               if type(m) in ACTIVATIONS or isinstance(m, NORMS)
+               or next(m.parameters(False), None) is not None]
     for position, (name, module) in enumerate(watched):
         kinds = set()
         if next(module.parameters(False), None) is not None:

@@ -78,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
         return _fail(str(exc), ExitCode.BAD_INPUT)
     except DiagnosticsError as exc:
         return _fail(exc.detail, ExitCode.BAD_INPUT)
-    except Exception as exc:  # noqa: BLE001 - the CLI's promise: one line, never a traceback
+    except Exception as exc:  # the CLI's promise: one line, never a traceback
         if os.environ.get("GRADDOCTOR_DEBUG"):
             raise
         return _fail(f"internal error: {type(exc).__name__}: {exc}", ExitCode.INTERNAL)

@@ -39,7 +39,8 @@ def test_gradients_match_plain_autograd():
 
     for index, layer in enumerate(model.layers):
         expected = outputs[layer.module_path].grad.double().norm().item()
-        assert observed.layers[index].output_grad_norm == pytest.approx(expected, rel=1e-5), layer.name
+        measured = observed.layers[index].output_grad_norm
+        assert measured == pytest.approx(expected, rel=1e-5), layer.name
     for name, param in reference.named_parameters():
         assert observed.parameters[name].norm == pytest.approx(param.grad.double().norm().item(),
                                                                rel=1e-5), name
@@ -54,10 +55,13 @@ def test_probe_restores_modes_hooks_grads_and_running_stats():
     with probe_mode(model.module, config.norm_stats):
         run_sample(model, SampleBatch(0, (torch.randn(5, 6),)), config)
     assert all(m.training for m in model.module.modules())
-    assert torch.equal(bn.running_mean, before[0]) and torch.equal(bn.running_var, before[1])
+    assert torch.equal(bn.running_mean, before[0])
+    assert torch.equal(bn.running_var, before[1])
     assert int(bn.num_batches_tracked) == before[2]
     assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.module.modules())
-    assert all(p.grad is None and not p._post_accumulate_grad_hooks for p in model.module.parameters())
+    params = list(model.module.parameters())
+    assert all(p.grad is None for p in params)
+    assert not any(p._post_accumulate_grad_hooks for p in params)
 
 
 def test_probe_restores_state_when_the_forward_pass_raises():

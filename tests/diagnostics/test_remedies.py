@@ -44,7 +44,8 @@ def test_deep_sigmoid_gets_activation_and_reinit_verified_healthy(sigmoid_report
         assert check.evidence_after["backward_signal_ratio"] > \
             check.evidence_before["backward_signal_ratio"] * 1e3
     swap = remedies["replace-activation"]
-    assert swap.params["activation"] == "ReLU" and len(swap.layers) == 11
+    assert swap.params["activation"] == "ReLU"
+    assert len(swap.layers) == 11
     assert all(name.endswith("layers.1") for name in swap.layers)  # the Sigmoid layers
     assert remedies["reinitialize"].repairable
 
@@ -78,7 +79,8 @@ def test_causes_carry_their_evidence(sigmoid_report):
     assert causes["saturating_activations"].evidence["hidden_saturating_layers"] == 11
     init = causes["initialization_scale"].evidence["weights"]
     some = next(iter(init.values()))
-    assert some["recommended"].startswith("xavier_normal") and some["ratio"] < 1
+    assert some["recommended"].startswith("xavier_normal")
+    assert some["ratio"] < 1
     assert causes["plain_depth"].evidence == {**causes["plain_depth"].evidence,
                                               "normalization": False, "skip_connections": False}
 
@@ -103,9 +105,11 @@ def test_vanilla_rnn_over_200_steps_shows_temporal_vanishing_with_gated_cells():
                        linear(32, 4)]}
     report = diagnose(spec, config={"samples": 2})
     profile = report.temporal[0]
-    assert profile.status == "vanishing" and profile.axis == 1
+    assert profile.status == "vanishing"
+    assert profile.axis == 1
     assert len(profile.grad_norms) == 200
-    assert profile.effective_horizon < 200 and profile.decay_per_step < 1
+    assert profile.effective_horizon < 200
+    assert profile.decay_per_step < 1
     assert "temporal_vanishing" in report.verdict.flags
     gated = by_id(report)["gated-cells"]
     assert gated.params["cell"] == "LSTM"
@@ -143,7 +147,8 @@ def test_repaired_onnx_rediagnoses_as_verified():
                             config={"samples": 1, "verify_remedies": False})
         assert repaired.verdict.status == remedy.verified.status_after == "healthy"
     structural = by_id(report)["add-normalization"]
-    assert structural.verified is None and "ONNX graph" in structural.verification_note
+    assert structural.verified is None
+    assert "ONNX graph" in structural.verification_note
     with pytest.raises(RemedyNotRepairableError, match="architecture"):
         report.repaired_model("replace-activation")
     with pytest.raises(RemedyNotRepairableError, match="no remedy"):
@@ -152,7 +157,8 @@ def test_repaired_onnx_rediagnoses_as_verified():
 
 def test_verification_can_be_switched_off_or_bounded_by_size():
     off = diagnose(plain_mlp(12, "Sigmoid"), config={"samples": 1, "verify_remedies": False})
-    assert off.remedies and all(r.verified is None for r in off.remedies)
+    assert off.remedies
+    assert all(r.verified is None for r in off.remedies)
     assert "verify_remedies is off" in off.remedies[0].verification_note
     bounded = diagnose(plain_mlp(12, "Sigmoid"),
                        config={"samples": 1, "max_verify_parameters": 1000})
@@ -173,4 +179,5 @@ def test_healthy_model_gets_no_remedies():
     report = diagnose(plain_mlp(12, "ReLU", init={"scheme": "kaiming_normal"}),
                       config={"samples": 1})
     assert report.verdict.status == "healthy"
-    assert report.remedies == [] and report.causes == []
+    assert report.remedies == []
+    assert report.causes == []

@@ -66,13 +66,15 @@ def test_activation_mean_std_match_reference():
 @pytest.mark.parametrize(
     ("activation", "function", "derivative"),
     [
-        (Activation.SIGMOID, torch.sigmoid, lambda x: torch.sigmoid(x) * (1 - torch.sigmoid(x)) / 0.25),
+        (Activation.SIGMOID, torch.sigmoid,
+         lambda x: torch.sigmoid(x) * (1 - torch.sigmoid(x)) / 0.25),
         (Activation.TANH, torch.tanh, lambda x: 1 - torch.tanh(x) ** 2),
         (Activation.SOFTSIGN, torch.nn.functional.softsign, lambda x: 1 / (1 + x.abs()) ** 2),
     ],
     ids=["sigmoid", "tanh", "softsign"],
 )
-def test_saturation_read_off_the_output_equals_the_derivative_rule(activation, function, derivative):
+def test_saturation_read_off_the_output_equals_the_derivative_rule(activation, function,
+                                                                   derivative):
     x = torch.randn(4000, dtype=torch.float64) * 4
     expected = float((derivative(x) < 0.05).double().mean())
     summary = summarize_activation(function(x).float(), activation, saturation_derivative=0.05)

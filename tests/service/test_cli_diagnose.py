@@ -70,7 +70,8 @@ def test_deep_sigmoid_onnx_is_vanishing_with_remedies_naming_layers(tmp_path):
     done = run_cli("diagnose", str(model), "--samples", "2")
     assert done.returncode == 3, done.stderr
     assert "VANISHING" in done.stdout
-    assert "/0/Gemm" in done.stdout and "replace-activation" in done.stdout
+    assert "/0/Gemm" in done.stdout
+    assert "replace-activation" in done.stdout
     assert "Traceback" not in done.stderr
 
 
@@ -80,8 +81,10 @@ def test_he_residual_cnn_onnx_is_healthy_and_json_is_the_report(tmp_path):
     assert done.returncode == 0, done.stderr + done.stdout[-2000:]
     report = json.loads(done.stdout)
     assert report["verdict"]["status"] == "healthy"
-    assert report["config"]["seed"] == 3 and report["samples"]["count"] == 2
-    assert report["source"]["kind"] == "onnx" and len(report["source"]["sha256"]) == 64
+    assert report["config"]["seed"] == 3
+    assert report["samples"]["count"] == 2
+    assert report["source"]["kind"] == "onnx"
+    assert len(report["source"]["sha256"]) == 64
     assert {layer["op_type"] for layer in report["layers"]} >= {"Conv", "Relu", "Gemm"}
 
 
@@ -118,7 +121,8 @@ ERROR_CASES = {
     "truncated-onnx": (lambda d: ["diagnose", str(_write(
         d / "m.onnx", deep_sigmoid_onnx(d / "full.onnx").read_bytes()[:300]))], "onnx"),
     "unknown-spec-type": (lambda d: ["diagnose", str(_write(d / "s.json", _spec(
-        layers=[{"type": "Linear", "in_features": 8, "out_features": 8}, {"type": "Frobnicate"}])))],
+        layers=[{"type": "Linear", "in_features": 8, "out_features": 8},
+                {"type": "Frobnicate"}])))],
         "layers[1]"),
     "bad-kwarg": (lambda d: ["diagnose", str(_write(d / "s.json", _spec(
         layers=[{"type": "Linear", "in_features": 8, "out_features": "eight"}])))],
@@ -126,7 +130,8 @@ ERROR_CASES = {
     "unresolvable-dynamic-dim": (lambda d: ["diagnose", str(_write(d / "s.onnx", _dynamic_onnx()))],
                                  "axis 1"),
     "bad-config-json": (lambda d: ["diagnose", str(_write(d / "s.json", json.dumps(SPEC))),
-                                   "--config", str(_write(d / "c.json", "{nope"))], "not valid JSON"),
+                                   "--config", str(_write(d / "c.json", "{nope"))],
+                        "not valid JSON"),
     "unknown-config-field": (lambda d: ["diagnose", str(_write(d / "s.json", json.dumps(SPEC))),
                                         "--config", str(_write(d / "c.json", '{"sampels": 2}'))],
                              "sampels"),
@@ -168,6 +173,7 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, make_args, needle):
     err = capsys.readouterr().err
     assert code == 2, err
     lines = [line for line in err.splitlines() if line.strip()]
-    assert lines and lines[-1].startswith("graddoctor: error:"), err
+    assert lines, err
+    assert lines[-1].startswith("graddoctor: error:"), err
     assert "Traceback" not in err
     assert needle in err, err
