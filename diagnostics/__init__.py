@@ -13,17 +13,17 @@ from diagnostics.limits import Limits
 from diagnostics.report import Report, Status
 
 if TYPE_CHECKING:
-    from diagnostics.pipeline import diagnose
+    from diagnostics.pipeline import diagnose, warm_up
 
 __all__ = ["DiagnosisConfig", "DiagnosticsError", "Limits", "Report", "Status", "Thresholds",
-           "diagnose"]
+           "diagnose", "warm_up"]
 
 
 def __getattr__(name: str) -> Any:
     # diagnose pulls in torch; the report types and renderers must not (a pipeline client that
     # only prints reports should start in milliseconds).
-    if name == "diagnose":
-        from diagnostics.pipeline import diagnose
+    if name in ("diagnose", "warm_up"):
+        from diagnostics import pipeline
 
-        return diagnose
+        return getattr(pipeline, name)
     raise AttributeError(f"module 'diagnostics' has no attribute {name!r}")

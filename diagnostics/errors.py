@@ -96,6 +96,16 @@ class ResourceLimitError(DiagnosticsError):
         super().__init__(detail, limit=limit, limit_value=value)
 
 
+class OutOfMemoryError(DiagnosticsError):
+    """An allocation failed during the probe: the model and inputs need more memory than the
+    process may use. ``node`` names the layer where it happened, where we can tell."""
+
+    error_type = "out_of_memory"
+
+    def __init__(self, detail: str, *, node: str | None = None) -> None:
+        super().__init__(detail, node=node)
+
+
 class ProbeError(DiagnosticsError):
     """The model loaded but its forward or backward pass failed on the sample inputs.
 

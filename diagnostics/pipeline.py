@@ -159,6 +159,21 @@ def diagnose(source: Source, *, inputs: InputsSource | None = None,
     return report
 
 
+WARM_UP_SPEC = {"inputs": [{"name": "x", "shape": [2, 4]}],
+                "layers": [{"type": "Linear", "in_features": 4, "out_features": 4},
+                           {"type": "ReLU"}, {"type": "Linear", "in_features": 4,
+                                              "out_features": 2}]}
+
+
+def warm_up() -> None:
+    """Import torch, the converters and the engine, and run one tiny diagnosis, so that a worker
+    process's first real job pays no start-up cost."""
+    import diagnostics.loading.onnx  # noqa: F401  (registers every converter)
+    import diagnostics.render  # noqa: F401
+
+    diagnose(WARM_UP_SPEC, config={"samples": 1, "verify_remedies": False})
+
+
 def _verified_remedies(candidates: list[Candidate], model: LoadedModel,
                        batches: list[SampleBatch], config: DiagnosisConfig,
                        before: Examination, say: Progress) -> list[Remedy]:

@@ -18,7 +18,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from diagnostics.config import DiagnosisConfig, Loss, NormStats
-from diagnostics.errors import ProbeError
+from diagnostics.errors import DiagnosticsError, OutOfMemoryError, ProbeError
 from diagnostics.inputs import SampleBatch
 from diagnostics.model import LoadedModel
 from diagnostics.stats import (
@@ -174,14 +174,14 @@ def run_sample(model: LoadedModel, batch: SampleBatch, config: DiagnosisConfig, 
         try:
             outputs = model.module(*inputs)
         except Exception as exc:
-            raise _probe_error("forward", exc, last_entered) from None
+            raise _probe_error("forward", exc, last_entered) from exc
         loss = compute_loss(outputs, config.loss, batch.seed)
         observed.loss = float(loss.detach())
         if loss.requires_grad:
             try:
                 loss.backward()
             except Exception as exc:
-                raise _probe_error("backward", exc, last_entered) from None
+                raise _probe_error("backward", exc, last_entered) from exc
         for name in input_grads:
             position = next(i for i, spec in enumerate(model.inputs) if spec.name == name)
             grad = inputs[position].grad
@@ -241,8 +241,16 @@ def _hardtanh_bounds(module: nn.Module) -> tuple[float, float] | None:
     return None
 
 
-def _probe_error(phase: str, exc: Exception, last_entered: list[str]) -> ProbeError:
+# How allocators word an allocation failure (torch raises RuntimeError, not MemoryError).
+_OUT_OF_MEMORY = ("can't allocate memory", "out of memory", "defaultcpuallocator",
+                  "cannot allocate memory")
+
+
+def _probe_error(phase: str, exc: Exception, last_entered: list[str]) -> DiagnosticsError:
     node = last_entered[-1] if last_entered else None
     where = f" at or after layer {node!r}" if node else ""
     message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if isinstance(exc, MemoryError) or any(text in message.lower() for text in _OUT_OF_MEMORY):
+        return OutOfMemoryError(f"the {phase} pass ran out of memory{where}: {message}",
+                                node=node)
     return ProbeError(f"the {phase} pass failed{where}: {message}", node=node)

@@ -33,7 +33,12 @@ def converter(op_type: str, versions: Iterable[int], *, domain: str = defs.ONNX_
         for version in versions:
             key = _stock.OperationDescription(domain=domain, operation_type=op_type,
                                               version=version)
-            if key in _stock._CONVERTER_REGISTRY:
+            existing = _stock._CONVERTER_REGISTRY.get(key)
+            if existing is not None and _same_definition(existing, function):
+                # The module is being imported again (an earlier import failed part-way):
+                # registering the same definition twice is not a conflict.
+                _stock._CONVERTER_REGISTRY[key] = function
+            elif existing is not None:
                 if not replaces:
                     raise ValueError(f"converter for {key} already registered; pass replaces=True "
                                      "to replace a stock converter on purpose")
@@ -43,3 +48,8 @@ def converter(op_type: str, versions: Iterable[int], *, domain: str = defs.ONNX_
         return function
 
     return decorate
+
+
+def _same_definition(first: Converter, second: Converter) -> bool:
+    return (getattr(first, "__module__", None), getattr(first, "__qualname__", None)) == \
+        (getattr(second, "__module__", None), getattr(second, "__qualname__", None))

@@ -1,0 +1,88 @@
+"""Uploaded files and rendered reports on disk, one folder per job under the data directory.
+
+Uploads are written into a private staging folder first and moved into place in one rename, so
+a failed or interrupted upload never leaves a half-written job folder behind. Paths are built
+only from job ids we generated (checked against their alphabet), never from client file names.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import shutil
+import time
+from pathlib import Path
+
+MODEL_FILE = "model.onnx"
+SPEC_FILE = "spec.json"
+INPUTS_FILE = "inputs.npz"
+REPORT_FILE = "report.html"
+
+_ID = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
+
+
+def new_id() -> str:
+    """An unguessable id (128 bits, URL-safe)."""
+    return secrets.token_urlsafe(16)
+
+
+class BlobStore:
+    """Files of jobs under ``root``: ``jobs/<id>/`` and ``staging/<token>/``."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.jobs = root / "jobs"
+        self.staging = root / "staging"
+
+    def create_dirs(self) -> None:
+        for path in (self.root, self.jobs, self.staging):
+            path.mkdir(parents=True, exist_ok=True, mode=0o700)
+
+    def job_dir(self, job_id: str) -> Path:
+        if not _ID.match(job_id):
+            raise ValueError(f"not a job id: {job_id!r}")
+        return self.jobs / job_id
+
+    def new_staging(self) -> Path:
+        path = self.staging / new_id()
+        path.mkdir(mode=0o700)
+        return path
+
+    def commit(self, staging: Path, job_id: str) -> Path:
+        """Move a complete staging folder into place as the job's folder."""
+        target = self.job_dir(job_id)
+        os.replace(staging, target)
+        return target
+
+    def report_path(self, job_id: str) -> Path:
+        return self.job_dir(job_id) / REPORT_FILE
+
+    def write_report(self, job_id: str, html: str) -> None:
+        """Write the HTML report atomically (temp file + rename)."""
+        folder = self.job_dir(job_id)
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        tmp = folder / f".{REPORT_FILE}.{os.getpid()}.tmp"
+        tmp.write_text(html, encoding="utf-8")
+        os.replace(tmp, folder / REPORT_FILE)
+
+    def copy_report(self, source_id: str, job_id: str) -> None:
+        source = self.report_path(source_id)
+        if source.is_file():
+            self.write_report(job_id, source.read_text(encoding="utf-8"))
+
+    def delete(self, job_id: str) -> None:
+        shutil.rmtree(self.job_dir(job_id), ignore_errors=True)
+
+    def discard(self, staging: Path) -> None:
+        shutil.rmtree(staging, ignore_errors=True)
+
+    def sweep_staging(self, older_than_s: float) -> None:
+        """Remove staging folders left by uploads interrupted by a crash."""
+        cutoff = time.time() - older_than_s
+        for path in self.staging.glob("*"):
+            try:
+                if path.stat().st_mtime < cutoff:
+                    shutil.rmtree(path, ignore_errors=True)
+            except FileNotFoundError:
+                continue

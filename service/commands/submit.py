@@ -1,0 +1,172 @@
+"""`graddoctor submit`: send a model to a running service; exit like `graddoctor diagnose`.
+
+A pipeline client: it needs only httpx (never torch), shows progress on stderr while it waits,
+prints the report on stdout and exits 0 healthy, 3 vanishing/exploding, 2 bad input, 1 error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from service.exit_codes import ExitCode
+
+# Job errors the user can fix (the engine's input errors and the service's size/time budgets).
+_INPUT_ERRORS = {"invalid_model", "external_data", "unsupported_operator", "invalid_spec",
+                 "invalid_inputs", "invalid_config", "resource_limit", "probe_failed",
+                 "job_time_limit", "job_memory_limit", "diagnostics_error"}
+
+
+class SubmitError(Exception):
+    def __init__(self, message: str, code: ExitCode) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def add_parser(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "submit", help="diagnose a model on a running GradDoctor service",
+        description="Upload an ONNX model or a JSON spec to a GradDoctor service. With --wait, "
+        "wait for the verdict and exit 0 (healthy), 3 (vanishing/exploding), 2 (bad input) or "
+        "1 (error), like `graddoctor diagnose`.")
+    parser.add_argument("path", type=Path, help="ONNX model (.onnx) or architecture spec (.json)")
+    parser.add_argument("--url", required=True, help="service base URL, e.g. http://host:8000")
+    parser.add_argument("--inputs", type=Path, help="sample inputs (.npz), ONNX models only")
+    parser.add_argument("--config", type=Path, help="DiagnosisConfig as a JSON file")
+    parser.add_argument("--wait", action="store_true", help="wait for the result")
+    parser.add_argument("--timeout", type=float, default=1800.0,
+                        help="seconds to wait with --wait (default 1800)")
+    parser.add_argument("--format", choices=("text", "json"), default="text")
+    parser.add_argument("--no-reuse", action="store_true",
+                        help="run again even if the service has the result of an identical job")
+    parser.add_argument("--api-key", default=os.environ.get("GRADDOCTOR_API_KEY"),
+                        help="API key (default: $GRADDOCTOR_API_KEY)")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import httpx
+
+    headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
+    base = args.url.rstrip("/")
+    try:
+        with httpx.Client(base_url=base, headers=headers, timeout=90.0) as client:
+            job = _post(client, args)
+            if args.wait:
+                job = _wait(client, job, args.timeout)
+    except SubmitError as exc:
+        print(f"graddoctor submit: {exc}", file=sys.stderr)
+        return exc.code
+    except httpx.HTTPError as exc:
+        print(f"graddoctor submit: cannot reach {base}: {exc}", file=sys.stderr)
+        return ExitCode.INTERNAL
+    return _show(job, args, base)
+
+
+def _post(client: Any, args: argparse.Namespace) -> dict[str, Any]:
+    config = _read_json(args.config, "--config") if args.config else None
+    params: dict[str, Any] = {"wait": 55} if args.wait else {}
+    if args.no_reuse:
+        params["reuse"] = "false"
+    if args.path.suffix.lower() == ".json":
+        if args.inputs:
+            raise SubmitError("--inputs works with ONNX models only", ExitCode.BAD_INPUT)
+        body = {"spec": _read_json(args.path, "spec"), "config": config}
+        return _check(client.post("/v1/diagnoses", json=body, params=params))
+    files: dict[str, Any] = {"model": (args.path.name, _open(args.path), "application/onnx")}
+    if args.inputs:
+        files["inputs"] = (args.inputs.name, _open(args.inputs), "application/octet-stream")
+    data = {"config": json.dumps(config)} if config is not None else {}
+    try:
+        return _check(client.post("/v1/diagnoses", files=files, data=data, params=params))
+    finally:
+        for _, handle, _ in files.values():
+            handle.close()
+
+
+def _wait(client: Any, job: dict[str, Any], timeout: float) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    last = ""
+    while job["status"] in ("queued", "running"):
+        state = f"{job['status']}" + (f": {job['progress']}" if job.get("progress") else "")
+        if state != last:
+            print(f"graddoctor submit: {job['id']} {state}", file=sys.stderr)
+            last = state
+        if time.monotonic() > deadline:
+            raise SubmitError(f"gave up waiting after {timeout:g} s; the job goes on: "
+                              f"{job['links']['self']}", ExitCode.INTERNAL)
+        time.sleep(1.0)
+        job = _check(client.get(job["links"]["self"]))
+    return job
+
+
+def _show(job: dict[str, Any], args: argparse.Namespace, base: str) -> int:
+    status = job["status"]
+    if status in ("queued", "running"):
+        print(json.dumps(job, indent=2) if args.format == "json"
+              else f"{job['id']} {status}: {base}{job['links']['self']}")
+        return ExitCode.HEALTHY
+    if status != "succeeded":
+        error = job.get("error") or {"type": status, "detail": f"the job was {status}"}
+        if args.format == "json":
+            print(json.dumps({"error": error["type"], "detail": error["detail"], "id": job["id"]}))
+        print(f"graddoctor submit: {error['type']}: {error['detail']}", file=sys.stderr)
+        return ExitCode.BAD_INPUT if error["type"] in _INPUT_ERRORS else ExitCode.INTERNAL
+    report = job["result"] or {}
+    if args.format == "json":
+        print(json.dumps(report, indent=2))
+    else:
+        print(_render_text(report))
+        if job.get("reused_from"):
+            print(f"(result reused from the identical job {job['reused_from']})")
+        print(f"Report: {base}{job['links']['report']}")
+    healthy = (report.get("verdict") or {}).get("status") == "healthy"
+    return ExitCode.HEALTHY if healthy else ExitCode.UNHEALTHY
+
+
+def _render_text(report: dict[str, Any]) -> str:
+    """The engine's text rendering (no torch involved), or a short summary if it cannot be
+    used (a client older or newer than the server's report schema)."""
+    try:
+        from diagnostics.render.text import render_text
+        from diagnostics.report import Report
+
+        return render_text(Report.model_validate(report), color=sys.stdout.isatty())
+    except Exception:
+        verdict = report.get("verdict") or {}
+        return f"Verdict: {str(verdict.get('status', '?')).upper()} - {verdict.get('summary', '')}"
+
+
+def _check(response: Any) -> dict[str, Any]:
+    if response.status_code < 400:
+        body: dict[str, Any] = response.json()
+        return body
+    try:
+        body = response.json()
+        message = f"{body.get('error')}: {body.get('detail')}"
+    except ValueError:
+        message = f"HTTP {response.status_code}"
+    code = ExitCode.BAD_INPUT if response.status_code in (400, 413, 415, 422) else ExitCode.INTERNAL
+    raise SubmitError(message, code)
+
+
+def _read_json(path: Path, what: str) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise SubmitError(f"cannot read {what} {path}: {exc.strerror}",
+                          ExitCode.BAD_INPUT) from None
+    except ValueError as exc:
+        raise SubmitError(f"{what} {path} is not valid JSON: {exc}", ExitCode.BAD_INPUT) from None
+
+
+def _open(path: Path) -> Any:
+    try:
+        return path.open("rb")
+    except OSError as exc:
+        raise SubmitError(f"cannot read {path}: {exc.strerror}", ExitCode.BAD_INPUT) from None

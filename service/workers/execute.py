@@ -1,0 +1,150 @@
+"""The one place that calls ``diagnostics.diagnose``: run one job by id, in a worker process.
+
+Both runners (the embedded pool and Celery) call :func:`warm_up` once per worker process and
+:func:`execute_job` per job. The engine is imported inside these functions so that the processes
+that supervise workers never load torch.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+from service.blobs import INPUTS_FILE, MODEL_FILE, SPEC_FILE, BlobStore
+from service.settings import Settings
+from service.store import Claim, Failure, Store
+from service.workers.limits import JobTimeLimitError, isolated_cwd, memory_limit, time_limit
+
+log = logging.getLogger("graddoctor.worker")
+
+_THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+WARM_UP_SPEC: dict[str, Any] = {
+    "name": "warm-up",
+    "inputs": [{"name": "x", "shape": [2, 4]}],
+    "layers": [{"type": "Linear", "in_features": 4, "out_features": 4}, {"type": "Tanh"},
+               {"type": "Linear", "in_features": 4, "out_features": 1}],
+}
+
+
+def warm_up(settings: Settings) -> None:
+    """Load torch, onnx2torch and the engine once, with this worker's share of the cores."""
+    started = time.monotonic()
+    threads = settings.threads_per_worker
+    for name in _THREAD_ENV:
+        os.environ[name] = str(threads)
+    import torch
+
+    torch.set_num_threads(threads)
+    try:
+        torch.set_num_interop_threads(1)
+    except RuntimeError:  # already set in this process (a forked warm parent)
+        pass
+    # Start the intra-op thread pool now, outside any job's memory limit: OpenMP aborts the
+    # whole process when it cannot create a thread, where a failed allocation is an error.
+    torch.ones(1 << 22).mul_(2).sum()
+    import onnx2torch  # noqa: F401  (loaded once per process, not per job)
+
+    from diagnostics import diagnose
+
+    # One tiny diagnosis loads what the engine imports lazily and warms torch's kernels, so the
+    # first real job does not pay for it (about 5 s here).
+    try:
+        _render_html(diagnose(WARM_UP_SPEC, config={"samples": 1}))
+    except Exception:  # a broken engine fails each job clearly; the worker still starts
+        log.exception("warm-up diagnosis failed")
+    log.info("worker process %d warm in %.1f s (%d torch threads)", os.getpid(),
+             time.monotonic() - started, threads)
+
+
+def worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def execute_job(job_id: str, store: Store, blobs: BlobStore, settings: Settings) -> None:
+    """Claim the job, diagnose it under the job limits, store the report or the error."""
+    claim = store.claim(job_id, worker=worker_name(), max_attempts=settings.job_max_attempts)
+    if claim is None:
+        return  # cancelled, deleted, finished, or out of attempts
+    folder = blobs.job_dir(job_id)
+    outcome = _diagnose(claim, folder, store, settings)
+    if isinstance(outcome, Failure):
+        store.fail(job_id, outcome, attempt=claim.attempt)
+        return
+    result, verdict, html = outcome
+    if html is not None:
+        blobs.write_report(job_id, html)
+    store.succeed(claim, result, verdict)
+
+
+def _diagnose(claim: Claim, folder: Path, store: Store,
+              settings: Settings) -> tuple[dict[str, Any], str, str | None] | Failure:
+    from diagnostics import DiagnosticsError, diagnose
+    from diagnostics.errors import OutOfMemoryError
+    from diagnostics.limits import Limits
+
+    source: Any = (folder / MODEL_FILE if claim.kind == "onnx"
+                   else json.loads((folder / SPEC_FILE).read_text(encoding="utf-8")))
+    inputs = str(folder / INPUTS_FILE) if claim.has_inputs else None
+    limits = Limits(max_model_bytes=settings.max_upload_bytes)
+    try:
+        with isolated_cwd(), time_limit(settings.job_time_limit_s), \
+                memory_limit(settings.job_memory_limit_bytes):
+            report = diagnose(source, inputs=inputs, config=claim.config, limits=limits,
+                              progress=lambda stage: store.set_progress(claim, stage))
+            html = _render_html(report)
+            return report.model_dump(mode="json"), str(report.verdict.status), html
+    except JobTimeLimitError:
+        return time_failure(settings)
+    except OutOfMemoryError:
+        return memory_failure(settings)
+    except DiagnosticsError as exc:
+        if _caused_by_memory(exc):
+            return memory_failure(settings)
+        return Failure(exc.error_type, exc.detail, dict(exc.context) or None)
+    except Exception as exc:
+        if _caused_by_memory(exc):
+            return memory_failure(settings)
+        log.exception("job %s failed unexpectedly", claim.job_id)
+        return Failure("internal_error", f"{type(exc).__name__}: {exc}"[:2000])
+
+
+def _render_html(report: Any) -> str | None:
+    try:
+        from diagnostics.render.html import render_html
+    except ImportError:
+        return None
+    return render_html(report)
+
+
+def _caused_by_memory(exc: BaseException | None) -> bool:
+    seen = 0
+    while exc is not None and seen < 20:
+        text = str(exc)
+        if isinstance(exc, MemoryError) or "can't allocate memory" in text \
+                or "not enough memory" in text or "std::bad_alloc" in text:
+            return True
+        exc = exc.__cause__ or exc.__context__
+        seen += 1
+    return False
+
+
+def time_failure(settings: Settings) -> Failure:
+    """The failure of a job that ran over its wall-time limit."""
+    limit = settings.job_time_limit_s
+    return Failure("job_time_limit", f"the job ran over its time limit of {limit:g} s "
+                   "(GRADDOCTOR_JOB_TIME_LIMIT_S)", {"limit": "job_time_limit_s",
+                                                     "limit_value": limit})
+
+
+def memory_failure(settings: Settings) -> Failure:
+    """The failure of a job that ran over its memory limit."""
+    limit = settings.job_memory_limit_mb
+    return Failure("job_memory_limit", f"the job needed more than its memory limit of {limit} MiB "
+                   "(GRADDOCTOR_JOB_MEMORY_LIMIT_MB)", {"limit": "job_memory_limit_mb",
+                                                        "limit_value": limit})
+

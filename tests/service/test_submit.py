@@ -1,0 +1,94 @@
+"""`graddoctor submit` against the running server: the exit codes a CI step gates on."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.service.conftest import ROOT, ServiceProcess, free_port, onnx_mlp, spec_mlp
+
+pytestmark = pytest.mark.service
+
+# Runs the CLI in-process and then checks that torch was never imported.
+_NO_TORCH = ("import sys; from service.cli import main; code = main(sys.argv[1:]); "
+             "assert 'torch' not in sys.modules, 'submit imported torch'; sys.exit(code)")
+
+
+def _submit(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-c", _NO_TORCH, "submit", *map(str, args)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=180)
+
+
+@pytest.fixture
+def files(tmp_path: Path) -> dict[str, Path]:
+    paths = {
+        "healthy": tmp_path / "healthy.json", "vanishing": tmp_path / "vanishing.json",
+        "onnx": tmp_path / "model.onnx", "broken": tmp_path / "broken.onnx",
+        "config": tmp_path / "config.json", "bad_config": tmp_path / "bad.json",
+    }
+    paths["healthy"].write_text(json.dumps(spec_mlp(width=14, name="ci-healthy")))
+    paths["vanishing"].write_text(json.dumps(spec_mlp(depth=10, width=32, activation="Sigmoid",
+                                                      name="ci-vanishing")))
+    paths["onnx"].write_bytes(onnx_mlp(seed=11))
+    paths["broken"].write_bytes(b"\x08\x07garbage")
+    paths["config"].write_text('{"samples": 1}')
+    paths["bad_config"].write_text('{"samples": 0}')
+    return paths
+
+
+def test_healthy_spec_exits_0_with_a_text_summary(server: ServiceProcess,
+                                                  files: dict[str, Path]) -> None:
+    result = _submit(files["healthy"], "--url", server.base_url, "--config", files["config"],
+                     "--wait")
+    assert result.returncode == 0, result.stderr
+    assert "healthy" in result.stdout.lower()
+    assert f"Report: {server.base_url}/v1/diagnoses/" in result.stdout
+
+
+def test_vanishing_spec_exits_3_and_json_is_the_report(server: ServiceProcess,
+                                                       files: dict[str, Path]) -> None:
+    result = _submit(files["vanishing"], "--url", server.base_url, "--config", files["config"],
+                     "--wait", "--format", "json")
+    assert result.returncode == 3, result.stderr
+    report = json.loads(result.stdout)
+    assert report["verdict"]["status"] == "vanishing"
+
+
+def test_onnx_model_exits_0(server: ServiceProcess, files: dict[str, Path]) -> None:
+    result = _submit(files["onnx"], "--url", server.base_url, "--config", files["config"],
+                     "--wait", "--format", "json", "--no-reuse")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["source"]["kind"] == "onnx"
+
+
+@pytest.mark.parametrize(
+    ("case", "extra", "needle"),
+    [
+        pytest.param("broken", (), "invalid_model", id="broken-onnx-fails-job"),
+        pytest.param("bad_config", ("--config",), "invalid_config", id="bad-config-422"),
+    ],
+)
+def test_bad_input_exits_2(server: ServiceProcess, files: dict[str, Path], case: str,
+                           extra: tuple[str, ...], needle: str) -> None:
+    args: list[str | Path] = ([files["healthy"], *extra, files[case]] if extra
+                              else [files[case]])
+    result = _submit(*args, "--url", server.base_url, "--wait")
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert needle in result.stderr
+
+
+def test_without_wait_prints_the_job_and_exits_0(server: ServiceProcess,
+                                                 files: dict[str, Path]) -> None:
+    result = _submit(files["healthy"], "--url", server.base_url, "--format", "json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["status"] in ("queued", "running", "succeeded")
+
+
+def test_unreachable_service_exits_1(files: dict[str, Path]) -> None:
+    result = _submit(files["healthy"], "--url", f"http://127.0.0.1:{free_port()}", "--wait")
+    assert result.returncode == 1
+    assert "cannot reach" in result.stderr
