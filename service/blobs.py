@@ -18,6 +18,9 @@ MODEL_FILE = "model.onnx"
 SPEC_FILE = "spec.json"
 INPUTS_FILE = "inputs.npz"
 REPORT_FILE = "report.html"
+REMEDIES_DIR = "remedies"
+# Remedy ids are the engine's own slugs; anything else never becomes part of a path.
+REMEDY_ID = re.compile(r"[a-z0-9][a-z0-9-]{0,63}")
 
 _ID = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
 
@@ -67,9 +70,25 @@ class BlobStore:
         os.replace(tmp, folder / REPORT_FILE)
 
     def copy_report(self, source_id: str, job_id: str) -> None:
+        """Give a reused job the earlier job's report page and repaired models."""
         source = self.report_path(source_id)
         if source.is_file():
             self.write_report(job_id, source.read_text(encoding="utf-8"))
+        for path in sorted((self.job_dir(source_id) / REMEDIES_DIR).glob("*.onnx")):
+            self.write_repaired_model(job_id, path.stem, path.read_bytes())
+
+    def repaired_model_path(self, job_id: str, remedy_id: str) -> Path:
+        if not REMEDY_ID.fullmatch(remedy_id):
+            raise ValueError(f"not a remedy id: {remedy_id!r}")
+        return self.job_dir(job_id) / REMEDIES_DIR / f"{remedy_id}.onnx"
+
+    def write_repaired_model(self, job_id: str, remedy_id: str, model: bytes) -> None:
+        """Write a repaired ONNX model atomically (temp file + rename)."""
+        target = self.repaired_model_path(job_id, remedy_id)
+        target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        tmp.write_bytes(model)
+        os.replace(tmp, target)
 
     def delete(self, job_id: str) -> None:
         shutil.rmtree(self.job_dir(job_id), ignore_errors=True)

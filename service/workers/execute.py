@@ -75,14 +75,17 @@ def execute_job(job_id: str, store: Store, blobs: BlobStore, settings: Settings)
     if isinstance(outcome, Failure):
         store.fail(job_id, outcome, attempt=claim.attempt)
         return
-    result, verdict, html = outcome
+    result, verdict, html, repaired = outcome
     if html is not None:
         blobs.write_report(job_id, html)
+    for remedy_id, model in repaired.items():
+        blobs.write_repaired_model(job_id, remedy_id, model)
     store.succeed(claim, result, verdict)
 
 
 def _diagnose(claim: Claim, folder: Path, store: Store,
-              settings: Settings) -> tuple[dict[str, Any], str, str | None] | Failure:
+              settings: Settings) -> tuple[dict[str, Any], str, str | None,
+                                           dict[str, bytes]] | Failure:
     from diagnostics import DiagnosticsError, diagnose
     from diagnostics.errors import OutOfMemoryError
     from diagnostics.limits import Limits
@@ -97,7 +100,8 @@ def _diagnose(claim: Claim, folder: Path, store: Store,
             report = diagnose(source, inputs=inputs, config=claim.config, limits=limits,
                               progress=lambda stage: store.set_progress(claim, stage))
             html = _render_html(report)
-            return report.model_dump(mode="json"), str(report.verdict.status), html
+            repaired = _repaired_models(report) if claim.kind == "onnx" else {}
+            return report.model_dump(mode="json"), str(report.verdict.status), html, repaired
     except JobTimeLimitError:
         return time_failure(settings)
     except OutOfMemoryError:
@@ -111,6 +115,13 @@ def _diagnose(claim: Claim, folder: Path, store: Store,
             return memory_failure(settings)
         log.exception("job %s failed unexpectedly", claim.job_id)
         return Failure("internal_error", f"{type(exc).__name__}: {exc}"[:2000])
+
+
+def _repaired_models(report: Any) -> dict[str, bytes]:
+    """The ONNX file for each remedy that only changes initializer values, written now while
+    the worker holds the model (the API never loads one)."""
+    return {remedy.id: report.repaired_model(remedy.id)
+            for remedy in report.remedies if remedy.repairable}
 
 
 def _render_html(report: Any) -> str | None:
