@@ -38,7 +38,8 @@ def _saturation(model, found, config) -> Cause | None:
         id="saturating_activations",
         title=f"{len(hidden)} hidden sigmoid/tanh-like layer(s)"
               + (f", {len(saturated)} saturated" if saturated else ""),
-        layers=sorted(set(hidden) | set(saturated)),
+        layers=[layer.name for layer in model.layers
+                if layer.name in saturated or layer.name in hidden],
         evidence={"saturated_fraction": saturated, "hidden_saturating_layers": len(hidden),
                   "sigmoid_max_slope": 0.25,
                   "threshold": config.thresholds.saturated_layer_fraction},

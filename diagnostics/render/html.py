@@ -22,7 +22,7 @@ from diagnostics.render._format import (
     stat,
     temporal_line,
 )
-from diagnostics.report import Evidence, LayerReport, Remedy, Report, Status, Verdict
+from diagnostics.report import Cause, Evidence, LayerReport, Remedy, Report, Status, Verdict
 
 _CSP = ("default-src 'none'; style-src 'unsafe-inline'; img-src data:; base-uri 'none'; "
         "form-action 'none'")
@@ -77,6 +77,8 @@ def render_html(report: Report) -> str:
                 "and the largest parameter-gradient norm of each layer. Flagged layers circled."),
         f"<h2>Layers ({len(report.layers)})</h2>",
         _layers_table(report.layers),
+        *([f"<h2>Causes ({len(report.causes)})</h2>", *(_cause(c) for c in report.causes)]
+          if report.causes else []),
         f"<h2>Remedies ({len(report.remedies)})</h2>",
         "".join(_remedy(r) for r in sorted(report.remedies, key=lambda r: r.rank))
         or "<p class=muted>None: the evidence supports no change.</p>",
@@ -192,6 +194,18 @@ def _layer_row(layer: LayerReport) -> str:
         f"<td class=num>{percent(acts.dead_fraction) if acts else MISSING}</td>"
         f"<td>{_flags(layer.flags)}</td></tr>"
     )
+
+
+def _cause(cause: Cause) -> str:
+    parts = [f"<article class=remedy><h3>{_t(cause.title)} <code class=muted>{_t(cause.id)}"
+             "</code></h3>"]
+    if cause.layers:
+        shown = ", ".join(f"<code>{_t(n)}</code>" for n in cause.layers[:_MAX_LISTED_LAYERS])
+        more = len(cause.layers) - _MAX_LISTED_LAYERS
+        parts.append(f"<p>Layers: {shown}{f' and {more} more' if more > 0 else ''}</p>")
+    if cause.evidence:
+        parts.append(_any(cause.evidence))
+    return "".join(parts) + "</article>"
 
 
 def _remedy(remedy: Remedy) -> str:

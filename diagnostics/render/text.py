@@ -56,6 +56,16 @@ def render_text(report: Report, color: bool = False, width: int = 120) -> str:
     )
     console.print(_header(report))
     console.print(_layer_table(report.layers, width), soft_wrap=True)
+    if report.causes:
+        console.print(Text("Causes", style="bold"))
+        for cause in report.causes:
+            line = Text(f"- {printable(cause.title)}  [{printable(cause.id)}]")
+            if cause.layers:
+                shown = ", ".join(printable(n) for n in cause.layers[:_MAX_LISTED_LAYERS])
+                more = len(cause.layers) - _MAX_LISTED_LAYERS
+                line.append(f"\n  layers: {shown}{f' and {more} more' if more > 0 else ''}",
+                            style="dim")
+            console.print(line)
     if report.remedies:
         console.print(Text("Remedies", style="bold"))
         for remedy in sorted(report.remedies, key=lambda r: r.rank):

@@ -287,3 +287,19 @@ def test_demo_report_renders() -> None:
     assert report.verdict.status == Status.VANISHING
     assert 'id="temporal-plot"' in render_html(report)
     assert "layers.19" in render_text(report)
+
+
+def test_causes_render_in_html_and_text_escaped() -> None:
+    from diagnostics.report import Cause
+
+    report = demo_report(blocks=2)
+    report.causes = [Cause(id="dead_units", title="layer <b>x</b> is dead",
+                           layers=["<script>alert(1)</script>"],
+                           evidence={"dead_fraction": {"<script>": 1.0}})]
+    page = render_html(report)
+    assert "Causes (1)" in page
+    assert "layer &lt;b&gt;x&lt;/b&gt; is dead" in page
+    assert "<script>alert(1)</script>" not in page
+    text = render_text(report)
+    assert "Causes" in text
+    assert "[dead_units]" in text
