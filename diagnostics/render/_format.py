@@ -82,7 +82,8 @@ def source_line(source: SourceReport) -> str:
 
 
 def temporal_line(profile: TemporalProfile) -> str:
-    """``x (axis 1): vanishing, first/last step 1e-05, decay per step 0.8, effective horizon 12 of 40 steps``."""
+    """``x (axis 1): vanishing, first/last step 1e-05, decay per step 0.8, effective horizon
+    12 of 40 steps``."""
     horizon = MISSING if profile.effective_horizon is None else str(profile.effective_horizon)
     return (f"{printable(profile.input)} (axis {profile.axis}): {profile.status}, first/last step "
             f"{number(profile.first_to_last_ratio)}, decay per step "

@@ -11,7 +11,6 @@ import pytest
 from diagnostics.config import DiagnosisConfig
 from diagnostics.render import render_html, render_text
 from diagnostics.render._format import number
-from tests.report_factory import demo_report
 from diagnostics.report import (
     ActivationStats,
     Evidence,
@@ -31,6 +30,7 @@ from diagnostics.report import (
     Verdict,
     Verification,
 )
+from tests.report_factory import demo_report
 
 XSS_NAME = "<script>alert(1)</script>"
 ATTR_XSS_NAME = '"><img src=x onerror=alert(1)>'
