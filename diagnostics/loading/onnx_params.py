@@ -37,8 +37,10 @@ _WEIGHT_INPUTS = {"weight": 1, "bias": 2}
 # Float inputs that are constants in every framework even where the schema calls them
 # differentiable: a trainable Pow exponent gets d/dy = x^y·ln(x), NaN for every negative base
 # (the LayerNorm decomposition squares centred values), and BatchNorm's running statistics are
-# state, not weights.
-_CONSTANT_SLOTS = frozenset({("Pow", 1), ("BatchNormalization", 3), ("BatchNormalization", 4)})
+# state, not weights. Likewise a recurrent node's initial states: exporters store the zero state
+# as an initializer (dynamo's LSTM/GRU), which no torch model trains.
+_CONSTANT_SLOTS = frozenset({("Pow", 1), ("BatchNormalization", 3), ("BatchNormalization", 4),
+                             ("LSTM", 5), ("LSTM", 6), ("GRU", 5), ("RNN", 5)})
 _BUFFER_PREFIX = "onnx_initializer_"
 
 

@@ -1,0 +1,459 @@
+"""Our onnx2torch converters (``diagnostics/loading/ops``) against the ONNX standard and torch.
+
+* Every backend node test onnx ships for an op one of our families converts (generated from
+  ``onnx.backend.test.case.node``: the 1.23 wheel has no ``data/node`` folders) loads through
+  ``load_onnx`` and reproduces the expected outputs (float32: rtol 1e-5, atol 1e-6); where the
+  op's output is float and an input differentiable, a backward pass runs with finite gradients,
+  and a sample agrees with ``torch.autograd.gradcheck`` in float64.
+* ``torch.nn.LSTM/GRU/RNN`` exported with both exporters give the native forward outputs and,
+  per ONNX initializer, the native gradient norms (rtol 1e-4).
+* Regressions of the stock bugs we replace (Flatten at axis 0 and rank, CumSum direction,
+  NonZero layout, LayerNorm shapes), the opset-range lookup and the registry itself.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+import pkgutil
+import warnings
+from collections.abc import Callable
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import TensorProto, helper, numpy_helper
+from onnx.backend.test.case import node as onnx_cases
+from onnx.defs import OpSchema, get_all_schemas_with_history, get_schema
+from onnx2torch.node_converters.registry import _CONVERTER_REGISTRY
+from torch import nn
+
+from diagnostics.errors import UnsupportedOperatorError
+from diagnostics.loading.onnx import load_onnx
+from diagnostics.loading.ops.opset_aliases import TYPE_ONLY_VERSIONS
+from tests.onnx_export import export_dynamo, export_legacy, loaded_grad_norms, mean_square
+
+# Our converter families; the ``std_*`` modules belong to the conformance work.
+OWN_MODULES = ("activations", "casts", "fixes", "layer_norm", "pad", "pooling", "recurrent",
+               "reduce", "resize", "rotary", "sequences", "shape_ops", "tensor_ops")
+_PREFIX = "diagnostics.loading.ops."
+OWN_OPS = frozenset(
+    {key.operation_type for key, function in _CONVERTER_REGISTRY.items()
+     if function.__module__.removeprefix(_PREFIX) in OWN_MODULES}
+    | set(TYPE_ONLY_VERSIONS)
+)
+_DTYPES = {"bool": torch.bool, "uint8": torch.uint8, "int8": torch.int8, "int16": torch.int16,
+           "int32": torch.int32, "int64": torch.int64, "float16": torch.float16,
+           "float32": torch.float32, "float64": torch.float64}
+_TOLERANCE = {"float32": (1e-5, 1e-6), "float64": (1e-5, 1e-6), "float16": (1e-3, 1e-3)}
+# Expected outputs computed by onnx's test generator in float64 from float32 inputs, where
+# float32 arithmetic in a long chain (recurrences, cubic weights) lands within 2e-5.
+_LOOSE = {"LSTM", "GRU", "RNN", "Resize", "ReduceLogSumExp", "LayerNormalization"}
+# Cases whose expected outputs are decimal literals rounded to 4 digits in the case definition:
+# compared at the tolerance onnx's backend runner gives every node test (rtol 1e-3, atol 1e-7).
+ROUNDED_EXPECTATIONS = frozenset({
+    "test_averagepool_2d_ceil_last_window_starts_on_pad", "test_roialign_aligned_false",
+    "test_roialign_aligned_true",
+})
+# Cases a stock converter we only register at newer opsets refuses, by design of that converter.
+REFUSED = {"test_roialign_mode_max": "RoiAlign"}
+# Inputs the schema calls differentiable that the converter treats as constants: torchvision's
+# roi_align (behind the stock RoiAlign) gives no gradient for the boxes, as in torch detection.
+CONSTANT_SLOTS = {("RoiAlign", 1)}
+# Sampled for gradcheck (float64, finite differences): one or two cases per family.
+GRADCHECK_CASES = (
+    "test_reduce_mean_keepdims_random", "test_reduce_l2_do_not_keepdims_random",
+    "test_reduce_log_sum_exp_keepdims_random", "test_reduce_prod_default_axes_keepdims_random",
+    "test_gelu_tanh_1", "test_gelu_default_1", "test_swish", "test_shrink_soft",
+    "test_reshape_reordered_all_dims", "test_flatten_axis0", "test_split_variable_parts_1d_opset18",
+    "test_resize_upsample_scales_linear", "test_resize_downsample_scales_cubic_antialias",
+    "test_resize_upsample_sizes_nearest", "test_averagepool_2d_dilations",
+    "test_averagepool_2d_ceil", "test_reflect_pad", "test_wrap_pad", "test_edge_pad",
+    "test_layer_normalization_3d_axis1_epsilon", "test_cumsum_2d_axis_0",
+    "test_cumsum_1d_reverse_exclusive", "test_scatternd_add", "test_tril",
+    "test_cast_FLOAT_to_DOUBLE",
+    "test_gru_with_initial_bias", "test_lstm_with_peepholes", "test_simple_rnn_batchwise",
+    "test_rotary_embedding_with_interleaved_rotary_dim",
+)
+
+
+# --- the standard's node tests ------------------------------------------------------------------
+
+
+def _case_modules() -> list[str]:
+    names = {op.lower(): op for op in OWN_OPS}
+    return [info.name for info in pkgutil.iter_modules(onnx_cases.__path__)
+            if info.name.replace("_", "").removesuffix("op") in names]
+
+
+def _node_cases() -> dict[str, object]:
+    """Backend test cases whose single node is one of our ops, by test name.
+
+    Imports only the case modules of our ops (each module generates its cases when imported),
+    and reloads a module whose cases an earlier ``collect_testcases(op)`` filtered out.
+    """
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore")
+        for name in _case_modules():
+            full = f"{onnx_cases.__name__}.{name}"
+            module = importlib.import_module(full)
+            stem = name.replace("_", "")
+            if not any(case.model.graph.node[0].op_type.lower() == stem
+                       for case in onnx_cases._NodeTestCases if case.model.graph.node):
+                onnx_cases._TargetOpType = None
+                importlib.reload(module)
+    return {case.name: case for case in onnx_cases._NodeTestCases
+            if "_expanded" not in case.name and len(case.model.graph.node) == 1
+            and case.model.graph.node[0].op_type in OWN_OPS}
+
+
+def _to_numpy(value) -> np.ndarray:
+    return numpy_helper.to_array(value) if isinstance(value, TensorProto) else np.asarray(value)
+
+
+def _runnable(case) -> bool:
+    graph = case.model.graph
+    if any(v.type.WhichOneof("value") != "tensor_type" for v in [*graph.input, *graph.output]):
+        return False  # sequences as graph inputs/outputs: the loader refuses them
+    inputs, outputs = case.data_sets[0]
+    return all(_to_numpy(v).dtype.name in _DTYPES for v in [*inputs, *outputs])
+
+
+CASES = _node_cases()
+RUNNABLE = sorted(name for name, case in CASES.items() if _runnable(case))
+
+
+def _load(case):
+    inputs, expected = case.data_sets[0]
+    loaded = load_onnx(case.model.SerializeToString(), name=case.name)
+    tensors = [torch.from_numpy(np.array(_to_numpy(v))) for v in inputs]
+    return loaded, tensors, [_to_numpy(v) for v in expected]
+
+
+def _outputs(result) -> list[torch.Tensor]:
+    return list(result) if isinstance(result, tuple) else [result]
+
+
+def _differentiable(case, tensors: list[torch.Tensor], *, any_dtype: bool = False) -> list[int]:
+    """Positions of inputs the op's schema does not call non-differentiable.
+
+    Float inputs only, unless ``any_dtype``: then integer inputs whose type constraint also
+    allows double (Trilu on int64 test data) count too, for gradcheck in float64.
+    """
+    node = case.model.graph.node[0]
+    version = next(e.version for e in case.model.opset_import if e.domain in ("", "ai.onnx"))
+    schema = get_schema(node.op_type, version)
+    allowed = {c.type_param_str: set(c.allowed_type_strs) for c in schema.type_constraints}
+    present = [slot for slot, name in enumerate(node.input) if name]
+    positions = []
+    for position, slot in enumerate(present):
+        formal = schema.inputs[min(slot, len(schema.inputs) - 1)]
+        dtype = tensors[position].dtype
+        usable = dtype in (torch.float32, torch.float64) or (
+            any_dtype and not dtype.is_floating_point and dtype != torch.bool
+            and "tensor(double)" in allowed.get(formal.type_str, {formal.type_str}))
+        if (formal.differentiation_category != OpSchema.DifferentiationCategory.NonDifferentiable
+                and usable and tensors[position].numel()
+                and (node.op_type, slot) not in CONSTANT_SLOTS):
+            positions.append(position)
+    return positions
+
+
+@pytest.mark.parametrize("name", RUNNABLE)
+def test_backend_case_matches_expected_outputs(name: str) -> None:
+    case = CASES[name]
+    if name in REFUSED:
+        with pytest.raises(UnsupportedOperatorError, match=REFUSED[name]):
+            _load(case)
+        return
+    loaded, tensors, expected = _load(case)
+    with torch.no_grad():
+        actual = _outputs(loaded.module(*tensors))
+    assert len(actual) == len(expected)
+    op = case.model.graph.node[0].op_type
+    for got, want in zip(actual, expected, strict=True):
+        assert tuple(got.shape) == want.shape
+        assert str(got.dtype).removeprefix("torch.") == want.dtype.name
+        if want.dtype.kind == "f":
+            rtol, atol = (2e-5, 2e-6) if op in _LOOSE else _TOLERANCE[want.dtype.name]
+            if name in ROUNDED_EXPECTATIONS:
+                rtol, atol = case.rtol, case.atol
+            np.testing.assert_allclose(got.numpy(), want, rtol=rtol, atol=atol)
+        else:
+            np.testing.assert_array_equal(got.numpy(), want)
+    positions = _differentiable(case, tensors)
+    if positions and any(out.is_floating_point() for out in actual):
+        _check_backward(loaded.module, tensors, positions)
+
+
+def _check_backward(module: nn.Module, tensors: list[torch.Tensor], positions: list[int]) -> None:
+    problem = _backward(module, tensors, positions, jitter=0.0)
+    if problem == "non-finite":
+        # At a singular point (Acosh at 1) an infinite derivative is right; anywhere else not.
+        problem = _backward(module, tensors, positions, jitter=1e-3)
+    assert not problem, problem
+
+
+def _backward(module: nn.Module, tensors: list[torch.Tensor], positions: list[int],
+              jitter: float) -> str:
+    leaves = []
+    for i, tensor in enumerate(tensors):
+        leaf = tensor.clone()
+        if i in positions:
+            noise = torch.rand(leaf.shape, generator=torch.Generator().manual_seed(i))
+            leaf = (leaf + jitter * (2 * noise - 1) * (leaf.abs() + 1)).requires_grad_(True)
+        leaves.append(leaf)
+    outputs = [o for o in _outputs(module(*leaves)) if o.is_floating_point() and o.requires_grad]
+    if not outputs:
+        return "no float output depends on a differentiable input"
+    sum(torch.where(torch.isfinite(o), o, 0).sum() for o in outputs).backward()
+    finite = all(torch.isfinite(o).all() for o in outputs) and all(
+        torch.isfinite(leaves[p]).all() for p in positions)
+    for position in positions:
+        grad = leaves[position].grad
+        if grad is None or grad.shape != leaves[position].shape:
+            return f"no gradient of the right shape for input {position}"
+        if finite and not torch.isfinite(grad).all():
+            return "non-finite"
+    return ""
+
+
+@pytest.mark.parametrize("name", GRADCHECK_CASES)
+def test_backward_agrees_with_gradcheck(name: str) -> None:
+    case = CASES[name]
+    loaded, tensors, _ = _load(case)
+    module = loaded.module.double()
+    positions = _differentiable(case, tensors, any_dtype=True)
+    assert positions
+    base = [t.double() if t.dtype == torch.float32 or i in positions else t
+            for i, t in enumerate(tensors)]
+    # finite differences are NaN at NaN/inf inputs (Cast's special-value cases)
+    base = [torch.nan_to_num(t, nan=0.5, posinf=2.0, neginf=-2.0) if i in positions else t
+            for i, t in enumerate(base)]
+
+    def function(*leaves: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        full = list(base)
+        for position, leaf in zip(positions, leaves, strict=True):
+            full[position] = leaf
+        return tuple(o for o in _outputs(module(*full)) if o.is_floating_point())
+
+    leaves = tuple(base[p].detach().clone().requires_grad_(True) for p in positions)
+    assert sum(leaf.numel() for leaf in leaves) <= 400, "keep gradcheck samples small"
+    assert torch.autograd.gradcheck(function, leaves, eps=1e-6, atol=1e-5, rtol=1e-3)
+
+
+def test_the_exporters_ops_all_have_backend_cases() -> None:
+    covered = {CASES[name].model.graph.node[0].op_type for name in RUNNABLE}
+    exporter_ops = {"ReduceMean", "ReduceMax", "ReduceL2", "Reshape", "Flatten", "Split",
+                    "Resize", "Gelu", "Cast", "CastLike", "Shape", "Pad", "AveragePool",
+                    "IsNaN", "IsInf", "GreaterOrEqual", "LessOrEqual", "Identity", "Squeeze",
+                    "Unsqueeze", "Transpose", "ConstantOfShape", "LayerNormalization", "Trilu",
+                    "ScatterND", "CumSum", "NonZero", "LSTM", "GRU", "RNN", "Mish"}
+    assert exporter_ops <= covered, exporter_ops - covered
+
+
+def test_cast_to_a_type_torch_lacks_is_refused_by_name() -> None:
+    case = CASES["test_cast_FLOAT_to_FLOAT8E4M3FN"]
+    with pytest.raises(UnsupportedOperatorError, match="FLOAT8E4M3FN"):
+        load_onnx(case.model.SerializeToString())
+
+
+# --- recurrent layers against torch.nn ------------------------------------------------------
+
+
+class _Recurrent(nn.Module):
+    """A torch recurrent layer returning its output sequence and final hidden state."""
+
+    def __init__(self, cell: type[nn.Module], **kwargs: object) -> None:
+        super().__init__()
+        self.rnn = cell(input_size=5, hidden_size=6, **kwargs)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        output, state = self.rnn(x)
+        return output, state[0] if isinstance(state, tuple) else state
+
+
+RECURRENT = {
+    "lstm-legacy-2layers-batch_first": (nn.LSTM, "legacy", {"num_layers": 2, "batch_first": True}),
+    "lstm-legacy-bidirectional": (nn.LSTM, "legacy", {"bidirectional": True}),
+    "lstm-dynamo-2layers": (nn.LSTM, "dynamo", {"num_layers": 2, "batch_first": True}),
+    "gru-legacy-2layers-bidirectional": (nn.GRU, "legacy",
+                                         {"num_layers": 2, "bidirectional": True}),
+    "gru-dynamo": (nn.GRU, "dynamo", {"num_layers": 2}),
+    "rnn-legacy-2layers": (nn.RNN, "legacy", {"num_layers": 2, "batch_first": True}),
+    "rnn-legacy-relu-bidirectional": (nn.RNN, "legacy",
+                                      {"nonlinearity": "relu", "bidirectional": True}),
+}
+
+
+def _expected_norms(graph: onnx.GraphProto, native: nn.Module,
+                    names: list[str]) -> dict[str, float]:
+    """Native gradient norm for each ONNX parameter name.
+
+    An initializer named like a torch parameter is that parameter; a folded W/R/B input of the
+    k-th recurrent node is layer k's weight_ih / weight_hh / (bias_ih, bias_hh) over its
+    directions, gate blocks reordered (which keeps the norm).
+    """
+    grads = {name: p.grad.double() for name, p in native.named_parameters()}
+    expected: dict[str, float] = {}
+    for name in names:
+        if name in grads:
+            expected[name] = float(grads[name].norm())
+    layers = [n for n in graph.node if n.op_type in ("LSTM", "GRU", "RNN")]
+    suffixes = ("", "_reverse")
+    for layer, node in enumerate(layers):
+        parts = {1: ("weight_ih",), 2: ("weight_hh",), 3: ("bias_ih", "bias_hh")}
+        for index, stems in parts.items():
+            if index < len(node.input) and node.input[index] in names \
+                    and node.input[index] not in expected:
+                total = sum(float(grads[f"rnn.{stem}_l{layer}{sfx}"].norm()) ** 2
+                            for stem in stems for sfx in suffixes
+                            if f"rnn.{stem}_l{layer}{sfx}" in grads)
+                expected[node.input[index]] = math.sqrt(total)
+    return expected
+
+
+@pytest.mark.parametrize("key", sorted(RECURRENT))
+def test_recurrent_export_matches_native_outputs_and_gradients(key: str) -> None:
+    cell, exporter, kwargs = RECURRENT[key]
+    torch.manual_seed(0)
+    native = _Recurrent(cell, **kwargs).eval()
+    x = torch.randn(3, 4, 5)
+    data = (export_legacy(native, (x,), opset=14) if exporter == "legacy"
+            else export_dynamo(native, (x,)))
+    loaded = load_onnx(data)
+    with torch.no_grad():
+        for ours, theirs in zip(loaded.module(x), native(x), strict=True):
+            torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-6)
+    native.zero_grad()
+    mean_square(native(x)).backward()
+    ours = loaded_grad_norms(loaded, (x,))
+    expected = _expected_norms(onnx.load_from_string(data).graph, native, list(ours))
+    assert set(expected) == set(ours), "every ONNX weight maps to native parameters"
+    for name, norm in ours.items():
+        assert norm == pytest.approx(expected[name], rel=1e-4), name
+    recurrent = [m for m in loaded.module.modules() if type(m).__name__ == "OnnxRecurrent"]
+    assert recurrent
+    assert all(m.layout in (0, 1) for m in recurrent)
+
+
+def test_recurrent_layout_attribute_follows_the_node() -> None:
+    case = CASES["test_lstm_batchwise"]
+    loaded, _, _ = _load(case)
+    (module,) = [m for m in loaded.module.modules() if type(m).__name__ == "OnnxRecurrent"]
+    assert module.layout == 1  # what diagnostics.temporal reads to find the time axis
+
+
+# --- stock bugs, opset lookup and the registry ----------------------------------------------
+
+
+def _model(nodes: list[onnx.NodeProto], inputs: list[onnx.ValueInfoProto],
+           outputs: list[onnx.ValueInfoProto], *, opset: int,
+           initializers: list[TensorProto] = ()) -> bytes:
+    graph = helper.make_graph(nodes, "g", inputs, outputs, initializer=list(initializers))
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    return model.SerializeToString()
+
+
+def _float(name: str, shape: list) -> onnx.ValueInfoProto:
+    return helper.make_tensor_value_info(name, TensorProto.FLOAT, shape)
+
+
+@pytest.mark.parametrize("axis", [0, 3, -3])
+def test_flatten_at_axis_zero_and_rank(axis: int) -> None:
+    rows = {0: 1, 3: 24, -3: 1}[axis]
+    data = _model([helper.make_node("Flatten", ["x"], ["y"], axis=axis)],
+                  [_float("x", [2, 3, 4])], [_float("y", [rows, 24 // rows])], opset=13)
+    x = torch.randn(2, 3, 4)
+    torch.testing.assert_close(load_onnx(data).module(x), x.reshape(rows, 24 // rows))
+
+
+def test_layer_norm_with_dynamic_shapes_and_initializer_weights() -> None:
+    scale = numpy_helper.from_array(np.linspace(0.5, 1.5, 8).astype(np.float32), "ln.weight")
+    bias = numpy_helper.from_array(np.linspace(-1, 1, 8).astype(np.float32), "ln.bias")
+    node = helper.make_node("LayerNormalization", ["x", "ln.weight", "ln.bias"], ["y"],
+                            axis=-1, epsilon=1e-5)
+    data = _model([node], [_float("x", ["batch", "seq", "hidden"])],
+                  [_float("y", ["batch", "seq", "hidden"])],
+                  opset=17, initializers=[scale, bias])
+    loaded = load_onnx(data)
+    native = nn.LayerNorm(8)
+    with torch.no_grad():
+        native.weight.copy_(torch.tensor(numpy_helper.to_array(scale)))
+        native.bias.copy_(torch.tensor(numpy_helper.to_array(bias)))
+    x = torch.randn(3, 5, 8)
+    torch.testing.assert_close(loaded.module(x), native(x))
+    mean_square(native(x)).backward()
+    ours = loaded_grad_norms(loaded, (x,))
+    assert ours == pytest.approx({"ln.weight": float(native.weight.grad.norm()),
+                                  "ln.bias": float(native.bias.grad.norm())}, rel=1e-5)
+
+
+def test_constant_inputs_are_baked_not_reported_as_weights() -> None:
+    scales = numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "scales")
+    node = helper.make_node("Resize", ["x", "", "scales"], ["y"], mode="linear")
+    data = _model([node], [_float("x", [1, 2, 3, 3])], [_float("y", [1, 2, 6, 6])], opset=19,
+                  initializers=[scales])
+    loaded = load_onnx(data)
+    assert loaded.parameters == {}
+    assert not any("scales" in note for note in loaded.notes)
+    x = torch.randn(1, 2, 3, 3)
+    expected = torch.nn.functional.interpolate(x, scale_factor=2, mode="bilinear")
+    torch.testing.assert_close(loaded.module(x), expected)
+
+
+def test_an_op_is_found_at_its_schema_version_for_a_later_opset() -> None:
+    """onnx2torch looks Constant up at 19 for a model at opset 20 (Constant's since_version)."""
+    shape = helper.make_tensor("shape", TensorProto.INT64, [2], [3, -1])
+    nodes = [helper.make_node("Constant", [], ["s"], value=shape),
+             helper.make_node("Reshape", ["x", "s"], ["r"]),
+             helper.make_node("Identity", ["r"], ["y"])]
+    data = _model(nodes, [_float("x", [3, 4])], [_float("y", [3, 4])], opset=20)
+    assert get_schema("Constant", 20).since_version == 19
+    x = torch.randn(3, 4)
+    torch.testing.assert_close(load_onnx(data).module(x), x)
+
+
+def _own_registrations() -> list[tuple[str, int, Callable]]:
+    return [(key.operation_type, key.version, function)
+            for key, function in _CONVERTER_REGISTRY.items()
+            if function.__module__.removeprefix(_PREFIX) in OWN_MODULES]
+
+
+def test_every_registered_version_is_a_schema_version() -> None:
+    since = {(s.name, s.since_version) for s in get_all_schemas_with_history() if s.domain == ""}
+    stray = [(op, v) for op, v, _ in _own_registrations() if (op, v) not in since]
+    stray += [(op, v) for op, (_, versions) in TYPE_ONLY_VERSIONS.items() for v in versions
+              if (op, v) not in since]
+    assert not stray, "registered at a version no schema starts at (never looked up)"
+
+
+def _signature(op: str, version: int) -> tuple:
+    schema = get_schema(op, version)
+    attributes = sorted((a.name, a.type, a.required) for a in schema.attributes.values())
+    return (tuple(attributes), tuple((i.name, i.option) for i in schema.inputs),
+            tuple((o.name, o.option) for o in schema.outputs))
+
+
+@pytest.mark.parametrize("op", sorted(TYPE_ONLY_VERSIONS))
+def test_type_only_aliases_share_the_stock_signature(op: str) -> None:
+    stock, versions = TYPE_ONLY_VERSIONS[op]
+    for version in versions:
+        assert _signature(op, version) == _signature(op, stock), f"{op}-{version}"
+
+
+# Stock converters replaced on purpose (module docstrings say why).
+REPLACED = {("CumSum", 14): "fixes", ("NonZero", 13): "fixes", ("Flatten", 13): "shape_ops",
+            ("Reshape", 14): "shape_ops", ("Shape", 15): "shape_ops", ("Split", 13): "shape_ops",
+            ("LayerNormalization", 17): "layer_norm", ("IsInf", 10): "tensor_ops",
+            ("ScatterND", 16): "tensor_ops", ("Resize", 13): "resize", ("Pad", 13): "pad",
+            ("AveragePool", 11): "pooling", ("Cast", 13): "casts",
+            ("DepthToSpace", 13): "shape_ops"}
+
+
+def test_replaced_stock_converters_are_ours() -> None:
+    for (op, version), module in REPLACED.items():
+        key = next(k for k in _CONVERTER_REGISTRY if k.operation_type == op
+                   and k.version == version and k.domain == "")
+        assert _CONVERTER_REGISTRY[key].__module__ == _PREFIX + module, (op, version)
