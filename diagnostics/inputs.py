@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import io
+import math
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import torch
 
 from diagnostics.config import DiagnosisConfig
 from diagnostics.errors import InvalidInputsError, ResourceLimitError
-from diagnostics.limits import Limits
+from diagnostics.limits import DEFAULT_LIMITS, Limits
 from diagnostics.model import InputSpec, LoadedModel
 
 InputsSource = str | Path | bytes | Mapping[str, Any]
@@ -35,17 +36,23 @@ class SampleBatch:
         ]
 
 
-def read_inputs(source: InputsSource) -> dict[str, np.ndarray]:
+def read_inputs(source: InputsSource, limits: Limits = DEFAULT_LIMITS) -> dict[str, np.ndarray]:
     """Read user-supplied inputs.
+
+    An .npz is read member by member: each array's header (dtype, shape) is checked before its
+    data is decompressed, so a small archive that declares huge arrays is refused up front.
 
     Args:
         source: Path to an .npz file, its bytes, or a mapping name -> array-like.
+        limits: ``max_input_elements`` bounds the elements of all arrays together.
 
     Returns:
-        name -> numpy array.
+        name -> numpy array (native byte order).
 
     Raises:
-        InvalidInputsError: Unreadable file, pickled objects (never loaded), non-numeric arrays.
+        InvalidInputsError: Not an .npz, unreadable, a member that is not a .npy array, pickled
+            objects (never loaded), non-numeric or empty arrays.
+        ResourceLimitError: The arrays hold more than ``limits.max_input_elements`` elements.
     """
     if isinstance(source, Mapping):
         arrays = {}
@@ -55,78 +62,172 @@ def read_inputs(source: InputsSource) -> dict[str, np.ndarray]:
             except Exception as exc:  # any conversion failure is the user's input
                 raise InvalidInputsError(f"input {name!r}: not an array ({exc})",
                                          input_name=str(name)) from None
+        _check_elements((array.size for array in arrays.values()), limits)
         return _check_arrays(arrays)
     try:
         data = source if isinstance(source, bytes) else Path(source).read_bytes()
     except OSError as exc:
         raise InvalidInputsError(f"cannot read inputs file {source}: {exc.strerror}") from None
+    if not data.startswith(_ZIP_MAGIC):
+        raise InvalidInputsError("inputs are not an .npz archive (numpy.savez output): the data "
+                                 "does not start like a zip file")
     try:
-        with np.load(io.BytesIO(data), allow_pickle=False) as archive:
-            arrays = {name: archive[name] for name in archive.files}
-    except ValueError as exc:
-        if "pickle" in str(exc).lower():
-            raise InvalidInputsError(
-                "inputs .npz holds pickled objects, which are never loaded; save plain numeric "
-                "arrays (np.savez with numeric dtypes)"
-            ) from None
-        raise InvalidInputsError(f"inputs are not a readable .npz archive: {exc}") from None
-    except (OSError, zipfile.BadZipFile, EOFError) as exc:
-        raise InvalidInputsError(f"inputs are not a readable .npz archive: {exc}") from None
-    return _check_arrays(arrays)
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            return _check_arrays(_read_npz(archive, limits))
+    except (InvalidInputsError, ResourceLimitError, MemoryError):
+        raise
+    # zipfile and numpy raise many types on a hostile archive (BadZipFile, zlib.error,
+    # NotImplementedError for an unknown compression, RuntimeError for encryption, ValueError,
+    # EOFError ...); all of them mean the upload is unreadable.
+    except Exception as exc:
+        raise InvalidInputsError(
+            f"inputs are not a readable .npz archive: {type(exc).__name__}: {str(exc)[:200]}"
+        ) from None
+
+
+_ZIP_MAGIC = b"PK\x03\x04"
+_MAX_HEADER_BYTES = 10_000
+
+
+def _read_npz(archive: zipfile.ZipFile, limits: Limits) -> dict[str, np.ndarray]:
+    members = [info for info in archive.infolist() if not info.is_dir()]
+    headers = []
+    for info in members:
+        if not info.filename.endswith(".npy"):
+            raise InvalidInputsError(f"inputs .npz member {info.filename[:80]!r} is not a .npy "
+                                     "array; save the inputs with numpy.savez")
+        name = info.filename[: -len(".npy")]
+        with archive.open(info) as member:
+            shape, dtype = _npy_header(member, name)
+        headers.append((name, shape, dtype))
+    _check_elements((math.prod(shape) for _, shape, _ in headers), limits)
+    arrays = {}
+    for info, (name, _, _) in zip(members, headers, strict=True):
+        with archive.open(info) as member:
+            arrays[name] = np.lib.format.read_array(member, allow_pickle=False,
+                                                    max_header_size=_MAX_HEADER_BYTES)
+    return arrays
+
+
+def _npy_header(member: IO[bytes], name: str) -> tuple[tuple[int, ...], np.dtype]:
+    version = np.lib.format.read_magic(member)
+    read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+            else np.lib.format.read_array_header_2_0)
+    shape, _, dtype = read(member, max_header_size=_MAX_HEADER_BYTES)
+    if dtype.hasobject:
+        raise InvalidInputsError(
+            f"input {name!r} holds pickled objects, which are never loaded; save plain numeric "
+            "arrays (np.savez with numeric dtypes)", input_name=name)
+    _check_dtype(name, dtype)  # before reading: a '<U100000000' element is 400 MB
+    return shape, dtype
+
+
+def _check_dtype(name: str, dtype: np.dtype) -> None:
+    if dtype.kind not in "biuf":
+        raise InvalidInputsError(
+            f"input {name!r} has dtype {dtype}; only numeric and boolean arrays are accepted",
+            input_name=name)
+
+
+def _check_elements(counts: Iterable[int], limits: Limits) -> None:
+    total = sum(counts)
+    if total > limits.max_input_elements:
+        raise ResourceLimitError(
+            f"inputs have {total:,} elements, over the limit of {limits.max_input_elements:,}",
+            limit="max_input_elements", value=limits.max_input_elements)
 
 
 def _check_arrays(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     for name, array in arrays.items():
-        if array.dtype.kind not in "biuf":
-            raise InvalidInputsError(
-                f"input {name!r} has dtype {array.dtype}; only numeric and boolean arrays are "
-                "accepted", input_name=name)
+        _check_dtype(name, array.dtype)
         if array.size == 0:
             raise InvalidInputsError(f"input {name!r} is empty (shape {list(array.shape)})",
                                      input_name=name)
+        if not array.dtype.isnative:  # torch takes native byte order only
+            arrays[name] = array.astype(array.dtype.newbyteorder("="))
     return arrays
 
 
-def resolve_shape(spec: InputSpec, config: DiagnosisConfig) -> tuple[int, ...]:
-    """The concrete shape to synthesize for ``spec``.
+# A dynamic axis the graph bounds (a position-embedding table bounds the sequence axis) is
+# synthesized at its bound, capped here: long enough for attention to mix many positions, short
+# enough that probing a 12-layer, 512-position BERT stays cheap on a CPU.
+INFERRED_AXIS_CAP = 128
 
-    Axis 0 when dynamic is the batch (``config.batch_size``); ``config.input_shapes[name]``
-    gives a full shape and must agree with the static dimensions.
+
+def resolve_shapes(specs: Sequence[InputSpec], config: DiagnosisConfig) -> list[tuple[int, ...]]:
+    """The concrete shape to synthesize for each input, in ``specs`` order.
+
+    ``config.input_shapes[name]`` gives a full shape and must agree with the static dimensions.
+    Otherwise a dynamic axis takes, first that applies: the size of an axis with the same
+    symbolic name (in ONNX equal names are equal sizes: ``input_ids`` and ``attention_mask``
+    share ``sequence``, so one given shape fixes both); ``config.batch_size`` on axis 0; the
+    bound the graph puts on it (``InputSpec.max_sizes``), capped at :data:`INFERRED_AXIS_CAP`.
 
     Raises:
-        InvalidInputsError: A dynamic axis that nothing resolves, named with its axis.
+        InvalidInputsError: A given shape that does not fit its input, given shapes that
+            disagree on an axis name they share, or a dynamic axis that nothing resolves
+            (named with its axis).
     """
-    given = config.input_shapes.get(spec.name)
-    if given is not None:
-        if len(given) != len(spec.shape):
+    sizes: dict[str, tuple[int, str, int]] = {}  # symbol -> (size, input, axis) that fixed it
+    for spec in specs:
+        given = config.input_shapes.get(spec.name)
+        if given is None:
+            continue
+        _check_given(spec, given)
+        for axis, dim in enumerate(spec.shape):
+            if isinstance(dim, str) and dim:
+                size, first, first_axis = sizes.setdefault(dim, (given[axis], spec.name, axis))
+                if size != given[axis]:
+                    raise InvalidInputsError(
+                        f"config.input_shapes gives {first!r} axis {first_axis} size {size} but "
+                        f"{spec.name!r} axis {axis} size {given[axis]}; the model names both "
+                        f"{dim!r}, so they must be equal", input_name=spec.name, axis=axis)
+    return [tuple(config.input_shapes[spec.name]) if spec.name in config.input_shapes
+            else _resolve(spec, config, sizes) for spec in specs]
+
+
+def _check_given(spec: InputSpec, given: list[int]) -> None:
+    if len(given) != len(spec.shape):
+        raise InvalidInputsError(
+            f"config.input_shapes.{spec.name} has rank {len(given)}, the model's input "
+            f"{spec.name!r} has rank {len(spec.shape)} {_show(spec.shape)}",
+            input_name=spec.name)
+    for axis, (want, got) in enumerate(zip(spec.shape, given, strict=True)):
+        if isinstance(want, int) and want != got:
             raise InvalidInputsError(
-                f"config.input_shapes.{spec.name} has rank {len(given)}, the model's input "
-                f"{spec.name!r} has rank {len(spec.shape)} {_show(spec.shape)}",
-                input_name=spec.name)
-        for axis, (want, got) in enumerate(zip(spec.shape, given, strict=True)):
-            if isinstance(want, int) and want != got:
-                raise InvalidInputsError(
-                    f"config.input_shapes.{spec.name}[{axis}] is {got}, the model fixes it to "
-                    f"{want}", input_name=spec.name, axis=axis)
-            if got < 1:
-                raise InvalidInputsError(
-                    f"config.input_shapes.{spec.name}[{axis}] must be >= 1, got {got}",
-                    input_name=spec.name, axis=axis)
-        return tuple(given)
+                f"config.input_shapes.{spec.name}[{axis}] is {got}, the model fixes it to "
+                f"{want}", input_name=spec.name, axis=axis)
+        if got < 1:
+            raise InvalidInputsError(
+                f"config.input_shapes.{spec.name}[{axis}] must be >= 1, got {got}",
+                input_name=spec.name, axis=axis)
+
+
+def _resolve(spec: InputSpec, config: DiagnosisConfig,
+             sizes: dict[str, tuple[int, str, int]]) -> tuple[int, ...]:
+    bounds = dict(spec.max_sizes)
     shape = []
     for axis, dim in enumerate(spec.shape):
+        symbol = dim if isinstance(dim, str) and dim else None
         if isinstance(dim, int) and dim > 0:
-            shape.append(dim)
+            size = dim
+        elif symbol in sizes:
+            size = sizes[symbol][0]
         elif axis == 0:
-            shape.append(config.batch_size)
+            size = config.batch_size
+        elif axis in bounds:
+            size = min(bounds[axis], INFERRED_AXIS_CAP)
         else:
-            label = f" ({dim!r})" if isinstance(dim, str) and dim else ""
+            label = f" ({dim!r})" if symbol else ""
             example = [config.batch_size if i == 0 else (d if isinstance(d, int) and d > 0 else 16)
                        for i, d in enumerate(spec.shape)]
             raise InvalidInputsError(
                 f"input {spec.name!r} axis {axis}{label} is dynamic: give its full shape in "
                 f"config.input_shapes, e.g. {{\"{spec.name}\": {example}}}",
                 input_name=spec.name, axis=axis)
+        if symbol:
+            sizes.setdefault(symbol, (size, spec.name, axis))
+        shape.append(size)
     return tuple(shape)
 
 
@@ -135,7 +236,9 @@ def make_batches(model: LoadedModel, config: DiagnosisConfig, limits: Limits,
     """One batch per sample: the provided arrays (same for every sample), or synthesized.
 
     Synthesized float inputs are N(0, 1); integer inputs uniform in [0, vocab) with vocab from the
-    table they index (else ``config.vocab_size``); inputs named like a mask are ones; booleans true.
+    table they index (else ``config.vocab_size``); inputs named like a mask (any dtype) are ones;
+    booleans true.
+    Shapes come from :func:`resolve_shapes`.
 
     Raises:
         InvalidInputsError: Names, dtypes or shapes that do not fit the model.
@@ -146,7 +249,7 @@ def make_batches(model: LoadedModel, config: DiagnosisConfig, limits: Limits,
         tensors = _from_provided(model.inputs, provided)
         _check_size(tensors, limits)
         return [SampleBatch(seed, tensors) for seed in seeds]
-    shapes = [resolve_shape(spec, config) for spec in model.inputs]
+    shapes = resolve_shapes(model.inputs, config)
     total = sum(int(np.prod(shape)) for shape in shapes)
     if total > limits.max_input_elements:
         raise ResourceLimitError(
@@ -171,12 +274,10 @@ def make_batches(model: LoadedModel, config: DiagnosisConfig, limits: Limits,
 def _synthesize(spec: InputSpec, shape: tuple[int, ...], config: DiagnosisConfig,
                 generator: torch.Generator) -> torch.Tensor:
     dtype = _torch_dtype(spec)
+    if dtype == torch.bool or _is_mask(spec.name):  # float masks too: noise would mask at random
+        return torch.ones(shape, dtype=dtype)
     if dtype.is_floating_point:
         return torch.randn(shape, generator=generator).to(dtype)
-    if dtype == torch.bool:
-        return torch.ones(shape, dtype=torch.bool)
-    if _is_mask(spec.name):
-        return torch.ones(shape, dtype=dtype)
     vocab = spec.vocab or config.vocab_size or 1
     return torch.randint(0, vocab, shape, generator=generator, dtype=torch.int64).to(dtype)
 

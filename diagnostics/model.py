@@ -89,12 +89,15 @@ class InputSpec:
         dtype: numpy dtype name: ``float32``, ``int64``, ``bool`` ...
         vocab: For integer inputs that index a table (Embedding, Gather): its number of rows,
             so synthesized ids stay inside it.
+        max_sizes: ``(axis, largest size)`` for dynamic axes the graph bounds: a sequence axis
+            that indexes a position-embedding table can be at most the table's length.
     """
 
     name: str
     shape: tuple[int | str | None, ...]
     dtype: str = "float32"
     vocab: int | None = None
+    max_sizes: tuple[tuple[int, int], ...] = ()
 
 
 @dataclass(frozen=True)

@@ -115,7 +115,7 @@ def diagnose(source: Source, *, inputs: InputsSource | None = None,
     timings.load_s = time.perf_counter() - clock
 
     clock = time.perf_counter()
-    provided = read_inputs(inputs) if inputs is not None else None
+    provided = read_inputs(inputs, limits) if inputs is not None else None
     batches = make_batches(model, settings, limits, provided)
     device = _device(settings)
     model, batches = _place(model, batches, device, settings.dtype)

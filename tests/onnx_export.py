@@ -8,7 +8,7 @@ from __future__ import annotations
 import contextlib
 import io
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import nn
@@ -18,7 +18,8 @@ from diagnostics.model import LoadedModel
 
 def export_legacy(module: nn.Module, args: tuple[torch.Tensor, ...], *, opset: int = 17,
                   do_constant_folding: bool = True, input_names: Sequence[str] | None = None,
-                  output_names: Sequence[str] | None = None) -> bytes:
+                  output_names: Sequence[str] | None = None,
+                  dynamic_axes: Mapping[str, Mapping[int, str]] | None = None) -> bytes:
     """``torch.onnx.export(dynamo=False)`` (the TorchScript exporter) to bytes, in eval mode."""
     buffer = io.BytesIO()
     with warnings.catch_warnings():
@@ -28,21 +29,28 @@ def export_legacy(module: nn.Module, args: tuple[torch.Tensor, ...], *, opset: i
             do_constant_folding=do_constant_folding,
             input_names=list(input_names) if input_names else None,
             output_names=list(output_names) if output_names else None,
+            dynamic_axes={name: dict(axes) for name, axes in dynamic_axes.items()}
+            if dynamic_axes else None,
         )
     return buffer.getvalue()
 
 
 def export_dynamo(module: nn.Module, args: tuple[torch.Tensor, ...], *, opset: int | None = None,
-                  optimize: bool = True) -> bytes:
+                  optimize: bool = True, input_names: Sequence[str] | None = None,
+                  dynamic_shapes: Sequence[Mapping[int, object] | None] | None = None) -> bytes:
     """``torch.onnx.export(dynamo=True)`` to bytes (progress messages silenced).
 
     ``opset=None`` takes the exporter's default (20 with torch 2.14); ``optimize=False`` keeps
     BatchNorm and weight names (the optimizer folds them into renamed copies).
+    ``dynamic_shapes`` has one ``{axis: torch.export.Dim}`` (or None) per positional argument.
     """
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
         program = torch.onnx.export(module, args, dynamo=True, opset_version=opset,
-                                    optimize=optimize, verbose=False)
+                                    optimize=optimize, verbose=False,
+                                    input_names=list(input_names) if input_names else None,
+                                    dynamic_shapes=tuple(dynamic_shapes) if dynamic_shapes
+                                    else None)
     return program.model_proto.SerializeToString()
 
 

@@ -11,7 +11,9 @@ The pipeline, in order (each step only after the previous one passed):
    initializers of their own;
 5. convert, then bind every float weight to one trainable parameter named after its initializer
    (:mod:`.onnx_params`), return outputs in graph order, switch to eval mode;
-6. describe the watched layers (parametric, activation, normalization), inputs and provenance.
+6. describe the watched layers (parametric, activation, normalization), inputs (with the table
+   each token input indexes and the bound a position table puts on a sequence axis) and
+   provenance.
 """
 
 from __future__ import annotations
@@ -95,12 +97,12 @@ def load_onnx(data: bytes, *, name: str | None = None,
     check_external_data(model, limits)
     check_budgets(model, limits, extra_parameters=identity_copy_elements(model.graph))
     check_supported_ops(model)
-    validate_and_infer(model, limits)
+    inferred = validate_and_infer(model, limits)
     check_outputs_computed(model.graph)
 
     display = assign_safe_names(model.graph)
     copies = materialize_identity_initializers(model.graph)
-    inputs = input_specs(model.graph)
+    inputs = input_specs(model.graph, inferred.graph)
     module = _convert(model, display)
     bound = bind_parameters(module, model.graph, opset_versions(model), display)
     output_names = tuple(value.name for value in model.graph.output)

@@ -30,6 +30,10 @@ FLOAT_TYPES = frozenset(
     {TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16, TensorProto.BFLOAT16}
 )
 _MESSAGE_CHARS = 400
+# The newest ai.onnx opset the installed onnx defines. onnx's checker accepts any higher number
+# (opset 99) and schema lookup falls back to the newest version, which would silently give a
+# future op's node today's semantics.
+NEWEST_OPSET = onnx.defs.onnx_opset_version()
 
 
 def one_line(text: object, limit: int = _MESSAGE_CHARS) -> str:
@@ -263,7 +267,8 @@ def check_supported_ops(model: ModelProto) -> None:
 
     Raises:
         ModelLoadError: a node's domain is not imported by the model.
-        UnsupportedOperatorError: naming op, domain, opset and node.
+        UnsupportedOperatorError: naming op, domain, opset and node; also for every node of a
+            model whose ai.onnx opset is newer than :data:`NEWEST_OPSET`.
     """
     opsets = opset_versions(model)
     for index, node in enumerate(model.graph.node):
@@ -275,6 +280,13 @@ def check_supported_ops(model: ModelProto) -> None:
                 f"which the model does not import",
                 node=node_name,
             )
+        if domain == "" and opsets[domain] > NEWEST_OPSET:
+            raise UnsupportedOperatorError(
+                node.op_type, domain=domain, opset=opsets[domain], node=node_name,
+                detail=f"operator {node.op_type} (domain ai.onnx, opset {opsets[domain]}) used by "
+                f"node {node_name!r} is not supported: opset {opsets[domain]} is newer than any "
+                f"this service knows (up to {NEWEST_OPSET}, onnx {onnx.__version__}); export "
+                f"with opset {NEWEST_OPSET} or lower")
         try:
             get_converter(operation_type=node.op_type, version=opsets[domain], domain=domain)
         except NotImplementedError:

@@ -54,6 +54,29 @@ def max_json_depth(limits: Limits) -> int:
     return 2 * limits.max_nesting + 16
 
 
+def max_json_values(limits: Limits) -> int:
+    """About how many JSON values a spec document may hold: ``32 × max_nodes``."""
+    return limits.max_nodes * _VALUES_PER_NODE
+
+
+def check_document_bounds(text: str, limits: Limits, *, extra_depth: int = 0) -> None:
+    """The bounds :func:`parse_json_text` checks before parsing, for a spec sent inside another
+    JSON document (the service's request body), checked before anything is parsed.
+
+    Args:
+        text: The JSON text.
+        limits: ``max_nodes`` bounds the number of values, ``max_nesting`` the depth.
+        extra_depth: Levels the enclosing document adds around the spec.
+
+    Raises:
+        ResourceLimitError: More values than :func:`max_json_values` (counted from brackets and
+            commas, strings included: an over-estimate).
+        InvalidSpecError: Nesting deeper than :func:`max_json_depth` plus ``extra_depth``.
+    """
+    _check_value_count(text, limits)
+    _check_depth(text, max_json_depth(limits) + extra_depth)
+
+
 def parse_json_text(text: str | bytes, limits: Limits) -> Any:
     """Parse a spec document strictly.
 
@@ -83,8 +106,7 @@ def parse_json_text(text: str | bytes, limits: Limits) -> Any:
         except UnicodeDecodeError as exc:
             raise InvalidSpecError("", f"the spec is not UTF-8 text ({exc.reason} at byte "
                                        f"{exc.start})") from None
-    _check_value_count(text, limits)
-    _check_depth(text, max_json_depth(limits))
+    check_document_bounds(text, limits)
     try:
         return json.loads(text, parse_constant=_reject_constant, parse_int=_parse_int,
                           parse_float=_parse_float, object_pairs_hook=_unique_keys)
@@ -98,7 +120,7 @@ def parse_json_text(text: str | bytes, limits: Limits) -> Any:
 def _check_value_count(text: str, limits: Limits) -> None:
     # Counting separators (inside strings too) over-estimates the number of values: safe side.
     count = text.count("{") + text.count("[") + text.count(",")
-    bound = limits.max_nodes * _VALUES_PER_NODE
+    bound = max_json_values(limits)
     if count > bound:
         raise ResourceLimitError(
             f"the spec document holds about {count} JSON values, over the {bound} that "

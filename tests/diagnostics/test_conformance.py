@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "conformance.py"
 
 # Passing cases measured with onnx 1.23.2, onnx2torch 1.5.15, torch 2.14.1 (1,404 cases).
-PASS_FLOOR = 1008
+PASS_FLOOR = 1010
 
 # Ops that the legacy and dynamo exporters emit for common models: a `wrong` case here means a
 # user's gradients could be silently off.
@@ -47,10 +47,8 @@ EXPORTER_OPS = frozenset({
 })
 
 # `wrong` cases of exporter ops known when the floor was set; delete an entry once its case
-# passes. Adding one is not a fix. (Shape-25 with start > end returns float32, not int64.)
-KNOWN_WRONG = frozenset({
-    "test_shape_start_greater_than_end",
-})
+# passes. Adding one is not a fix.
+KNOWN_WRONG: frozenset[str] = frozenset()
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import torchvision
-from onnx import TensorProto, helper, numpy_helper
+from onnx import NodeProto, TensorProto, helper, numpy_helper
 from torch import nn
 
 from diagnostics.errors import (
@@ -96,11 +96,6 @@ MODELS = {
 }
 
 
-def _xfail(ops: str) -> pytest.MarkDecorator:
-    return pytest.mark.xfail(raises=UnsupportedOperatorError, strict=True,
-                             reason=f"onnx2torch 1.5.15 has no converter for {ops} (issue 4)")
-
-
 # Exporters: "legacy" (TorchScript, opset 17), "dynamo" (its default opset, 20 with torch 2.14)
 # and "dynamo18" (opset 18). Dynamo exports of the transformer and ResNet use optimize=False:
 # its optimizer folds BatchNorm into Conv and transposed weights into renamed copies.
@@ -111,11 +106,9 @@ CASES = [
     pytest.param("shared", "dynamo", id="shared-dynamo"),
     pytest.param("transformer", "legacy", id="transformer-legacy"),
     pytest.param("transformer", "dynamo18", id="transformer-dynamo18"),
-    pytest.param("transformer", "dynamo", id="transformer-dynamo",
-                 marks=_xfail("Constant-19, Gelu-20")),
+    pytest.param("transformer", "dynamo", id="transformer-dynamo"),
     pytest.param("resnet18", "legacy", id="resnet18-legacy"),
-    pytest.param("resnet18", "dynamo18", id="resnet18-dynamo18",
-                 marks=_xfail("CastLike-15, ReduceMean-18")),
+    pytest.param("resnet18", "dynamo18", id="resnet18-dynamo18"),
 ]
 _OPTIMIZE = {"mlp": True, "shared": True, "transformer": False, "resnet18": False}
 
@@ -295,6 +288,66 @@ def test_vocab_follows_index_chains_and_takes_the_smallest_table() -> None:
     assert specs["ids"].dtype == "int32"
 
 
+def _int64(name: str, *values: int) -> TensorProto:
+    return numpy_helper.from_array(np.array(values, dtype=np.int64), name)
+
+
+def _positions_graph(positions: list[NodeProto], extra: list[TensorProto]) -> onnx.ModelProto:
+    """ids ["batch", "seq"] -> token table + position table (20 rows) gathered at ``pos``.
+
+    ``positions`` computes ``pos`` from ``d`` (the size of axis ``seq``, as a 1-element vector).
+    """
+    nodes = [
+        helper.make_node("Shape", ["ids"], ["shape"]),
+        helper.make_node("Gather", ["shape", "one"], ["d"], axis=0),
+        *positions,
+        helper.make_node("Gather", ["tokens", "ids"], ["tok"]),
+        helper.make_node("Gather", ["table", "pos"], ["where"]),
+        helper.make_node("Add", ["tok", "where"], ["y"]),
+    ]
+    inits = [_weight("tokens", 50, 4), _weight("table", 20, 4, seed=1), _int64("one", 1),
+             _int64("zero", 0), _int64("step", 1), *extra]
+    inputs = [_value("ids", ["batch", "seq"], TensorProto.INT64),
+              _value("mask", ["batch", "seq"], TensorProto.INT64)]
+    nodes.append(helper.make_node("Cast", ["mask"], ["y_mask"], to=TensorProto.FLOAT))
+    return _model(nodes, inputs, [_value("y", ["batch", "seq", 4]),
+                                  _value("y_mask", ["batch", "seq"])], inits)
+
+
+def _range(*after: NodeProto) -> list[NodeProto]:
+    return [helper.make_node("Squeeze", ["d"], ["d0"]),
+            helper.make_node("Range", ["zero_s", "d0", "step_s"], ["r"]),
+            *after]
+
+
+_SCALARS = [numpy_helper.from_array(np.array(0, dtype=np.int64), "zero_s"),
+            numpy_helper.from_array(np.array(1, dtype=np.int64), "step_s")]
+
+
+@pytest.mark.parametrize(
+    ("positions", "extra", "bound"),
+    [
+        pytest.param(_range(helper.make_node("Unsqueeze", ["r", "zero"], ["pos"])), _SCALARS,
+                     20, id="range-reaches-table"),
+        pytest.param([helper.make_node("Slice", ["buffer", "zero", "d", "one"], ["pos"])],
+                     [numpy_helper.from_array(np.arange(12, dtype=np.int64).reshape(1, 12),
+                                              "buffer")],
+                     12, id="slice-of-buffer-bounds-by-buffer-length"),
+        pytest.param(_range(helper.make_node("Add", ["r", "zero_s"], ["pos"])), _SCALARS, 20,
+                     id="plus-zero-offset"),
+        pytest.param(_range(helper.make_node("Add", ["r", "step_s"], ["pos"])), _SCALARS, None,
+                     id="nonzero-offset-is-no-bound"),
+        pytest.param(_range(helper.make_node("Slice", ["r", "zero", "three"], ["pos"])),
+                     [*_SCALARS, _int64("three", 3)], None, id="prefix-of-range-is-no-bound"),
+    ],
+)
+def test_position_table_bounds_the_sequence_axis(positions, extra, bound) -> None:
+    loaded = load_onnx(_bytes(_positions_graph(positions, extra)))
+    want = ((1, bound),) if bound else ()
+    assert [spec.max_sizes for spec in loaded.inputs] == [want, want]  # mask shares "seq"
+    assert loaded.inputs[0].vocab == 50
+
+
 def test_input_specs_skip_initializers_and_keep_dynamic_dims() -> None:
     x = _value("x", ["n", None, 4])
     listed = _value("W", [4, 4])  # old exporters list initializers as inputs with defaults
@@ -379,14 +432,19 @@ def test_outputs_come_back_in_graph_order() -> None:
     assert torch.equal(ra, a.relu())
 
 
-def test_integer_initializers_stay_buffers() -> None:
+def test_integer_initializers_never_become_parameters() -> None:
+    # Our Reshape converter folds a constant shape into the module; a Gather's integer
+    # indices stay a buffer. Neither is ever a trainable parameter.
     shape = numpy_helper.from_array(np.array([2, 6], dtype=np.int64), "shape")
+    indices = numpy_helper.from_array(np.array([0, 2], dtype=np.int64), "indices")
     nodes = [helper.make_node("MatMul", ["x", "W"], ["h"], name="mm"),
-             helper.make_node("Reshape", ["h", "shape"], ["y"], name="reshape")]
-    model = _model(nodes, [_value("x", [3, 4])], [_value("y", [2, 6])],
-                   [_weight("W", 4, 4), shape])
+             helper.make_node("Reshape", ["h", "shape"], ["r"], name="reshape"),
+             helper.make_node("Gather", ["r", "indices"], ["y"], name="pick", axis=1)]
+    model = _model(nodes, [_value("x", [3, 4])], [_value("y", [2, 2])],
+                   [_weight("W", 4, 4), shape, indices])
     loaded = load_onnx(_bytes(model))
     assert list(loaded.parameters) == ["W"]
+    assert all(param.is_floating_point() for param in loaded.module.parameters())
     assert any(buf.dtype == torch.int64 for buf in loaded.module.buffers())
 
 
@@ -514,12 +572,13 @@ def test_custom_domain_op_names_op_domain_opset_and_node() -> None:
 
 
 def test_missing_converter_in_default_domain_is_unsupported() -> None:
-    node = helper.make_node("Gelu", ["x"], ["y"])  # Gelu-20: no stock onnx2torch converter
-    model = _model([node], [_value("x", [2])], [_value("y", [2])], opset=20)
+    # DFT-20: neither onnx2torch nor diagnostics.loading.ops converts it.
+    node = helper.make_node("DFT", ["x"], ["y"])
+    model = _model([node], [_value("x", [1, 8, 1])], [_value("y", [1, 8, 2])], opset=20)
     with pytest.raises(UnsupportedOperatorError) as caught:
         load_onnx(_bytes(model))
-    assert caught.value.context == {"op_type": "Gelu", "domain": "ai.onnx", "opset": 20,
-                                    "node": "Gelu_0"}
+    assert caught.value.context == {"op_type": "DFT", "domain": "ai.onnx", "opset": 20,
+                                    "node": "DFT_0"}
 
 
 def _huge_input() -> onnx.ModelProto:
@@ -611,13 +670,15 @@ def test_converter_refusal_names_the_node() -> None:
 
 
 def test_conversion_crash_is_a_load_error_naming_the_node() -> None:
-    # A Conv whose kernel is a graph input: onnx2torch only converts constant kernels.
-    node = helper.make_node("Conv", ["x", "w"], ["y"], name="dynamic_conv")
-    model = _model([node], [_value("x", [1, 1, 4, 4]), _value("w", [1, 1, 3, 3])],
+    # RoiAlign in max mode: the stock converter exists but refuses the mode while converting.
+    node = helper.make_node("RoiAlign", ["x", "rois", "batch"], ["y"], name="roi_max",
+                            mode="max", output_height=2, output_width=2)
+    batch = onnx.helper.make_tensor_value_info("batch", onnx.TensorProto.INT64, [1])
+    model = _model([node], [_value("x", [1, 1, 4, 4]), _value("rois", [1, 4]), batch],
                    [_value("y", [1, 1, 2, 2])])
-    with pytest.raises(ModelLoadError, match="'dynamic_conv'") as caught:
+    with pytest.raises(ModelLoadError, match="'roi_max'") as caught:
         load_onnx(_bytes(model))
-    assert caught.value.context["node"] == "dynamic_conv"
+    assert caught.value.context["node"] == "roi_max"
 
 
 def test_default_domain_spelled_ai_onnx_and_deepcopy() -> None:
