@@ -22,8 +22,6 @@ from service.store import Store
 
 log = logging.getLogger("graddoctor.api")
 
-SWEEP_INTERVAL_S = 60.0
-
 DESCRIPTION = """
 Gradient diagnostics as a service. Submit an ONNX model (multipart/form-data, field `model`) or a
 JSON architecture spec (`application/json`, `{"spec": ..., "config": ...}`) to
@@ -70,10 +68,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 async def _sweep_forever(jobs: JobService) -> None:
     while True:
         try:
-            await run_in_threadpool(maintenance.sweep, jobs.store, jobs.blobs, jobs.settings)
-        except Exception:  # a failed sweep (store briefly down) is retried next round
+            await run_in_threadpool(maintenance.sweep, jobs.store, jobs.blobs, jobs.settings,
+                                    jobs.runner)
+        except Exception:  # a failed sweep (store or broker briefly down) is retried next round
             log.exception("housekeeping failed")
-        await asyncio.sleep(SWEEP_INTERVAL_S)
+        await asyncio.sleep(jobs.settings.sweep_interval_s)
 
 
 def create_app(settings: Settings | None = None, *, runner: Runner | None = None) -> FastAPI:

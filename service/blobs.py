@@ -66,8 +66,12 @@ class BlobStore:
         folder = self.job_dir(job_id)
         folder.mkdir(parents=True, exist_ok=True, mode=0o700)
         tmp = folder / f".{REPORT_FILE}.{os.getpid()}.tmp"
-        tmp.write_text(html, encoding="utf-8")
-        os.replace(tmp, folder / REPORT_FILE)
+        try:
+            tmp.write_text(html, encoding="utf-8")
+            os.replace(tmp, folder / REPORT_FILE)
+        except BaseException:  # a full disk leaves no half-written report behind
+            tmp.unlink(missing_ok=True)
+            raise
 
     def copy_report(self, source_id: str, job_id: str) -> None:
         """Give a reused job the earlier job's report page and repaired models."""

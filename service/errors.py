@@ -7,6 +7,7 @@ Every error body is ``{"error": <type>, "detail": <message>}`` (plus facts such 
 
 from __future__ import annotations
 
+import errno
 import logging
 from typing import Any
 
@@ -137,10 +138,31 @@ async def _http_error(_: Request, exc: Exception) -> JSONResponse:
                  dict(exc.headers) if exc.headers else None)
 
 
+# errno values that mean "the disk (or this process's share of it) is full".
+NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+NO_SPACE_DETAIL = "no space left on the server's storage; try again later"
+
+
+def _no_space() -> JSONResponse:
+    return _body(507, InsufficientStorageError(NO_SPACE_DETAIL).to_dict())
+
+
 async def _store_error(_: Request, exc: Exception) -> JSONResponse:
+    if "disk is full" in str(exc):  # SQLite on a full data directory
+        log.warning("job store: disk full")
+        return _no_space()
     log.warning("job store unavailable: %s", exc.__class__.__name__)
     return _body(503, {"error": "store_unavailable", "detail": "the job store is unreachable; "
                        "try again shortly"})
+
+
+async def _os_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, OSError)
+    if exc.errno in NO_SPACE:
+        log.warning("no space left on the data directory (%s)", errno.errorcode.get(
+            exc.errno or 0, exc.errno))
+        return _no_space()
+    return await _unexpected(request, exc)
 
 
 async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
@@ -156,4 +178,5 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(OperationalError, _store_error)
+    app.add_exception_handler(OSError, _os_error)
     app.add_exception_handler(Exception, _unexpected)

@@ -40,6 +40,7 @@ class Runner(Protocol):
     def cancel(self, job_id: str) -> None: ...
     def check(self) -> None: ...
     def queue_depth(self) -> int | None: ...
+    def pending_ids(self) -> set[str] | None: ...
 
 
 class JobService:
@@ -57,7 +58,7 @@ class JobService:
         try:
             submission = await read_submission(
                 request, staging, limit=self.settings.max_upload_bytes,
-                timeout_s=self.settings.read_timeout_s)
+                timeout_s=self.settings.read_timeout_s, limits=self.settings.limits)
             config = resolve_config(submission.config)  # InvalidConfigError -> 422
             content_hash = _content_hash(submission, config.model_dump(mode="json"))
             if reuse:
@@ -72,7 +73,11 @@ class JobService:
 
     def _persist_and_enqueue(self, record: JobRecord, staging: Any) -> None:
         self.blobs.commit(staging, record.id)
-        self.store.add(record)
+        try:
+            self.store.add(record)
+        except Exception:  # store down or disk full: no job folder without its record
+            self.blobs.delete(record.id)
+            raise
         try:
             self.runner.enqueue(record.id)
         except ServiceUnavailableError:

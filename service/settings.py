@@ -13,8 +13,10 @@ from pathlib import Path
 from typing import Annotated
 
 import platformdirs
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from diagnostics.limits import DEFAULT_LIMITS, Limits
 
 MIB = 1024 * 1024
 
@@ -59,6 +61,29 @@ class Settings(BaseSettings):
     job_memory_limit_mb: int = Field(
         4096, ge=64, description="Memory a job may allocate on top of its warm worker process.",
     )
+    max_parameters: int = Field(
+        DEFAULT_LIMITS.max_parameters, ge=1,
+        description="Engine budget: trainable weight elements of one model (sum over weights).",
+    )
+    max_nodes: int = Field(
+        DEFAULT_LIMITS.max_nodes, ge=1,
+        description="Engine budget: ONNX nodes (subgraphs and functions included) or spec layers "
+        "after expanding Repeat.",
+    )
+    max_nesting: int = Field(
+        DEFAULT_LIMITS.max_nesting, ge=1,
+        description="Engine budget: depth of nested ONNX subgraphs (If/Loop/Scan) or spec "
+        "containers.",
+    )
+    max_tensor_elements: int = Field(
+        DEFAULT_LIMITS.max_tensor_elements, ge=1,
+        description="Engine budget: elements of any one tensor, declared, inferred or "
+        "synthesized.",
+    )
+    max_input_elements: int = Field(
+        DEFAULT_LIMITS.max_input_elements, ge=1,
+        description="Engine budget: elements of all sample inputs of one batch together.",
+    )
     job_max_attempts: int = Field(
         2, ge=1, le=10, description="Starts allowed per job; a job whose worker dies this many "
         "times (distributed mode) ends failed instead of being redelivered forever.",
@@ -74,6 +99,18 @@ class Settings(BaseSettings):
         168.0, ge=0,
         description="Finished jobs and their files are deleted after this; 0 keeps them.",
     )
+    sweep_interval_s: float = Field(
+        60.0, gt=0,
+        description="Seconds between two rounds of the API's housekeeping: retention cleanup, "
+        "abandoned uploads and, in distributed mode, re-sending jobs whose queue message the "
+        "broker lost (a broker restart without persistence).",
+    )
+    broker_visibility_timeout_s: float | None = Field(
+        None, gt=0,
+        description="Distributed mode: seconds after which a job taken by a worker that vanished "
+        "without a word (its machine or main process killed) goes to another worker. Must be "
+        "longer than any job runs; default the job time limit plus 150 s.",
+    )
     log_level: str = Field("info", description="Log level of the API and the workers.")
 
     @field_validator("api_keys", mode="before")
@@ -87,6 +124,15 @@ class Settings(BaseSettings):
     @classmethod
     def _absolute(cls, value: Path) -> Path:
         return value.expanduser().resolve()
+
+    @model_validator(mode="after")
+    def _visibility_outlasts_jobs(self) -> Settings:
+        # A shorter timeout hands a job that is still running to a second worker.
+        timeout = self.broker_visibility_timeout_s
+        if timeout is not None and timeout <= self.job_time_limit_s:
+            raise ValueError(f"broker_visibility_timeout_s ({timeout:g}) must be longer than "
+                             f"job_time_limit_s ({self.job_time_limit_s:g})")
+        return self
 
     @property
     def store_url(self) -> str:
@@ -106,6 +152,14 @@ class Settings(BaseSettings):
     def threads_per_worker(self) -> int:
         """torch intra-op threads for each worker process."""
         return self.torch_threads or max(1, (os.cpu_count() or 1) // self.workers)
+
+    @property
+    def limits(self) -> Limits:
+        """The engine's budgets for every job (a user's config cannot raise them)."""
+        return Limits(max_model_bytes=self.max_upload_bytes, max_parameters=self.max_parameters,
+                      max_nodes=self.max_nodes, max_nesting=self.max_nesting,
+                      max_tensor_elements=self.max_tensor_elements,
+                      max_input_elements=self.max_input_elements)
 
     @property
     def job_memory_limit_bytes(self) -> int:

@@ -198,15 +198,20 @@ class Store:
             )
             return bool(result.rowcount)  # type: ignore[attr-defined]
 
-    def claim(self, job_id: str, *, worker: str, max_attempts: int) -> Claim | None:
+    def claim(self, job_id: str, *, worker: str, max_attempts: int,
+              reclaim: bool = False) -> Claim | None:
         """Mark the job running for a new attempt; None if it is not ours to run.
 
-        A job found ``running`` was started by a worker that died (a redelivered message). It is
-        run again while attempts remain, else it ends failed, so it never loops forever.
+        With ``reclaim`` (the broker redelivered the message because the worker that took it
+        died), a job found ``running`` is run again while attempts remain, else it ends failed,
+        so it never loops forever. Without it, a job found ``running`` belongs to a live worker:
+        a duplicate message (a re-sent lost job that was not lost after all) never starts a
+        second run.
         """
         now = utcnow()
+        claimable = ACTIVE if reclaim else ("queued",)
         claimed = self._update(
-            job_id, [JobRecord.status.in_(ACTIVE), JobRecord.attempts < max_attempts],
+            job_id, [JobRecord.status.in_(claimable), JobRecord.attempts < max_attempts],
             status="running", attempts=JobRecord.attempts + 1, started_at=now, worker=worker,
             progress="starting",
         )
@@ -214,7 +219,7 @@ class Store:
         if record is None:
             return None
         if not claimed:
-            if record.status == "running":
+            if reclaim and record.status == "running":
                 failure = Failure("worker_lost", f"the worker process died on each of "
                                   f"{record.attempts} attempts (killed, or out of memory); "
                                   "not retrying")
@@ -259,6 +264,13 @@ class Store:
         with self._session() as session:
             return list(session.scalars(
                 select(JobRecord.id).where(JobRecord.status == status)
+                .order_by(JobRecord.created_at)))
+
+    def queued_before(self, cutoff: datetime) -> list[str]:
+        """Jobs still queued that were created before ``cutoff``."""
+        with self._session() as session:
+            return list(session.scalars(select(JobRecord.id).where(
+                JobRecord.status == "queued", JobRecord.created_at < cutoff)
                 .order_by(JobRecord.created_at)))
 
     def running_since(self, cutoff: datetime) -> list[str]:

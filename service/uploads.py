@@ -8,7 +8,6 @@ straight into a staging folder while they are hashed.
 from __future__ import annotations
 
 import asyncio
-import errno
 import hashlib
 import json
 import math
@@ -20,11 +19,21 @@ from typing import IO, Any
 
 from fastapi import Request
 from pydantic import ValidationError
+from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
+from diagnostics.errors import InvalidSpecError, ResourceLimitError
+from diagnostics.limits import DEFAULT_LIMITS, Limits
+from diagnostics.loading.spec_json import (
+    check_document_bounds,
+    max_document_bytes,
+    max_json_values,
+)
 from service.blobs import INPUTS_FILE, MODEL_FILE, SPEC_FILE
 from service.errors import (
+    NO_SPACE,
     BadRequestError,
     InsufficientStorageError,
     InvalidRequestError,
@@ -56,16 +65,26 @@ class Submission:
 
 
 def parse_json(raw: bytes | str, what: str) -> Any:
-    """Strict JSON: no NaN/Infinity (nor numbers that overflow to it), bounded nesting."""
+    """Strict JSON: no NaN/Infinity (nor numbers that overflow to it), no duplicated keys,
+    bounded nesting."""
     def reject(name: str) -> Any:
         raise ValueError(f"{name} is not allowed")
+
+    def unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        result: dict[str, Any] = {}
+        for key, value in pairs:  # {"spec": a, "spec": b} would silently keep b
+            if key in result:
+                raise ValueError(f"duplicated key {key[:40]!r}")
+            result[key] = value
+        return result
 
     def finite(text: str) -> float:
         number = float(text)
         return number if math.isfinite(number) else reject(text)
 
     try:
-        return json.loads(raw, parse_constant=reject, parse_float=finite)
+        return json.loads(raw, parse_constant=reject, parse_float=finite,
+                          object_pairs_hook=unique)
     except RecursionError:
         raise InvalidJSONError(f"{what}: JSON nested too deeply", field=what) from None
     except (ValueError, UnicodeDecodeError) as exc:
@@ -97,20 +116,26 @@ async def body_chunks(request: Request, limit: int, timeout_s: float) -> AsyncIt
 
 
 async def read_submission(request: Request, staging: Path, *, limit: int,
-                          timeout_s: float) -> Submission:
-    """Parse a JSON or multipart submission into ``staging``; raise a ServiceError if bad."""
+                          timeout_s: float, limits: Limits = DEFAULT_LIMITS) -> Submission:
+    """Parse a JSON or multipart submission into ``staging``; raise a ServiceError if bad.
+
+    A JSON body is parsed in memory, so it is held to what a spec can need under ``limits``
+    (bytes, values, depth) before it is parsed; files stream to disk up to ``limit``.
+    """
     media, options = parse_options_header(request.headers.get("content-type"))
+    if media == b"application/json":
+        limit = min(limit, max_document_bytes(limits) + MAX_FIELD_BYTES)
     chunks = body_chunks(request, limit, timeout_s)
     try:
         if media == b"application/json":
-            return await _read_json(chunks, staging)
+            return await _read_json(chunks, staging, limits)
         if media == b"multipart/form-data":
             boundary = options.get(b"boundary")
             if not boundary:
                 raise BadRequestError("multipart/form-data without a boundary")
             return await _read_form(chunks, boundary, staging)
     except OSError as exc:
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        if exc.errno in NO_SPACE:
             raise InsufficientStorageError("no space left for the upload on the server") from None
         raise
     raise UnsupportedMediaTypeError(
@@ -118,11 +143,33 @@ async def read_submission(request: Request, staging: Path, *, limit: int,
         "multipart/form-data with an ONNX 'model' file, or application/json with a 'spec'")
 
 
-async def _read_json(chunks: AsyncIterator[bytes], staging: Path) -> Submission:
+async def _read_json(chunks: AsyncIterator[bytes], staging: Path, limits: Limits) -> Submission:
     body = bytearray()
     async for chunk in chunks:
         body += chunk
-    data = parse_json(bytes(body), "body")
+    # Parsing takes up to a second on a large spec: off the event loop.
+    return await run_in_threadpool(_save_json, bytes(body), staging, limits)
+
+
+def _parse_body_json(raw: bytes, limits: Limits) -> Any:
+    """A spec submission's JSON body, refused before parsing if it holds more values or deeper
+    nesting than a spec can need (a 100 MB body of ``[],`` would cost gigabytes once parsed)."""
+    try:
+        text = raw.decode("utf-8")
+        check_document_bounds(text, limits, extra_depth=1)
+    except UnicodeDecodeError as exc:
+        raise InvalidJSONError(f"body: not UTF-8 ({exc.reason} at byte {exc.start})",
+                               field="body") from None
+    except ResourceLimitError as exc:
+        raise PayloadTooLargeError(f"body: {exc.detail}", field="body",
+                                   max_values=max_json_values(limits)) from None
+    except InvalidSpecError as exc:
+        raise InvalidJSONError(f"body: {exc.detail}", field="body") from None
+    return parse_json(text, "body")
+
+
+def _save_json(raw: bytes, staging: Path, limits: Limits) -> Submission:
+    data = _parse_body_json(raw, limits)
     try:
         job = JobCreate.model_validate(data)
     except ValidationError as exc:
@@ -143,6 +190,8 @@ async def _read_form(chunks: AsyncIterator[bytes], boundary: bytes, staging: Pat
         async for chunk in chunks:
             parser.write(chunk)
         parser.finalize()
+    except MultipartParseError as exc:  # not multipart at all, or a part header over 4 KiB
+        raise BadRequestError(f"malformed multipart body: {str(exc)[:200]}") from None
     finally:
         form.close()
     if not form.ended:

@@ -38,18 +38,28 @@ def job_read(record: JobRecord) -> JobRead:
     return JobRead(**_fields(record), result=record.__dict__.get("result"))
 
 
-def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI entries for the error statuses a route can answer."""
+def error_responses(*statuses: int, page: bool = False) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI entries for the error statuses a route can answer, all JSON ``ErrorBody``.
+
+    Routes with parameters list 422, so that FastAPI does not add its own entry with the
+    ``HTTPValidationError`` shape, which our handler never sends. ``page``: the route answers
+    with a non-JSON page (``response_class``), under whose media type FastAPI would file a
+    ``model``; its errors are declared as JSON explicitly.
+    """
     text = {
         400: "Malformed request (bad JSON, bad form field).",
         401: "API keys are configured and no valid key was sent.",
         404: "No such diagnosis for this API key.",
         408: "The client stopped sending the upload.",
         409: "The diagnosis has not succeeded (yet).",
-        413: "Request body over GRADDOCTOR_MAX_UPLOAD_BYTES (checked while streaming).",
+        413: "Request body over GRADDOCTOR_MAX_UPLOAD_BYTES (checked while streaming), or a "
+             "JSON body larger than a spec may be.",
         415: "Neither multipart/form-data nor application/json.",
         422: "Invalid field, config or query parameter; the detail names it.",
         503: "The job store or the queue is unreachable.",
         507: "No disk space left for the upload.",
     }
+    if page:
+        content = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}
+        return {status: {"description": text[status], "content": content} for status in statuses}
     return {status: {"model": ErrorBody, "description": text[status]} for status in statuses}

@@ -41,6 +41,8 @@ _CREATE_BODY: dict[str, Any] = {
     },
 }
 
+# The store's integer range (SQLite and PostgreSQL BIGINT): a larger OFFSET cannot be bound.
+MAX_OFFSET = 2**63 - 1
 WaitSeconds = Annotated[float, Query(ge=0, le=60, description="Hold the request up to this many "
                                      "seconds for the job to finish (then 200, else 202).")]
 
@@ -65,10 +67,10 @@ async def create_diagnosis(request: Request, response: Response, jobs: Jobs, own
     return job_read(record)
 
 
-@router.get("", response_model=JobList, responses=error_responses(401, 422))
+@router.get("", response_model=JobList, responses=error_responses(401, 422, 503))
 def list_diagnoses(jobs: Jobs, owner: Owner,
                    limit: Annotated[int, Query(ge=1, le=100)] = 20,
-                   offset: Annotated[int, Query(ge=0)] = 0) -> JobList:
+                   offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0) -> JobList:
     """List the caller's diagnoses, newest first (without their reports)."""
     records, total = jobs.page(owner, limit, offset)
     after = offset + len(records)
@@ -77,7 +79,8 @@ def list_diagnoses(jobs: Jobs, owner: Owner,
                    next=f"{API_PREFIX}?limit={limit}&offset={after}" if after < total else None)
 
 
-@router.get("/{job_id}", response_model=JobRead, responses=error_responses(401, 404))
+@router.get("/{job_id}", response_model=JobRead,
+            responses=error_responses(401, 404, 422, 503))
 def get_diagnosis(job_id: str, jobs: Jobs, owner: Owner) -> JobRead:
     """Read a diagnosis: its status, timing, error or report."""
     return job_read(jobs.get(job_id, owner))
@@ -87,7 +90,7 @@ def get_diagnosis(job_id: str, jobs: Jobs, owner: Owner) -> JobRead:
     "/{job_id}", response_model=JobRead,
     responses={204: {"description": "The finished job and its files were deleted."},
                200: {"description": "The queued or running job was cancelled."},
-               **error_responses(401, 404)},
+               **error_responses(401, 404, 422, 503)},
 )
 def delete_diagnosis(job_id: str, jobs: Jobs, owner: Owner) -> Any:
     """Cancel a queued or running diagnosis, or delete a finished one and its files."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 
+from service.errors import ServiceError
 from service.metrics import CONTENT_TYPE, render_metrics
 from service.schemas import Health
 
@@ -27,6 +28,8 @@ def readyz(request: Request) -> JSONResponse:
         try:
             check()
             checks[name] = "ok"
+        except ServiceError as exc:  # our own words: they name what is down, no secrets
+            checks[name] = f"unavailable: {exc.detail}"
         except Exception as exc:  # any failure means "not ready"; the reason goes in the body
             checks[name] = f"unavailable: {type(exc).__name__}"
     ok = all(value == "ok" for value in checks.values())

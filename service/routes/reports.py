@@ -19,7 +19,7 @@ router = APIRouter(prefix=API_PREFIX, tags=["reports"])
 @router.get(
     "/{job_id}/report", response_class=HTMLResponse,
     responses={200: {"content": {"text/html": {}}, "description": "The report page."},
-               **error_responses(401, 404, 409)},
+               **error_responses(401, 404, 409, 422, 503, page=True)},
 )
 def get_report(job_id: str, jobs: Jobs, owner: Owner) -> Response:
     """The diagnosis as an HTML page: verdict, gradient-flow plot, layer table, remedies."""
@@ -38,7 +38,7 @@ def get_report(job_id: str, jobs: Jobs, owner: Owner) -> Response:
     "/{job_id}/remedies/{remedy_id}/model",
     responses={200: {"content": {"application/octet-stream": {}},
                      "description": "The ONNX model with the remedy's weights."},
-               **error_responses(401, 404, 409)},
+               **error_responses(401, 404, 409, 422, 503)},
 )
 def get_repaired_model(job_id: str, remedy_id: str, jobs: Jobs, owner: Owner) -> Response:
     """The repaired ONNX model for a remedy that changes only initializer values."""

@@ -8,6 +8,8 @@ kills its worker every time; hard time limits and a memory cap per child bound e
 
 from __future__ import annotations
 
+import json
+import logging
 from typing import Any
 
 from celery import Celery
@@ -16,14 +18,24 @@ from kombu.exceptions import KombuError
 from service.errors import ServiceUnavailableError
 from service.settings import Settings
 
+log = logging.getLogger("graddoctor.queue")
+
 TASK_NAME = "graddoctor.run_job"
 HARD_LIMIT_GRACE_S = 30.0  # past the job's own alarm before Celery kills the child
+VISIBILITY_MARGIN_S = 120.0  # default visibility timeout past the hard limit
+
+
+def visibility_timeout_s(settings: Settings) -> float:
+    """Seconds before an unacknowledged job goes to another worker (its worker vanished)."""
+    return (settings.broker_visibility_timeout_s
+            or settings.job_time_limit_s + HARD_LIMIT_GRACE_S + VISIBILITY_MARGIN_S)
 
 
 def create_celery(settings: Settings) -> Celery:
     """A Celery app configured from the service settings."""
     app = Celery("graddoctor", broker=settings.broker_url)
     hard_limit = settings.job_time_limit_s + HARD_LIMIT_GRACE_S
+    visibility = visibility_timeout_s(settings)
     app.conf.update(
         task_default_queue=settings.queue,
         task_serializer="json", accept_content=["json"],
@@ -40,8 +52,14 @@ def create_celery(settings: Settings) -> Celery:
         worker_send_task_events=False,
         broker_connection_retry_on_startup=True,
         broker_connection_timeout=3,
-        # An unacked message returns to the queue after this; longer than any job may run.
-        broker_transport_options={"visibility_timeout": int(hard_limit + 120)},
+        # An unacked message returns to the queue after the visibility timeout (longer than any
+        # job may run). Workers look for such messages every interval; kombu's default scans
+        # only every 10th interval (100 s), which would add that much to every recovery.
+        broker_transport_options={
+            "visibility_timeout": visibility,
+            "unacked_restore_interval": max(1.0, min(10.0, visibility / 8)),
+            "unacked_restore_throttle": 1,
+        },
         task_publish_retry_policy={"max_retries": 2, "interval_start": 0,
                                    "interval_step": 0.5, "interval_max": 1},
     )
@@ -77,9 +95,35 @@ class CeleryRunner:
             pass  # the job is already cancelled in the store; its worker will skip it
 
     def check(self) -> None:
-        with self.app.connection_for_write() as conn:
-            conn.ensure_connection(max_retries=1, timeout=2)
-            self._client(conn).ping()
+        try:
+            with self.app.connection_for_write() as conn:
+                conn.ensure_connection(max_retries=1, timeout=2)
+                self._client(conn).ping()
+        except Exception as exc:  # whatever the transport raises, the broker is not usable
+            raise ServiceUnavailableError(
+                f"the broker ({str(self.settings.broker_url).split(':', 1)[0]}) is unreachable "
+                f"({type(exc).__name__})") from None
+
+    def pending_ids(self) -> set[str] | None:
+        """Ids of the jobs whose message the broker holds: waiting in our queue, or taken by a
+        worker and not yet acknowledged. None when the broker cannot be read.
+
+        Redis transport only (the one the service supports): the queue is a list per priority
+        and taken messages sit in the ``unacked`` hash until acknowledged.
+        """
+        try:
+            with self.app.connection_for_read() as conn:
+                channel = conn.default_channel
+                client = channel.client
+                raw = [message for pri in channel.priority_steps
+                       for message in client.lrange(
+                           channel._q_for_pri(self.settings.queue, pri), 0, -1)]
+                payloads = [json.loads(message) for message in raw]
+                payloads += [json.loads(held)[0] for held in client.hvals(channel.unacked_key)]
+        except Exception:  # unreachable, or not the Redis transport: nothing can be concluded
+            log.warning("could not read the messages held by the broker", exc_info=True)
+            return None
+        return {_task_id(payload) for payload in payloads} - {""}
 
     def queue_depth(self) -> int | None:
         try:
@@ -91,3 +135,12 @@ class CeleryRunner:
     @staticmethod
     def _client(conn: Any) -> Any:
         return conn.default_channel.client
+
+
+def _task_id(payload: Any) -> str:
+    """The task id (our job id) of a kombu message as the Redis transport stores it."""
+    if not isinstance(payload, dict):
+        return ""
+    headers = payload.get("headers") or {}
+    properties = payload.get("properties") or {}
+    return str(headers.get("id") or properties.get("correlation_id") or "")

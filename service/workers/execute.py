@@ -65,9 +65,15 @@ def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def execute_job(job_id: str, store: Store, blobs: BlobStore, settings: Settings) -> None:
-    """Claim the job, diagnose it under the job limits, store the report or the error."""
-    claim = store.claim(job_id, worker=worker_name(), max_attempts=settings.job_max_attempts)
+def execute_job(job_id: str, store: Store, blobs: BlobStore, settings: Settings, *,
+                redelivered: bool = False) -> None:
+    """Claim the job, diagnose it under the job limits, store the report or the error.
+
+    ``redelivered``: the broker gave us this job again because the worker that took it died,
+    so a ``running`` record is that dead worker's and may be taken over.
+    """
+    claim = store.claim(job_id, worker=worker_name(), max_attempts=settings.job_max_attempts,
+                        reclaim=redelivered)
     if claim is None:
         return  # cancelled, deleted, finished, or out of attempts
     folder = blobs.job_dir(job_id)
@@ -88,12 +94,11 @@ def _diagnose(claim: Claim, folder: Path, store: Store,
                                            dict[str, bytes]] | Failure:
     from diagnostics import DiagnosticsError, diagnose
     from diagnostics.errors import OutOfMemoryError
-    from diagnostics.limits import Limits
 
     source: Any = (folder / MODEL_FILE if claim.kind == "onnx"
                    else json.loads((folder / SPEC_FILE).read_text(encoding="utf-8")))
     inputs = str(folder / INPUTS_FILE) if claim.has_inputs else None
-    limits = Limits(max_model_bytes=settings.max_upload_bytes)
+    limits = settings.limits
     try:
         with isolated_cwd(), time_limit(settings.job_time_limit_s), \
                 memory_limit(settings.job_memory_limit_bytes):

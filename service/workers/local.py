@@ -80,6 +80,9 @@ class LocalRunner:
     def queue_depth(self) -> int | None:
         return self._queue.qsize()
 
+    def pending_ids(self) -> set[str] | None:
+        return None  # an in-process queue loses nothing while the service runs
+
     @property
     def ready_workers(self) -> int:
         """Worker processes that are warm (started and past their imports)."""

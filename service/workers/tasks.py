@@ -10,6 +10,7 @@ import logging
 import os
 from typing import Any
 
+from celery import Task
 from celery.exceptions import TimeLimitExceeded
 from celery.signals import task_failure, worker_process_init
 
@@ -34,10 +35,13 @@ def _store() -> Store:
     return _stores[pid]
 
 
-@app.task(name=TASK_NAME, acks_late=True, reject_on_worker_lost=True)
-def run_job(job_id: str) -> None:
+@app.task(name=TASK_NAME, bind=True, acks_late=True, reject_on_worker_lost=True)
+def run_job(self: Task, job_id: str) -> None:
     """Run one diagnosis job."""
-    execute_job(job_id, _store(), BlobStore(settings.data_dir), settings)
+    # Set by the broker on a message it put back because its worker died (or vanished).
+    redelivered = bool((self.request.delivery_info or {}).get("redelivered"))
+    execute_job(job_id, _store(), BlobStore(settings.data_dir), settings,
+                redelivered=redelivered)
 
 
 @worker_process_init.connect

@@ -35,10 +35,10 @@ def test_claim_counts_attempts_and_ends_a_job_that_keeps_dying(store: Store) -> 
     assert first is not None
     assert first.attempt == 1
     assert first.config == {"samples": 1}
-    second = store.claim("job-aaaaaaaaaaaaaaaa", worker="w:2", max_attempts=2)  # redelivered
+    second = store.claim("job-aaaaaaaaaaaaaaaa", worker="w:2", max_attempts=2, reclaim=True)
     assert second is not None
     assert second.attempt == 2
-    assert store.claim("job-aaaaaaaaaaaaaaaa", worker="w:3", max_attempts=2) is None
+    assert store.claim("job-aaaaaaaaaaaaaaaa", worker="w:3", max_attempts=2, reclaim=True) is None
     record = store.get("job-aaaaaaaaaaaaaaaa")
     assert record is not None
     assert record.status == "failed"
@@ -46,10 +46,21 @@ def test_claim_counts_attempts_and_ends_a_job_that_keeps_dying(store: Store) -> 
     assert "2 attempts" in (record.error_detail or "")
 
 
+def test_a_duplicate_message_never_takes_a_running_job(store: Store) -> None:
+    _add(store, "job-dddddddddddddddd")
+    first = store.claim("job-dddddddddddddddd", worker="w:1", max_attempts=1)
+    assert first is not None
+    assert store.claim("job-dddddddddddddddd", worker="w:2", max_attempts=1) is None
+    record = store.get("job-dddddddddddddddd")
+    assert record is not None
+    assert (record.status, record.attempts, record.worker) == ("running", 1, "w:1")
+    assert store.succeed(first, {"ok": True}, "healthy")
+
+
 def test_late_results_never_overwrite(store: Store) -> None:
     _add(store, "job-bbbbbbbbbbbbbbbb")
     old = store.claim("job-bbbbbbbbbbbbbbbb", worker="w:1", max_attempts=3)
-    new = store.claim("job-bbbbbbbbbbbbbbbb", worker="w:2", max_attempts=3)
+    new = store.claim("job-bbbbbbbbbbbbbbbb", worker="w:2", max_attempts=3, reclaim=True)
     assert old is not None
     assert new is not None
     assert not store.succeed(old, {"stale": True}, "healthy")  # superseded attempt
@@ -60,7 +71,7 @@ def test_late_results_never_overwrite(store: Store) -> None:
     assert record is not None
     assert record.status == "cancelled"
     assert record.result is None
-    assert store.claim("job-bbbbbbbbbbbbbbbb", worker="w:3", max_attempts=3) is None
+    assert store.claim("job-bbbbbbbbbbbbbbbb", worker="w:3", max_attempts=3, reclaim=True) is None
 
 
 def test_success_is_stored_with_duration_and_counted(store: Store) -> None:
