@@ -86,7 +86,7 @@ def summarize_grad(grad: torch.Tensor, *, fp16_normal_min: float | None = None) 
         nan = math.nan
         return GradSummary(nan, nan, nan, nan, zeros / numel, nonfinite_count(flat), numel)
     low, high = torch.aminmax(flat)
-    abs_sum = float(torch.linalg.vector_norm(flat, 1))
+    abs_sum = float(flat.abs().sum())  # measured faster than vector_norm(ord=1) on the CPU
     if not math.isfinite(abs_sum):
         abs_sum = float(flat.to(torch.float64).abs().sum())
     underflow = None
