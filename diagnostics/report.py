@@ -66,7 +66,9 @@ class ParameterStats(_Model):
         description="‖∂L/∂W‖/‖W‖: the relative step a learning rate of 1 would take; null when "
         "‖W‖ is 0."
     )
-    zero_fraction: Stat = Field(description="Fraction of gradient entries exactly 0.")
+    zero_fraction: Stat = Field(
+        description="Fraction of gradient entries exactly 0 (above 65,536 entries, estimated on "
+        "an evenly strided sample, like fp16_underflow_fraction).")
     nonfinite_count: int = Field(
         description="Largest count of NaN/Inf gradient entries in a sample.")
     fp16_underflow_fraction: Stat | None = Field(

@@ -94,3 +94,11 @@ def test_fp16_underflow_fraction_of_a_large_tensor_is_estimated_closely():
     exact = float(((grad.abs() < 6.1e-5) & (grad != 0)).double().sum() / (grad != 0).sum())
     estimate = summarize_grad(grad, fp16_normal_min=6.1e-5).fp16_underflow_fraction
     assert estimate == pytest.approx(exact, abs=0.01)
+
+
+def test_zero_fraction_of_a_large_tensor_is_estimated_closely_and_exact_when_all_zero():
+    grad = torch.randn(2_000_000, generator=torch.Generator().manual_seed(1))
+    grad[: 600_000] = 0.0
+    assert summarize_grad(grad).zero_fraction == pytest.approx(0.3, abs=0.01)
+    assert summarize_grad(torch.zeros(2_000_000)).zero_fraction == 1.0
+    assert summarize_grad(torch.ones(2_000_000)).zero_fraction == 0.0
