@@ -65,9 +65,6 @@ def examine(model: LoadedModel, batches: list[SampleBatch], config: DiagnosisCon
                 Status.EXPLODING: Flag.TEMPORAL_EXPLODING}.get(found.status)
         if flag is not None and flag not in verdict.flags:
             verdict.flags.append(flag)
-            verdict.summary += (
-                f" Through time: the gradient reaching {found.input}'s first step is "
-                f"{found.first_to_last_ratio:.3g}× that at its last; the effective horizon is "
-                f"{found.effective_horizon} of {len(found.grad_norms)} steps.")
+            verdict.summary += f" {temporal.describe(found)}"
     return Examination(observations, layers, verdict, statuses, profiles, probe_s,
                        time.perf_counter() - clock)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from diagnostics import edits, spec_edits
+from diagnostics import edits, spec_edits, temporal
 from diagnostics.aggregate import is_weight
 from diagnostics.config import DiagnosisConfig
 from diagnostics.examination import Examination
@@ -430,10 +430,7 @@ def _gated_cells(context: Context) -> Candidate | None:
     remedy = Remedy(
         id="gated-cells", rank=0,
         title="Replace the vanilla RNN by an LSTM (or GRU) with chrono-initialized gates",
-        rationale=(f"Through time the gradient reaching the first of {steps} steps is "
-                   f"{profile.first_to_last_ratio:.3g}× that at the last "
-                   f"({profile.decay_per_step:.3g}× per step back): the effective horizon is "
-                   f"{profile.effective_horizon} steps. A tanh RNN multiplies the signal by its "
+        rationale=(f"{temporal.describe(profile)} A tanh RNN multiplies the signal by its "
                    "recurrent Jacobian at every step; gated cells carry it through an additive "
                    "memory, and chrono initialization (Tallec & Ollivier 2018) sets the forget "
                    f"gates for time scales up to {steps} steps."),
@@ -473,9 +470,7 @@ def _gate_init(context: Context) -> Candidate | None:
     remedy = Remedy(
         id="chrono-init", rank=0,
         title="Chrono-initialize the gate biases (forget gate log U[1, T-1])",
-        rationale=(f"Through time the gradient reaching the first of {steps} steps is "
-                   f"{profile.first_to_last_ratio:.3g}× that at the last; the effective horizon "
-                   f"is {profile.effective_horizon} steps. At torch's default initialization "
+        rationale=(f"{temporal.describe(profile)} At torch's default initialization "
                    "the forget gate sits near 0.5 and the memory halves every step; a forget-gate "
                    "bias of 1 (Jozefowicz et al. 2015) or chrono initialization lengthens it."),
         layers=[layer.name for layer in gated],

@@ -137,3 +137,13 @@ def _horizon(norms: list[float], floor: float) -> int:
         if not (value >= floor * last):
             return back
     return len(norms)
+
+
+def describe(profile: TemporalProfile) -> str:
+    """One sentence on a temporal profile: the first-to-last ratio, decay and horizon."""
+    ratio = profile.first_to_last_ratio
+    decay = profile.decay_per_step
+    return (f"Through time the gradient reaching the first of {len(profile.grad_norms)} steps is "
+            f"{'an unbounded multiple of' if ratio is None else f'{ratio:.3g}×'} that at the last"
+            f"{'' if decay is None else f' ({decay:.3g}× per step back)'}; the effective horizon "
+            f"is {profile.effective_horizon} steps.")
