@@ -1,9 +1,10 @@
 """One forward+backward pass with hooks in, statistics taken as tensors pass, hooks always out.
 
 Forward hooks summarize each watched layer's output and attach a tensor hook that summarizes the
-gradient arriving at it; post-accumulate hooks summarize each parameter's gradient once autograd
-has summed it over every use, then release it. No hook keeps a tensor: memory stays what autograd
-itself needs.
+gradient arriving at it, keeping neither. Post-accumulate hooks take each parameter's gradient
+once autograd has summed it over every use; those are summarized right after the backward pass
+and released (summarizing them inside the pass measured slower: the reductions then compete with
+the backward kernels for the caches). Memory stays what a plain forward+backward holds.
 """
 
 from __future__ import annotations
@@ -146,11 +147,12 @@ def run_sample(model: LoadedModel, batch: SampleBatch, config: DiagnosisConfig, 
 
         return hook
 
+    pending: list[tuple[str, torch.Tensor]] = []  # (name, summed gradient) until the pass ends
+
     def param_hook(name: str):
         def hook(param: torch.Tensor) -> None:
-            observed.parameters[name] = summarize_grad(
-                param.grad, fp16_normal_min=thresholds.fp16_normal_min)
-            param.grad = None  # measured: release it now rather than at the end of the pass
+            pending.append((name, param.grad))
+            param.grad = None
 
         return hook
 
@@ -182,6 +184,10 @@ def run_sample(model: LoadedModel, batch: SampleBatch, config: DiagnosisConfig, 
                 loss.backward()
             except Exception as exc:
                 raise _probe_error("backward", exc, last_entered) from exc
+        for name, grad in pending:
+            observed.parameters[name] = summarize_grad(
+                grad, fp16_normal_min=thresholds.fp16_normal_min)
+        pending.clear()
         for name in input_grads:
             position = next(i for i, spec in enumerate(model.inputs) if spec.name == name)
             grad = inputs[position].grad
