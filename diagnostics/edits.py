@@ -21,7 +21,6 @@ _HE = {Activation.RELU, Activation.RELU6, Activation.GELU, Activation.SILU, Acti
 _GLOROT = {Activation.TANH, Activation.SOFTSIGN, Activation.HARDTANH}
 SIGMOID_LIKE = {Activation.SIGMOID, Activation.HARDSIGMOID, Activation.LOG_SIGMOID}
 SATURATING = _GLOROT | SIGMOID_LIKE
-ZERO_SLOPE = {Activation.RELU, Activation.RELU6, Activation.HARDSWISH}
 
 
 def copy_model(model: LoadedModel) -> LoadedModel:

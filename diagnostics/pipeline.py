@@ -166,12 +166,13 @@ WARM_UP_SPEC = {"inputs": [{"name": "x", "shape": [2, 4]}],
 
 
 def warm_up() -> None:
-    """Import torch, the converters and the engine, and run one tiny diagnosis, so that a worker
-    process's first real job pays no start-up cost."""
+    """Import torch, the converters and the engine, run one tiny diagnosis and render its HTML
+    page (which loads matplotlib), so that a worker process's first real job pays no start-up
+    cost."""
     import diagnostics.loading.onnx  # noqa: F401  (registers every converter)
-    import diagnostics.render  # noqa: F401
+    from diagnostics.render import render_html
 
-    diagnose(WARM_UP_SPEC, config={"samples": 1, "verify_remedies": False})
+    render_html(diagnose(WARM_UP_SPEC, config={"samples": 1, "verify_remedies": False}))
 
 
 def _verified_remedies(candidates: list[Candidate], model: LoadedModel,

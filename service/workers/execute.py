@@ -23,12 +23,6 @@ from service.workers.limits import JobTimeLimitError, isolated_cwd, memory_limit
 log = logging.getLogger("graddoctor.worker")
 
 _THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
-WARM_UP_SPEC: dict[str, Any] = {
-    "name": "warm-up",
-    "inputs": [{"name": "x", "shape": [2, 4]}],
-    "layers": [{"type": "Linear", "in_features": 4, "out_features": 4}, {"type": "Tanh"},
-               {"type": "Linear", "in_features": 4, "out_features": 1}],
-}
 
 
 def warm_up(settings: Settings) -> None:
@@ -49,12 +43,12 @@ def warm_up(settings: Settings) -> None:
     torch.ones(1 << 22).mul_(2).sum()
     import onnx2torch  # noqa: F401  (loaded once per process, not per job)
 
-    from diagnostics import diagnose
+    from diagnostics import warm_up as warm_up_engine
 
     # One tiny diagnosis loads what the engine imports lazily and warms torch's kernels, so the
     # first real job does not pay for it (about 5 s here).
     try:
-        _render_html(diagnose(WARM_UP_SPEC, config={"samples": 1}))
+        warm_up_engine()
     except Exception:  # a broken engine fails each job clearly; the worker still starts
         log.exception("warm-up diagnosis failed")
     log.info("worker process %d warm in %.1f s (%d torch threads)", os.getpid(),
