@@ -2,7 +2,7 @@
 
     from diagnostics import diagnose
     report = diagnose("model.onnx", config={"samples": 1})
-    report.verdict.status   # "healthy" | "vanishing" | "exploding"
+    report.verdict.status   # "healthy" | "vanishing" | "exploding" | "inconclusive"
 """
 
 from typing import TYPE_CHECKING, Any

@@ -30,7 +30,8 @@ def build_layer_reports(model: LoadedModel, samples: list[SampleObservation],
     """One :class:`LayerReport` per watched layer, parameters listed under their first user.
 
     Flags set here are the per-layer findings that need no cross-layer comparison (saturated,
-    dying/dead, non-finite, large updates); the verdict adds vanishing/exploding.
+    dying/dead, non-finite, float16 range); the verdict adds vanishing/exploding and large
+    updates (which need the learning rate and each weight's reference scale).
     """
     weight_norms = {name: l2_norm(param) for name, param in model.parameters.items()}
     users: dict[str, list[str]] = {}
@@ -117,9 +118,6 @@ def _layer_flags(layer: LayerReport, thresholds: Thresholds) -> list[Flag]:
     if (acts and acts.nonfinite_count) or layer.output_grad_nonfinite_count or any(
             p.nonfinite_count for p in layer.parameters):
         flags.append(Flag.NON_FINITE)
-    if any(is_weight(p) and (p.grad_to_weight.median or 0) > thresholds.max_grad_to_weight
-           for p in layer.parameters):
-        flags.append(Flag.LARGE_UPDATE)
     if any(p.fp16_underflow_fraction and (p.fp16_underflow_fraction.median or 0) >=
            thresholds.fp16_underflow_layer_fraction for p in layer.parameters):
         flags.append(Flag.FP16_UNDERFLOW)

@@ -17,11 +17,14 @@ from diagnostics.model import LayerKind, LoadedModel
 from diagnostics.remedies import DEEP_CHAIN, INIT_TOLERANCE, init_plan
 from diagnostics.report import Cause, Flag, Status
 
+# Verdicts with no failure to explain (inconclusive: the profile is noise or another graph).
+_NO_FAILURE = frozenset({Status.HEALTHY, Status.INCONCLUSIVE})
+
 
 def find_causes(model: LoadedModel, found: Examination, config: DiagnosisConfig) -> list[Cause]:
     """Every cause the evidence shows, most direct first."""
     builders = (_saturation, _dead_units, _initialization, _plain_depth, _recurrent_memory,
-                _low_precision)
+                _low_precision, _small_readout)
     return [cause for build in builders if (cause := build(model, found, config)) is not None]
 
 
@@ -64,7 +67,7 @@ def _dead_units(model, found, config) -> Cause | None:
 
 
 def _initialization(model, found, config) -> Cause | None:
-    if found.verdict.status is Status.HEALTHY:
+    if found.verdict.status in _NO_FAILURE:
         return None
     gains = _signal_gains(model, found)
     off = [entry for entry in init_plan(model)
@@ -98,7 +101,7 @@ def _plain_depth(model, found, config) -> Cause | None:
     normalized = any(LayerKind.NORMALIZATION in layer.kinds for layer in model.layers)
     depths = [layer.depth for layer in model.layers]
     chain = len(set(depths)) == len(depths)
-    if found.verdict.status is Status.HEALTHY or count < DEEP_CHAIN or (normalized and not chain):
+    if found.verdict.status in _NO_FAILURE or count < DEEP_CHAIN or (normalized and not chain):
         return None
     return Cause(
         id="plain_depth",
@@ -152,6 +155,24 @@ def _low_precision(model, found, config) -> Cause | None:
         evidence={"fp16_underflow_fraction": _round(under / total) if total else None,
                   "fp16_overflow_parameters": over, "probe_dtype": config.dtype.value,
                   "fp16_normal_min": config.thresholds.fp16_normal_min},
+    )
+
+
+def _small_readout(model, found, config) -> Cause | None:
+    evidence = found.verdict.evidence
+    scale = evidence.readout_scale
+    if scale is None or scale >= config.thresholds.small_readout_fraction:
+        return None
+    heads = ", ".join(evidence.readout_layers)
+    title = (f"zero-initialized head {heads}: the body receives no gradient until the head "
+             "moves (expected for zero-init heads; it moves in the first step)" if scale == 0
+             else f"small head {heads} ({scale:.2g}× a fan-in initialization): every hidden "
+             "layer's gradient is scaled down alike until the head grows")
+    return Cause(
+        id="small_readout", title=title, layers=list(evidence.readout_layers),
+        evidence={"readout_scale": _round(scale),
+                  "threshold": config.thresholds.small_readout_fraction,
+                  "body_probed_with_fan_in_head": scale == 0},
     )
 
 

@@ -13,12 +13,17 @@ from diagnostics.errors import InvalidConfigError
 class Loss(StrEnum):
     """The scalar the probe differentiates.
 
-    ``mean_square`` (default): sum over the model's float outputs of mean(y²) — needs no labels and
-    gives every output unit a gradient proportional to its value. ``cross_entropy``: softmax cross
-    entropy over the last axis against seeded random labels, the loss a classifier trains with.
-    ``sum``: sum of all float outputs, a gradient of exactly 1 on every output element.
+    ``random_projection`` (default): for every float output y, the mean over the batch of
+    ⟨y_b, r_b⟩ with r a seeded Gaussian direction of unit expected norm per sample. Its gradient
+    at the outputs is r whatever y is, so it sees a change of the output in every direction: it
+    is never constant on a normalized output (LayerNorm/RMSNorm, softmax, sigmoid), where
+    mean(y²) and sum(y) are (README, "Verdict rules": the probe loss). ``mean_square``: sum over the
+    float outputs of mean(y²). ``cross_entropy``: softmax cross entropy over the last axis against
+    seeded random labels, the loss a classifier trains with. ``sum``: sum of all float outputs.
+    A loss the caller names is used exactly as named.
     """
 
+    RANDOM_PROJECTION = "random_projection"
     MEAN_SQUARE = "mean_square"
     CROSS_ENTROPY = "cross_entropy"
     SUM = "sum"
@@ -68,11 +73,37 @@ class Thresholds(BaseModel):
         description="Backward-signal ratio above which the model is 'exploding': the signal grows "
         "over a thousandfold on its way to the input.",
     )
-    max_grad_to_weight: float = Field(
-        1e4, gt=0,
-        description="Largest ‖grad‖/‖weight‖ of a weight matrix or kernel tolerated. Above it, an "
-        "SGD "
-        "step at learning rate 1e-4 would change that weight by more than 100 %: 'exploding'.",
+    max_relative_step: float = Field(
+        1.0, gt=0,
+        description="Largest first SGD step tolerated, learning_rate × ‖∂L/∂W‖ relative to the "
+        "weight's scale (the larger of ‖W‖ and the norm a fan-in initialization of that shape "
+        "has, so parameters initialized near zero on purpose are judged against the scale they "
+        "are meant to reach). Above it the first step overwrites the weight: 'exploding'.",
+    )
+    forward_growth_ratio: float = Field(
+        1e2, gt=1,
+        description="Largest growth of the activations' RMS from the inputs to the output "
+        "layer tolerated; above it the forward pass amplifies its input so much that a training "
+        "loss on the outputs diverges: 'exploding'.",
+    )
+    rounding_ratio: float = Field(
+        1e-5, gt=0, lt=1,
+        description="Backward signal just below the output layers, relative to the signal at "
+        "the outputs, under which it may be float rounding noise (an invariance of the loss). "
+        "Below it the step is re-measured in float64; if the ratio collapses there, the status "
+        "is 'inconclusive'.",
+    )
+    temporal_horizon_fraction: float = Field(
+        0.5, gt=0, le=1,
+        description="An ungated recurrent cell (vanilla RNN) whose effective horizon is shorter "
+        "than this fraction of the sequence cannot carry information from the sequence's start "
+        "to its end: 'vanishing'. Gated cells (LSTM, GRU) are flagged but not judged on it.",
+    )
+    small_readout_fraction: float = Field(
+        0.1, gt=0, lt=1,
+        description="A readout (the layer with weights nearest the outputs) whose weight norm "
+        "is below this fraction of a fan-in initialization's is reported as a small or "
+        "zero-initialized head.",
     )
     saturation_derivative: float = Field(
         0.05, gt=0, lt=1,
@@ -95,9 +126,6 @@ class Thresholds(BaseModel):
         description="Smallest normal float16 magnitude; gradient entries below it lose precision "
         "in half precision.",
     )
-    fp16_subnormal_min: float = Field(
-        6e-8, gt=0, description="Smallest float16 subnormal; entries below it flush to zero."
-    )
     fp16_max: float = Field(65504.0, gt=0, description="Largest finite float16.")
     fp16_underflow_layer_fraction: float = Field(
         0.5, gt=0, le=1,
@@ -118,7 +146,12 @@ class DiagnosisConfig(BaseModel):
         "name.",
     )
     norm_stats: NormStats = NormStats.BATCH
-    loss: Loss = Loss.MEAN_SQUARE
+    loss: Loss = Loss.RANDOM_PROJECTION
+    learning_rate: float = Field(
+        1e-2, gt=0, le=10,
+        description="The SGD learning rate the relative-update rule asks about: what does the "
+        "first step at this rate do to each weight? 1e-2 is a common SGD rate; set your own.",
+    )
     samples: int = Field(
         3, ge=1, le=64,
         description="Independent seeded batches; each statistic is the median with min/max spread.",

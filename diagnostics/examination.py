@@ -6,20 +6,29 @@ batches, so "before" and "after" are measured the same way.
 
 from __future__ import annotations
 
+import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+
+import torch
 
 from diagnostics import temporal
 from diagnostics.aggregate import build_layer_reports
 from diagnostics.config import DiagnosisConfig
 from diagnostics.inputs import SampleBatch
 from diagnostics.model import LoadedModel
+from diagnostics.precision import float64_rounding_ratio
 from diagnostics.probe import SampleObservation, probe_mode, run_sample
 from diagnostics.report import Flag, LayerReport, Status, TemporalProfile, Verdict
-from diagnostics.verdict import judge
+from diagnostics.scales import fan_in
+from diagnostics.verdict import Facts, judge, readout_indices, rounding_step
 
 Progress = Callable[[str], None]
+
+# Cells without gates: their memory is a product of Jacobians with nothing to keep it open.
+_UNGATED_CELLS = frozenset({"RNN"})
 
 
 @dataclass
@@ -38,15 +47,18 @@ def examine(model: LoadedModel, batches: list[SampleBatch], config: DiagnosisCon
     """Probe every batch, summarize, judge, and profile recurrent memory over time.
 
     The temporal profile is reported and flagged (``temporal_vanishing`` /
-    ``temporal_exploding``) but does not change the status: gated cells at their default
-    initialization forget within tens of steps too, and a healthy LSTM must not fail a build.
+    ``temporal_exploding``); it sets the status only for ungated cells whose horizon is far
+    shorter than the sequence (gated cells at their default initialization forget within tens
+    of steps too, and still learn).
     """
     say = progress or (lambda _message: None)
     clock = time.perf_counter()
     observations = []
     profiles: list[TemporalProfile] = []
     target = temporal.find_target(model)
-    with probe_mode(model.module, config.norm_stats):
+    zero_heads = _zero_readouts(model)
+    with probe_mode(model.module, config.norm_stats), \
+            _substitute_readouts(model, zero_heads, config.seed):
         for number, batch in enumerate(batches, 1):
             say(f"sample {number}/{len(batches)}: forward + backward")
             observations.append(run_sample(model, batch, config))
@@ -59,7 +71,18 @@ def examine(model: LoadedModel, batches: list[SampleBatch], config: DiagnosisCon
 
     clock = time.perf_counter()
     layers = build_layer_reports(model, observations, config.thresholds)
-    verdict, statuses = judge(model, layers, observations, config.thresholds)
+    facts = Facts(
+        input_rms=tuple(_input_rms(batch) for batch in batches),
+        substituted_readouts=tuple(model.layers[i].name for i in zero_heads),
+        temporal=tuple(profiles),
+        ungated=target is not None and _op_of(model, target.layer) in _UNGATED_CELLS,
+    )
+    step = rounding_step(layers)
+    if step is not None and 0 < step[1] < config.thresholds.rounding_ratio:
+        say("re-measuring the output layer's gradient in float64")
+        facts = Facts(**{**vars(facts),
+                         "float64_ratio": float64_rounding_ratio(model, batches[0], config)})
+    verdict, statuses = judge(model, layers, observations, config, facts)
     for found in profiles:
         flag = {Status.VANISHING: Flag.TEMPORAL_VANISHING,
                 Status.EXPLODING: Flag.TEMPORAL_EXPLODING}.get(found.status)
@@ -68,3 +91,57 @@ def examine(model: LoadedModel, batches: list[SampleBatch], config: DiagnosisCon
             verdict.summary += f" {temporal.describe(found)}"
     return Examination(observations, layers, verdict, statuses, profiles, probe_s,
                        time.perf_counter() - clock)
+
+
+def _op_of(model: LoadedModel, name: str) -> str | None:
+    return next((layer.op_type for layer in model.layers if layer.name == name), None)
+
+
+def _input_rms(batch: SampleBatch) -> float | None:
+    floats = [t for t in batch.tensors if t.is_floating_point() and t.numel()]
+    if not floats:
+        return None
+    total = sum(float(t.detach().double().pow(2).sum()) for t in floats)
+    count = sum(t.numel() for t in floats)
+    rms = math.sqrt(total / count)
+    return rms if math.isfinite(rms) and rms > 0 else None
+
+
+def _zero_readouts(model: LoadedModel) -> list[int]:
+    """Readouts whose weights are all exactly zero (zero-initialized heads)."""
+    found = []
+    for index in readout_indices(model):
+        weights = [model.parameters[name] for name in model.layers[index].parameters
+                   if name in model.parameters and model.parameters[name].dim() >= 2]
+        if weights and all(not bool(w.detach().any()) for w in weights):
+            found.append(index)
+    return found
+
+
+@contextmanager
+def _substitute_readouts(model: LoadedModel, indices: list[int], seed: int) -> Iterator[None]:
+    """Give zero heads a seeded fan-in initialization for the probe; restore them after.
+
+    A zero head passes no gradient to the body, so the body's profile would be 0/0. Its own
+    gradient (outer product of the signal at the outputs and the features) does not depend on
+    its weights, and it moves in the first step; the body is then judged as it will be.
+    """
+    saved: list[tuple[torch.Tensor, torch.Tensor]] = []
+    generator = torch.Generator().manual_seed(seed + 104729)
+    try:
+        with torch.no_grad():
+            for index in indices:
+                layer = model.layers[index]
+                for name in layer.parameters:
+                    param = model.parameters.get(name)
+                    if param is None or param.dim() < 2:
+                        continue
+                    fans = fan_in(model, layer, param) or 1
+                    saved.append((param, param.detach().clone()))
+                    noise = torch.randn(param.shape, generator=generator) / math.sqrt(fans)
+                    param.copy_(noise.to(param.device, param.dtype))
+        yield
+    finally:
+        with torch.no_grad():
+            for param, value in saved:
+                param.copy_(value)

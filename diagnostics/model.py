@@ -126,6 +126,8 @@ class LoadedModel:
         source: Provenance for the report.
         notes: Facts the report should pass on (e.g. "BatchNorm folded into Conv by the
             exporter").
+        folded_normalization: Names of layers into which the exporter folded a BatchNorm: the
+            file is then not the graph that trains (the verdict says so).
     """
 
     module: nn.Module
@@ -135,3 +137,4 @@ class LoadedModel:
     parameters: dict[str, nn.Parameter]
     source: SourceInfo
     notes: tuple[str, ...] = field(default=())
+    folded_normalization: tuple[str, ...] = field(default=())

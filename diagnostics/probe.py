@@ -214,7 +214,9 @@ def compute_loss(outputs: object, loss: Loss, seed: int) -> torch.Tensor:
     generator = torch.Generator().manual_seed(seed + 7919)
     for tensor in tensors:
         wide = tensor.to(torch.float64)
-        if loss is Loss.MEAN_SQUARE:
+        if loss is Loss.RANDOM_PROJECTION:
+            total = total + _random_projection(wide, generator)
+        elif loss is Loss.MEAN_SQUARE:
             total = total + wide.pow(2).mean()
         elif loss is Loss.SUM:
             total = total + wide.sum()
@@ -223,6 +225,17 @@ def compute_loss(outputs: object, loss: Loss, seed: int) -> torch.Tensor:
             labels = torch.randint(0, logits.shape[-1], (logits.shape[0],), generator=generator)
             total = total + nn.functional.cross_entropy(logits, labels)
     return total
+
+
+def _random_projection(output: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    # Batch mean of <y_b, r_b>, |r_b| ~ 1: the gradient at each sample's output is a random
+    # direction of the size a mean-reduced training loss gives (≈ 1/batch per sample), and it
+    # does not depend on y, so no normalization of the output can make the loss constant.
+    batch = output.shape[0] if output.dim() > 1 else 1
+    per_sample = max(output.numel() // max(batch, 1), 1)
+    direction = torch.randn(output.shape, generator=generator, dtype=torch.float64).to(
+        output.device)
+    return (output * direction).sum() / (batch * math.sqrt(per_sample))
 
 
 def float_tensors(value: object) -> Iterator[torch.Tensor]:

@@ -59,7 +59,13 @@ class Context:
 
 def propose(model: LoadedModel, found: Examination, config: DiagnosisConfig,
             spec: dict | None = None, limits: Limits = DEFAULT_LIMITS) -> list[Candidate]:
-    """Candidates for this examination, most specific first (ranked after verification)."""
+    """Candidates for this examination, most specific first (ranked after verification).
+
+    None for an inconclusive verdict: the profile they would be built on is rounding noise or a
+    different graph, and the summary already says what to do (change the loss, re-export).
+    """
+    if found.verdict.status is Status.INCONCLUSIVE:
+        return []
     context = Context(model, found, config, spec, limits)
     candidates = []
     for builder in BUILDERS:
@@ -393,19 +399,21 @@ def _clip_gradients(context: Context) -> Candidate | None:
 
 def _lower_learning_rate(context: Context) -> Candidate | None:
     layers = context.found.layers
-    verdict = context.found.verdict
+    evidence = context.found.verdict.evidence
     config = context.config
-    g2w = verdict.evidence.max_grad_to_weight
-    if not g2w or g2w <= config.thresholds.max_grad_to_weight:
+    step = evidence.max_relative_step
+    if not step or step <= config.thresholds.max_relative_step:
         return None
-    lr = float(f"{1e-3 / g2w:.2g}")
+    # Scale the rate so that the first step moves the worst weight by about 1e-3 of its scale.
+    lr = float(f"{config.learning_rate * 1e-3 / step:.2g}")
     remedy = Remedy(
         id="lower-learning-rate", rank=0,
         title=f"Use a learning rate of at most {lr:g} (with warmup)",
-        rationale=(f"‖∂L/∂W‖/‖W‖ reaches {g2w:.3g} at "
-                   f"{verdict.evidence.max_grad_to_weight_parameter}: a relative step of about "
-                   f"1e-3 needs lr ≈ 1e-3 / {g2w:.3g}. Warm the learning rate up over the first "
-                   "steps (post-LN transformers especially)."),
+        rationale=(f"At learning rate {config.learning_rate:g} the first SGD step changes "
+                   f"{evidence.max_relative_step_parameter} by {step:.3g}× its scale; a relative "
+                   f"step of about 1e-3 needs lr ≈ {config.learning_rate:g} × 1e-3 / {step:.3g}. "
+                   "Warm the learning rate up over the first steps (post-LN transformers "
+                   "especially)."),
         layers=[layer.name for layer in layers if Flag.LARGE_UPDATE in layer.flags],
         params={"learning_rate": lr, "warmup": True},
     )

@@ -18,9 +18,14 @@ SCHEMA_VERSION = "1.0"
 
 
 class Status(StrEnum):
+    """The verdict. ``inconclusive``: the sample passes cannot tell (the gradient below the
+    outputs is float rounding noise, or the file is not the graph that trains, e.g. BatchNorm
+    folded by the exporter); the summary says why and what to do instead."""
+
     HEALTHY = "healthy"
     VANISHING = "vanishing"
     EXPLODING = "exploding"
+    INCONCLUSIVE = "inconclusive"
 
 
 class Flag(StrEnum):
@@ -138,12 +143,44 @@ class Evidence(_Model):
     weight_grad_ratio: Stat | None = Field(
         None, description="‖∂L/∂W‖ of the first parametric layer / of the last (AUTOTRAINER)."
     )
-    max_grad_to_weight: float | None = None
+    max_grad_to_weight: float | None = Field(
+        None, description="Largest ‖∂L/∂W‖/‖W‖ of a weight matrix or kernel.")
     max_grad_to_weight_parameter: str | None = None
+    max_relative_step: float | None = Field(
+        None, description="Largest first SGD step at config.learning_rate, lr·‖∂L/∂W‖ relative "
+        "to the weight's scale (the larger of ‖W‖ and a fan-in initialization's norm).")
+    max_relative_step_parameter: str | None = None
+    reference_scale_parameters: list[str] = Field(
+        default_factory=list,
+        description="Weights initialized below a fan-in initialization's scale (class tokens, "
+        "zero-init heads ...): their relative step is judged against that scale, not ‖W‖.")
+    forward_growth: Stat | None = Field(
+        None, description="RMS of the output layer's activations / RMS of the float inputs.")
+    readout_layers: list[str] = Field(
+        default_factory=list,
+        description="Layers with weights nearest the outputs: judged as readouts, apart from "
+        "the depth profile of the hidden layers.")
+    readout_scale: float | None = Field(
+        None, description="Readout weight norm / a fan-in initialization's (0: zero head).")
+    gradient_stops_at: str | None = Field(
+        None, description="Where the gradient becomes exactly zero when no parameter gets any.")
+    rounding_noise_layer: str | None = Field(
+        None, description="The output layer below which the gradient is float rounding noise.")
+    rounding_noise_ratio: float | None = Field(
+        None, description="Signal just below that layer / at it, in the probe's precision.")
+    rounding_noise_ratio_float64: float | None = Field(
+        None, description="The same ratio re-measured in float64 (it collapses for an "
+        "invariance, stays for a real loss of signal).")
+    folded_normalization: list[str] = Field(
+        default_factory=list,
+        description="Nodes into which the exporter folded a BatchNorm.")
     nonfinite_count: int = 0
     first_nonfinite_forward: str | None = None
     first_nonfinite_backward: str | None = None
     dead_layers: list[str] = Field(default_factory=list)
+    dead_layers_blocking: list[str] = Field(
+        default_factory=list,
+        description="Dead layers below which every parameter's gradient is exactly zero.")
     dying_layers: list[str] = Field(default_factory=list)
     saturated_layers: list[str] = Field(default_factory=list)
     rules: list[RuleCheck] = Field(default_factory=list)
@@ -188,7 +225,7 @@ class Cause(_Model):
     """Why the profile looks as it does: one cause and the numbers that show it."""
 
     id: str = Field(description="saturating_activations | dead_units | initialization_scale | "
-                    "plain_depth | recurrent_memory | low_precision")
+                    "plain_depth | recurrent_memory | low_precision | small_readout")
     title: str
     layers: list[str] = Field(default_factory=list)
     evidence: dict[str, Any] = Field(default_factory=dict)

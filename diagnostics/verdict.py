@@ -1,31 +1,76 @@
 """Statistics + thresholds -> a verdict with the evidence it rests on.
 
-The primary signal is the backward-signal profile ‖δ_l‖ = ‖∂L/∂output_l‖ over depth (DOMAIN.md
-§2): in a positively homogeneous net with too-large weights the weight-gradient norms are flat
-across depth while δ explodes, so a first/last weight-gradient ratio alone misses it. The ratio is
-taken between the deepest and the shallowest layer *with parameters*, so an output Softmax or
-Sigmoid (whose Jacobian scales every gradient equally) does not count as a pathology, and it is
-corrected for width: with fan-in initialization the total norm of δ is preserved layer to layer,
-with fan-out initialization its per-element size is. Of the two ratios we keep the one closer to 1
-(or 1 if they straddle it), so a change of width alone is never judged as vanishing or exploding.
+The primary signal is the backward-signal profile ‖δ_l‖ = ‖∂L/∂output_l‖ over the *hidden*
+layers (README, "Verdict rules"): in a positively homogeneous net with too-large weights the
+weight-gradient norms are flat across depth while δ explodes, so a first/last weight-gradient
+ratio alone misses it. The ratio is taken between the deepest and the shallowest hidden layer
+with parameters. The readout (the layers with weights nearest the outputs) is left out of it: a
+scaled or zero-initialized head multiplies every hidden layer's signal by the same factor, which
+is no pathology of depth, and is reported as its own finding. The ratio is corrected for width:
+with fan-in initialization the total norm of δ is preserved layer to layer, with fan-out
+initialization its per-element size is; of the two ratios we keep the one closer to 1 (or 1 if
+they straddle it), so a change of width alone is never judged as vanishing or exploding.
+
+Around it: exact zeros (no gradient at all) are vanishing; rounding noise (a loss that cannot see
+a change) and folded exports are inconclusive; the forward scale and the first SGD step at the
+configured learning rate judge explosions as training meets them; for ungated recurrent cells the
+temporal horizon judges memory.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from diagnostics.aggregate import is_weight, make_stat
-from diagnostics.config import Thresholds
+from diagnostics.config import DiagnosisConfig, Thresholds
+from diagnostics.loading.onnx_folding import FOLDING_ADVICE
 from diagnostics.model import LayerKind, LoadedModel
 from diagnostics.probe import SampleObservation
-from diagnostics.report import Evidence, Flag, LayerReport, RuleCheck, Status, Verdict
+from diagnostics.report import (
+    Evidence,
+    Flag,
+    LayerReport,
+    RuleCheck,
+    Stat,
+    Status,
+    TemporalProfile,
+    Verdict,
+)
+from diagnostics.scales import reference_norm
+
+# A float64 re-measurement that falls this much further than the probe's own shows the probe saw
+# rounding noise: an exact invariance gives ~1e-16 in float64 and ~1e-7 in float32. A float64
+# ratio still under float32's rounding level cannot be told from noise either (a Cast to float32
+# inside the graph keeps the noise): we say we cannot know.
+_PRECISION_COLLAPSE = 1e-3
+_FLOAT32_ROUNDING = 1e-6
 
 
 @dataclass(frozen=True)
 class SignalRatio:
     robust: float
     raw: float
+
+
+@dataclass(frozen=True)
+class Facts:
+    """What the examination measured besides the per-layer statistics.
+
+    Attributes:
+        input_rms: Per sample, the RMS of the float inputs (None where the model has none).
+        float64_ratio: The rounding step re-measured in float64 (None: not re-measured).
+        substituted_readouts: Zero readout weights replaced by a fan-in initialization for the
+            probe, so the body's profile could be measured at all.
+        temporal: The temporal profiles of recurrent layers.
+        ungated: Whether the profiled recurrent layer is an ungated (vanilla) cell.
+    """
+
+    input_rms: tuple[float | None, ...] = ()
+    float64_ratio: float | None = None
+    substituted_readouts: tuple[str, ...] = ()
+    temporal: tuple[TemporalProfile, ...] = field(default=())
+    ungated: bool = False
 
 
 def width_corrected_ratio(norm_deep: float, norm_shallow: float, numel_deep: int,
@@ -47,11 +92,32 @@ def width_corrected_ratio(norm_deep: float, norm_shallow: float, numel_deep: int
     return SignalRatio(robust, raw)
 
 
-def _endpoints(model: LoadedModel, layers: list[LayerReport]) -> tuple[int, int] | None:
+def readout_indices(model: LoadedModel) -> list[int]:
+    """The layers with a weight matrix or kernel nearest the outputs (smallest depth)."""
+    weighted = [i for i, layer in enumerate(model.layers) if _weight_names(model, i)]
+    if not weighted:
+        return []
+    nearest = min(model.layers[i].depth for i in weighted)
+    return [i for i in weighted if model.layers[i].depth == nearest]
+
+
+def _weight_names(model: LoadedModel, index: int) -> list[str]:
+    return [name for name in model.layers[index].parameters
+            if name in model.parameters and model.parameters[name].dim() >= 2]
+
+
+def _measured(layer: LayerReport) -> float | None:
+    norm = layer.output_grad_norm
+    return norm.median if norm is not None else None
+
+
+def _endpoints(model: LoadedModel, layers: list[LayerReport],
+               readouts: list[int]) -> tuple[int, int] | None:
+    above = min((model.layers[i].depth for i in readouts), default=-1)
     candidates = [
         i for i, layer in enumerate(layers)
-        if LayerKind.PARAMETRIC in model.layers[i].kinds and layer.output_grad_norm is not None
-        and layer.output_grad_norm.median is not None and layer.output_numel
+        if LayerKind.PARAMETRIC in model.layers[i].kinds and layer.depth > above
+        and _measured(layer) is not None and layer.output_numel
     ]
     if len(candidates) < 2:
         return None
@@ -62,7 +128,7 @@ def _endpoints(model: LoadedModel, layers: list[LayerReport]) -> tuple[int, int]
     return deepest, shallowest
 
 
-def sample_ratios(model: LoadedModel, layers: list[LayerReport], samples: list[SampleObservation],
+def sample_ratios(layers: list[LayerReport], samples: list[SampleObservation],
                   ends: tuple[int, int]) -> list[SignalRatio | None]:
     """The signal ratio between the endpoints in each sample (None where not measured)."""
     deep, shallow = ends
@@ -78,19 +144,38 @@ def sample_ratios(model: LoadedModel, layers: list[LayerReport], samples: list[S
     return ratios
 
 
+def rounding_step(layers: list[LayerReport]) -> tuple[str, float] | None:
+    """(output layer, signal just below it / at it) when the gradient reaching the outputs is
+    non-zero; the width-robust ratio of the largest signals on either side."""
+    top = [layer for layer in layers if layer.depth == 0 and (_measured(layer) or 0) > 0]
+    below = [layer for layer in layers if layer.depth > 0 and _measured(layer) is not None]
+    if not top or not below:
+        return None
+    head = max(top, key=lambda layer: _measured(layer) or 0)
+    under = max(below, key=lambda layer: _measured(layer) or 0)
+    ratio = width_corrected_ratio(_measured(under) or 0.0, _measured(head) or 0.0,
+                                  under.output_numel or 1, head.output_numel or 1).robust
+    return head.name, ratio
+
+
 def judge(model: LoadedModel, layers: list[LayerReport], samples: list[SampleObservation],
-          thresholds: Thresholds) -> tuple[Verdict, list[Status]]:
+          config: DiagnosisConfig, facts: Facts | None = None) -> tuple[Verdict, list[Status]]:
     """Decide the status, flag layers in place, and say why.
 
     Returns:
         The verdict, and the status each sample alone would get.
     """
-    evidence = Evidence()
-    ends = _endpoints(model, layers)
+    facts = facts or Facts()
+    thresholds = config.thresholds
+    evidence = Evidence(folded_normalization=list(model.folded_normalization))
+    readouts = readout_indices(model)
+    evidence.readout_layers = [layers[i].name for i in readouts]
+    evidence.readout_scale = _readout_scale(model, readouts)
+    ends = _endpoints(model, layers, readouts)
     ratios: list[SignalRatio | None] = []
     if ends:
         deep, shallow = ends
-        ratios = sample_ratios(model, layers, samples, ends)
+        ratios = sample_ratios(layers, samples, ends)
         evidence.backward_signal_ratio = make_stat([r.robust if r else None for r in ratios])
         evidence.backward_signal_ratio_raw = make_stat([r.raw if r else None for r in ratios])
         evidence.deepest_layer, evidence.shallowest_layer = layers[deep].name, layers[shallow].name
@@ -103,27 +188,46 @@ def judge(model: LoadedModel, layers: list[LayerReport], samples: list[SampleObs
         _flag_profile(layers, shallow, thresholds)
         evidence.weight_grad_ratio = _weight_grad_ratio(layers, deep, shallow)
     _collect_layer_evidence(layers, samples, evidence)
-    rules = _rules(evidence, thresholds)
+    _relative_steps(model, layers, config, evidence)
+    evidence.forward_growth = _forward_growth(layers, samples, readouts, facts)
+    _gradient_stop(layers, readouts, evidence)
+    evidence.dead_layers_blocking = _blocking_dead_layers(layers)
+    step = rounding_step(layers)
+    if step is not None and 0 < step[1] < thresholds.rounding_ratio:
+        evidence.rounding_noise_layer, evidence.rounding_noise_ratio = step
+        evidence.rounding_noise_ratio_float64 = facts.float64_ratio
+    rules = _rules(evidence, thresholds, facts)
     evidence.rules = rules
     status = _status(rules)
-    per_sample = [_sample_status(sample, ratio, thresholds) for sample, ratio in
+    per_sample = [_sample_status(sample, ratio, thresholds, status) for sample, ratio in
                   zip(samples, ratios or [None] * len(samples), strict=True)]
     flags = sorted({flag for layer in layers for flag in layer.flags}, key=list(Flag).index)
     if status is Status.EXPLODING and evidence.nonfinite_count and Flag.NON_FINITE not in flags:
         flags.append(Flag.NON_FINITE)
     if any(sample.nonfinite_inputs for sample in samples):
         flags.append(Flag.NONFINITE_INPUT)
-    summary = _summary(status, evidence, samples)
+    summary = _summary(status, rules, evidence, samples, facts)
     return Verdict(status=status, summary=summary, flags=flags, evidence=evidence), per_sample
+
+
+def _readout_scale(model: LoadedModel, readouts: list[int]) -> float | None:
+    scales = []
+    for index in readouts:
+        for name in _weight_names(model, index):
+            param = model.parameters[name]
+            reference = reference_norm(model, model.layers[index], param)
+            if reference:
+                scales.append(float(param.detach().double().norm()) / reference)
+    return min(scales) if scales else None
 
 
 def _flag_profile(layers: list[LayerReport], shallow: int, thresholds: Thresholds) -> None:
     top = layers[shallow]
-    top_norm = top.output_grad_norm.median if top.output_grad_norm else None
+    top_norm = _measured(top)
     if not top_norm:
         return
     for layer in layers:
-        norm = layer.output_grad_norm.median if layer.output_grad_norm else None
+        norm = _measured(layer)
         if norm is None or layer.depth <= top.depth or not layer.output_numel:
             continue
         ratio = width_corrected_ratio(norm, top_norm, layer.output_numel,
@@ -134,8 +238,8 @@ def _flag_profile(layers: list[LayerReport], shallow: int, thresholds: Threshold
             layer.flags.append(Flag.EXPLODING)
 
 
-def _weight_grad_ratio(layers: list[LayerReport], deep: int, shallow: int):
-    def weight_norms(layer: LayerReport):
+def _weight_grad_ratio(layers: list[LayerReport], deep: int, shallow: int) -> Stat | None:
+    def weight_norms(layer: LayerReport) -> Stat | None:
         weights = [p for p in layer.parameters if is_weight(p)] or layer.parameters
         return weights[0].grad_norm if weights else None
 
@@ -173,56 +277,166 @@ def _collect_layer_evidence(layers: list[LayerReport], samples: list[SampleObser
         evidence.nonfinite_count = max(evidence.nonfinite_count, 1)
 
 
-def _blocked_by_dead(evidence: Evidence) -> bool:
-    ratio = evidence.backward_signal_ratio
-    return bool(evidence.dead_layers) and ratio is not None and ratio.median == 0
+def _relative_steps(model: LoadedModel, layers: list[LayerReport], config: DiagnosisConfig,
+                    evidence: Evidence) -> None:
+    """lr·‖g‖ / max(‖W‖, fan-in norm) for every weight; flag layers whose step is too large."""
+    best: tuple[float, str] | None = None
+    for index, layer in enumerate(layers):
+        for param in layer.parameters:
+            grad = param.grad_norm.median
+            if not is_weight(param) or grad is None or param.name not in model.parameters:
+                continue
+            reference = reference_norm(model, model.layers[index], model.parameters[param.name])
+            norm = param.weight_norm or 0.0
+            scale = max(norm, reference or 0.0)
+            if scale <= 0:
+                continue
+            if reference and norm < config.thresholds.small_readout_fraction * reference:
+                evidence.reference_scale_parameters.append(param.name)
+            step = config.learning_rate * grad / scale
+            if step > config.thresholds.max_relative_step and Flag.LARGE_UPDATE not in \
+                    layer.flags:
+                layer.flags.append(Flag.LARGE_UPDATE)
+            if best is None or step > best[0]:
+                best = (step, param.name)
+    if best:
+        evidence.max_relative_step, evidence.max_relative_step_parameter = best
 
 
-def _rules(evidence: Evidence, thresholds: Thresholds) -> list[RuleCheck]:
+def _forward_growth(layers: list[LayerReport], samples: list[SampleObservation],
+                    readouts: list[int], facts: Facts) -> Stat | None:
+    """RMS of the readout's output (else the outputs' layer) over the RMS of the float inputs."""
+    if not facts.input_rms or all(rms is None for rms in facts.input_rms):
+        return None
+    target = readouts[0] if readouts else next(
+        (i for i, layer in enumerate(layers) if layer.depth == 0 and layer.activations), None)
+    if target is None:
+        return None
+    values = []
+    for sample, rms_in in zip(samples, facts.input_rms, strict=False):
+        summary = sample.layers[target].activation
+        if summary is None or not rms_in:
+            values.append(None)
+            continue
+        rms_out = math.sqrt(summary.mean ** 2 + summary.std ** 2)
+        values.append(rms_out / rms_in if math.isfinite(rms_out) else None)
+    stat = make_stat(values)
+    return stat if stat.median is not None else None
+
+
+def _gradient_stop(layers: list[LayerReport], readouts: list[int], evidence: Evidence) -> None:
+    """Where the gradient stops when no parameter of the body (the layers below the readout;
+    the whole model if it has no such layer) receives any: all exactly zero, for good."""
+    above = min((layers[i].depth for i in readouts), default=-1)
+    params = [p for layer in layers if layer.depth > above for p in layer.parameters] or \
+        [p for layer in layers for p in layer.parameters]
+    if not params or any(p.grad_norm.max != 0 for p in params) or evidence.nonfinite_count:
+        return
+    reached = [layer for layer in layers if (_measured(layer) or 0) > 0]
+    if not reached:
+        evidence.gradient_stops_at = "the outputs"
+        return
+    evidence.gradient_stops_at = max(reached, key=lambda layer: (layer.depth, layer.index)).name
+
+
+def _rules(evidence: Evidence, thresholds: Thresholds, facts: Facts) -> list[RuleCheck]:
     ratio = evidence.backward_signal_ratio.median if evidence.backward_signal_ratio else None
-    g2w = evidence.max_grad_to_weight
+    growth = evidence.forward_growth.median if evidence.forward_growth else None
+    step = evidence.max_relative_step
     ends = f"{evidence.deepest_layer} vs {evidence.shallowest_layer}"
+    noise = evidence.rounding_noise_ratio
+    exact = evidence.rounding_noise_ratio_float64
+    profile = facts.temporal[0] if facts.temporal else None
+    length = len(profile.grad_norms) if profile else 0
+    horizon_floor = thresholds.temporal_horizon_fraction * length
     return [
         RuleCheck(rule="non_finite", value=float(evidence.nonfinite_count), threshold=0.0,
                   fired=evidence.nonfinite_count > 0,
                   detail="NaN/Inf in activations, gradients or the loss"),
-        RuleCheck(rule="dead_layer", value=float(len(evidence.dead_layers)), threshold=0.0,
-                  fired=_blocked_by_dead(evidence),
+        RuleCheck(rule="dead_layer", value=float(len(evidence.dead_layers_blocking)),
+                  threshold=0.0, fired=bool(evidence.dead_layers_blocking),
                   detail="a layer whose units are all inactive stops every gradient below it"),
-        RuleCheck(rule="backward_signal_vanishing", value=ratio,
-                  threshold=thresholds.vanishing_ratio,
-                  fired=ratio is not None and ratio < thresholds.vanishing_ratio,
-                  detail=f"width-corrected ‖δ‖ ratio {ends} below the threshold"),
+        RuleCheck(rule="no_gradient", value=0.0 if evidence.gradient_stops_at else None,
+                  threshold=0.0, fired=evidence.gradient_stops_at is not None,
+                  detail="every parameter's gradient below the readout is exactly zero"
+                  + (f"; the gradient stops at {evidence.gradient_stops_at}"
+                     if evidence.gradient_stops_at else "")),
+        RuleCheck(rule="rounding_noise", value=noise, threshold=thresholds.rounding_ratio,
+                  fired=noise is not None and not (
+                      exact is not None
+                      and exact >= max(noise * _PRECISION_COLLAPSE, _FLOAT32_ROUNDING)),
+                  detail=f"signal below {evidence.rounding_noise_layer} / at it"
+                  + (f" (float64: {exact:.3g})" if exact is not None else "")),
+        RuleCheck(rule="folded_batchnorm", value=float(len(evidence.folded_normalization)),
+                  threshold=0.0, fired=bool(evidence.folded_normalization),
+                  detail="nodes into which the exporter folded a BatchNorm"),
+        RuleCheck(rule="forward_scale_exploding", value=growth,
+                  threshold=thresholds.forward_growth_ratio,
+                  fired=growth is not None and growth > thresholds.forward_growth_ratio,
+                  detail="RMS of the output layer's activations / RMS of the inputs"),
         RuleCheck(rule="backward_signal_exploding", value=ratio,
                   threshold=thresholds.exploding_ratio,
                   fired=ratio is not None and ratio > thresholds.exploding_ratio,
                   detail=f"width-corrected ‖δ‖ ratio {ends} above the threshold"),
-        RuleCheck(rule="relative_update", value=g2w, threshold=thresholds.max_grad_to_weight,
-                  fired=g2w is not None and g2w > thresholds.max_grad_to_weight,
-                  detail=f"largest ‖∂L/∂W‖/‖W‖ ({evidence.max_grad_to_weight_parameter})"),
+        RuleCheck(rule="backward_signal_vanishing", value=ratio,
+                  threshold=thresholds.vanishing_ratio,
+                  fired=ratio is not None and ratio < thresholds.vanishing_ratio,
+                  detail=f"width-corrected ‖δ‖ ratio {ends} below the threshold"),
+        RuleCheck(rule="temporal_vanishing",
+                  value=float(profile.effective_horizon) if profile else None,
+                  threshold=horizon_floor if profile else None,
+                  fired=bool(profile and facts.ungated and length > 1
+                             and profile.effective_horizon < horizon_floor),
+                  detail="effective horizon of an ungated recurrent cell, in steps, against "
+                  f"{thresholds.temporal_horizon_fraction:g} × the sequence length"),
+        RuleCheck(rule="relative_update", value=step, threshold=thresholds.max_relative_step,
+                  fired=step is not None and step > thresholds.max_relative_step,
+                  detail=f"largest first SGD step lr·‖∂L/∂W‖ / scale "
+                  f"({evidence.max_relative_step_parameter})"),
     ]
 
 
+def _blocking_dead_layers(layers: list[LayerReport]) -> list[str]:
+    """Dead layers below which every parameter's gradient is exactly zero."""
+    blocking = []
+    for dead in (layer for layer in layers if Flag.DEAD in layer.flags):
+        below = [p for layer in layers if layer.depth > dead.depth for p in layer.parameters]
+        if below and all(p.grad_norm.max == 0 for p in below):
+            blocking.append(dead.name)
+    return blocking
+
+
+_STATUS_OF_RULE = {
+    "non_finite": Status.EXPLODING,
+    "dead_layer": Status.VANISHING,
+    "no_gradient": Status.VANISHING,
+    "rounding_noise": Status.INCONCLUSIVE,
+    "folded_batchnorm": Status.INCONCLUSIVE,
+    "forward_scale_exploding": Status.EXPLODING,
+    "backward_signal_exploding": Status.EXPLODING,
+    "backward_signal_vanishing": Status.VANISHING,
+    "temporal_vanishing": Status.VANISHING,
+    "relative_update": Status.EXPLODING,
+}
+
+
+def deciding_rule(rules: list[RuleCheck]) -> RuleCheck | None:
+    """The first fired rule in order of precedence: the one that sets the status."""
+    return next((rule for rule in rules if rule.fired), None)
+
+
 def _status(rules: list[RuleCheck]) -> Status:
-    fired = {rule.rule for rule in rules if rule.fired}
-    if "non_finite" in fired:
-        return Status.EXPLODING
-    if "dead_layer" in fired:
-        return Status.VANISHING
-    if "backward_signal_exploding" in fired:
-        return Status.EXPLODING
-    if "backward_signal_vanishing" in fired:
-        return Status.VANISHING
-    if "relative_update" in fired:
-        return Status.EXPLODING
-    return Status.HEALTHY
+    rule = deciding_rule(rules)
+    return _STATUS_OF_RULE[rule.rule] if rule else Status.HEALTHY
 
 
 def _sample_status(sample: SampleObservation, ratio: SignalRatio | None,
-                   thresholds: Thresholds) -> Status:
+                   thresholds: Thresholds, overall: Status) -> Status:
     if not math.isfinite(sample.loss) or sample.first_nonfinite_backward or \
             sample.first_nonfinite_forward:
         return Status.EXPLODING
+    if overall is Status.INCONCLUSIVE:
+        return overall
     if ratio is None:
         return Status.HEALTHY
     if ratio.robust > thresholds.exploding_ratio:
@@ -232,37 +446,121 @@ def _sample_status(sample: SampleObservation, ratio: SignalRatio | None,
     return Status.HEALTHY
 
 
-def _summary(status: Status, evidence: Evidence, samples: list[SampleObservation]) -> str:
+def _profile_text(evidence: Evidence) -> str | None:
     ratio = evidence.backward_signal_ratio.median if evidence.backward_signal_ratio else None
     raw = evidence.backward_signal_ratio_raw.median if evidence.backward_signal_ratio_raw else None
+    if ratio is None:
+        return None
     gain = f", {evidence.per_layer_gain:.3g}× per layer" if evidence.per_layer_gain else ""
-    profile = None
-    if ratio is not None:
-        shown = f"{raw:.3g}× (width-corrected {ratio:.3g}×)" if raw is not None and \
-            f"{raw:.3g}" != f"{ratio:.3g}" else f"{ratio:.3g}×"
-        profile = (f"the backward signal at {evidence.deepest_layer} is {shown} that at "
-                   f"{evidence.shallowest_layer}{gain}")
+    shown = f"{raw:.3g}× (width-corrected {ratio:.3g}×)" if raw is not None and \
+        f"{raw:.3g}" != f"{ratio:.3g}" else f"{ratio:.3g}×"
+    return (f"the backward signal at {evidence.deepest_layer} is {shown} that at "
+            f"{evidence.shallowest_layer}{gain}")
+
+
+def _summary(status: Status, rules: list[RuleCheck], evidence: Evidence,
+             samples: list[SampleObservation], facts: Facts) -> str:
+    rule = deciding_rule(rules)
+    profile = _profile_text(evidence)
+    if rule is None:
+        extra = _readout_text(evidence, facts)
+        if profile:
+            return f"Healthy: {profile}, within the thresholds; no rule fired.{extra}"
+        return ("Healthy: no rule fired (fewer than two hidden layers with parameters to "
+                f"compare).{extra}")
+    text = _RULE_TEXT[rule.rule](evidence, rule, samples)
+    return f"{status.value.capitalize()} ({rule.rule}): {text}"
+
+
+def _readout_text(evidence: Evidence, facts: Facts) -> str:
+    if facts.substituted_readouts:
+        return (f" The readout {', '.join(facts.substituted_readouts)} is zero-initialized: the "
+                "body gets no gradient until it moves, so the body was probed with it at a "
+                "fan-in initialization.")
+    return ""
+
+
+def _non_finite_text(evidence: Evidence, _rule: RuleCheck,
+                     samples: list[SampleObservation]) -> str:
     bad_inputs = sorted({name for s in samples for name in s.nonfinite_inputs})
-    if status is Status.EXPLODING and evidence.nonfinite_count:
-        if bad_inputs:
-            return (f"Exploding: gradients are NaN/Inf, but the sample inputs "
-                    f"{', '.join(bad_inputs)} already hold NaN/Inf values; fix the inputs first.")
-        where = evidence.first_nonfinite_forward or evidence.first_nonfinite_backward
-        phase = "forward pass" if evidence.first_nonfinite_forward else "backward pass"
-        located = f", first in the {phase} at {where}" if where else ""
-        return f"Exploding: {evidence.nonfinite_count} NaN/Inf values{located}."
-    if status is Status.VANISHING and evidence.dead_layers and (ratio == 0):
-        return (f"Vanishing: layer {evidence.dead_layers[0]} is dead (no unit active on any "
-                "sample), so every layer below it receives exactly zero gradient.")
-    if status is Status.VANISHING:
-        extra = (f"; {len(evidence.saturated_layers)} saturated layer(s)"
-                 if evidence.saturated_layers else "")
-        return f"Vanishing: {profile}{extra}."
-    if status is Status.EXPLODING and ratio is not None and ratio > 1 and profile:
-        return f"Exploding: {profile}."
-    if status is Status.EXPLODING:
-        return (f"Exploding: ‖∂L/∂W‖/‖W‖ reaches {evidence.max_grad_to_weight:.3g} at "
-                f"{evidence.max_grad_to_weight_parameter}; one SGD step would overwrite it.")
-    if profile:
-        return f"Healthy: {profile}, within the thresholds."
-    return "Healthy: no rule fired (fewer than two layers with parameters to compare)."
+    if bad_inputs:
+        return (f"gradients are NaN/Inf, but the sample inputs {', '.join(bad_inputs)} already "
+                "hold NaN/Inf values; fix the inputs first.")
+    where = evidence.first_nonfinite_forward or evidence.first_nonfinite_backward
+    phase = "forward pass" if evidence.first_nonfinite_forward else "backward pass"
+    located = f", first in the {phase} at {where}" if where else ""
+    return f"{evidence.nonfinite_count} NaN/Inf values{located}."
+
+
+def _no_gradient_text(evidence: Evidence, _rule: RuleCheck, _samples: list) -> str:
+    where = evidence.gradient_stops_at
+    if where == "the outputs":
+        return ("no parameter receives any gradient: the loss does not depend differentiably "
+                "on the outputs (an argmax, a rounding or a constant output), so nothing can "
+                "learn.")
+    return (f"no parameter receives any gradient: the gradient reaches {where} and stops "
+            f"there — its output does not change with its input (a constant output such as a "
+            f"softmax over one unit, a zero-width path), so nothing below it can ever learn.")
+
+
+def _dead_text(evidence: Evidence, _rule: RuleCheck, _samples: list) -> str:
+    return (f"layer {evidence.dead_layers_blocking[0]} is dead (no unit active on any sample), so "
+            "every layer below it receives exactly zero gradient.")
+
+
+def _rounding_text(evidence: Evidence, rule: RuleCheck, _samples: list) -> str:
+    exact = evidence.rounding_noise_ratio_float64
+    confirmed = (f"; in float64 it falls to {exact:.3g}, so it is rounding noise"
+                 if exact is not None else "; it could not be re-measured in float64")
+    return (f"the gradient below {evidence.rounding_noise_layer} is "
+            f"{evidence.rounding_noise_ratio:.3g}× the gradient at it, float rounding level"
+            f"{confirmed}: the loss is (nearly) invariant to that layer's input (e.g. mean(y²) "
+            "or sum(y) of a normalized output is constant), so nothing can be said about the "
+            "layers below. Use loss 'random_projection' (the default) or 'cross_entropy'.")
+
+
+def _folded_text(evidence: Evidence, _rule: RuleCheck, _samples: list) -> str:
+    names = evidence.folded_normalization
+    return (f"the exporter folded BatchNorm into {len(names)} node(s) (e.g. {names[0]}), so "
+            "this file is an un-normalized network, not the one that trains, and its gradients "
+            f"say nothing reliable about training. To diagnose it, {FOLDING_ADVICE}.")
+
+
+def _forward_text(evidence: Evidence, rule: RuleCheck, _samples: list) -> str:
+    where = evidence.readout_layers[0] if evidence.readout_layers else "the output layer"
+    return (f"the activations at {where} are {rule.value:.3g}× the inputs' RMS (threshold "
+            f"{rule.threshold:g}×): the forward pass amplifies its input so much that a training "
+            "loss on these outputs diverges in the first steps.")
+
+
+def _profile_rule_text(evidence: Evidence, rule: RuleCheck, _samples: list) -> str:
+    side = "above" if rule.rule.endswith("exploding") else "below"
+    extra = (f"; {len(evidence.saturated_layers)} saturated layer(s)"
+             if evidence.saturated_layers and side == "below" else "")
+    return (f"{_profile_text(evidence)} ({side} the threshold {rule.threshold:g}×){extra}.")
+
+
+def _temporal_text(_evidence: Evidence, rule: RuleCheck, _samples: list) -> str:
+    return (f"the ungated recurrent cell's gradient reaches back only {rule.value:.0f} steps "
+            f"of the sequence (threshold {rule.threshold:.0f}): it cannot learn dependencies "
+            "on the sequence's early steps. Gated cells (LSTM/GRU) carry them.")
+
+
+def _relative_text(evidence: Evidence, rule: RuleCheck, _samples: list) -> str:
+    return (f"one SGD step at the configured learning rate changes "
+            f"{evidence.max_relative_step_parameter} by {rule.value:.3g}× its scale "
+            f"(threshold {rule.threshold:g}×): the first step overwrites the weight.")
+
+
+_RULE_TEXT = {
+    "non_finite": _non_finite_text,
+    "dead_layer": _dead_text,
+    "no_gradient": _no_gradient_text,
+    "rounding_noise": _rounding_text,
+    "folded_batchnorm": _folded_text,
+    "forward_scale_exploding": _forward_text,
+    "backward_signal_exploding": _profile_rule_text,
+    "backward_signal_vanishing": _profile_rule_text,
+    "temporal_vanishing": _temporal_text,
+    "relative_update": _relative_text,
+}

@@ -29,6 +29,7 @@ def evidence_digest(found: Examination) -> dict:
         "backward_signal_ratio": ratio,
         "per_layer_gain": evidence.per_layer_gain,
         "max_grad_to_weight": evidence.max_grad_to_weight,
+        "max_relative_step": evidence.max_relative_step,
         "nonfinite_count": evidence.nonfinite_count,
         "dead_layers": list(evidence.dead_layers),
         "summary": verdict.summary,

@@ -20,6 +20,12 @@ def render_metrics(store: Store, runner: Runner) -> str:
     ]
     lines += [f'graddoctor_jobs{{status="{status}"}} {count}'
               for status, count in sorted(store.count_by_status().items())]
+    lines += [
+        "# HELP graddoctor_verdicts Succeeded diagnoses in the store, by verdict status.",
+        "# TYPE graddoctor_verdicts gauge",
+    ]
+    lines += [f'graddoctor_verdicts{{status="{verdict}"}} {count}'
+              for verdict, count in sorted(store.count_by_verdict().items())]
     buckets, total, count = store.duration_histogram()
     lines += [
         "# HELP graddoctor_job_duration_seconds Time from start to end of finished jobs.",

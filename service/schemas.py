@@ -92,7 +92,7 @@ class JobSummary(BaseModel):
         "supplied this result instead of a new run.",
     )
     verdict: str | None = Field(
-        None, description="healthy | vanishing | exploding, once succeeded."
+        None, description="healthy | vanishing | exploding | inconclusive, once succeeded."
     )
     error: JobError | None = None
     links: JobLinks

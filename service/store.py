@@ -36,8 +36,11 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, ProgrammingError
 from sqlalchemy.orm import DeclarativeBase, Mapped, deferred, mapped_column, sessionmaker
 
+from diagnostics.report import Status
+
 ACTIVE = ("queued", "running")
 FINISHED = ("succeeded", "failed", "cancelled")
+VERDICTS = tuple(status.value for status in Status)
 DURATION_BUCKETS = (0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 
 
@@ -290,6 +293,16 @@ class Store:
                 select(JobRecord.status, func.count()).group_by(JobRecord.status)).all()
         counts = dict.fromkeys(ACTIVE + FINISHED, 0)
         counts.update({status: int(count) for status, count in rows})
+        return counts
+
+    def count_by_verdict(self) -> dict[str, int]:
+        """Succeeded jobs by verdict status."""
+        with self._session() as session:
+            rows = session.execute(
+                select(JobRecord.verdict, func.count()).where(JobRecord.verdict.is_not(None))
+                .group_by(JobRecord.verdict)).all()
+        counts = dict.fromkeys(VERDICTS, 0)
+        counts.update({verdict: int(count) for verdict, count in rows})
         return counts
 
     def duration_histogram(self) -> tuple[list[int], float, int]:

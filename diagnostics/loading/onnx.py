@@ -40,6 +40,7 @@ from diagnostics.loading.onnx_checks import (
     parse_model,
     validate_and_infer,
 )
+from diagnostics.loading.onnx_folding import FOLDING_ADVICE, folded_batchnorm_nodes
 from diagnostics.loading.onnx_graph import (
     NORMALIZATIONS,
     activation_of,
@@ -64,11 +65,6 @@ _WEIGHT_VIEWS = frozenset(
 # Initializer names the exporters invent for folded constants: legacy ``onnx::MatMul_40``,
 # dynamo ``val_12``.
 _GENERATED_NAME = re.compile(r"^(onnx::|val_\d+$)")
-_BN_FOLD_NOTE = (
-    "The graph has Conv but no BatchNormalization nodes: exporters fold BatchNorm into the "
-    "preceding Conv by default, so reported Conv weights may be fused ones. Export with "
-    "do_constant_folding=False (legacy exporter) or optimize=False (dynamo=True) to keep them."
-)
 
 
 def load_onnx(data: bytes, *, name: str | None = None,
@@ -101,6 +97,7 @@ def load_onnx(data: bytes, *, name: str | None = None,
     check_outputs_computed(model.graph)
 
     display = assign_safe_names(model.graph)
+    folded = tuple(display[name] for name in folded_batchnorm_nodes(model.graph))
     copies = materialize_identity_initializers(model.graph)
     inputs = input_specs(model.graph, inferred.graph)
     module = _convert(model, display)
@@ -116,7 +113,8 @@ def load_onnx(data: bytes, *, name: str | None = None,
         layers=_layers(model.graph, display, bound),
         parameters=bound.parameters,
         source=_source(model, data, name),
-        notes=_notes(model.graph, copies, bound),
+        notes=_notes(model.graph, copies, bound, folded),
+        folded_normalization=folded,
     )
 
 
@@ -244,11 +242,14 @@ def _source(model: ModelProto, data: bytes, name: str | None) -> SourceInfo:
     )
 
 
-def _notes(graph: GraphProto, copies: Sequence[str], bound: BoundParameters) -> tuple[str, ...]:
-    ops = {node.op_type for node in graph.node}
+def _notes(graph: GraphProto, copies: Sequence[str], bound: BoundParameters,
+           folded: Sequence[str]) -> tuple[str, ...]:
     notes = []
-    if ops & {"Conv", "ConvTranspose"} and "BatchNormalization" not in ops:
-        notes.append(_BN_FOLD_NOTE)
+    if folded:
+        notes.append(
+            f"The exporter folded BatchNorm into {len(folded)} node(s) (e.g. {folded[0]!r}): "
+            f"their weights are fused ones and the file is an un-normalized network, not the "
+            f"one that trains. To diagnose the training graph, {FOLDING_ADVICE}.")
     if copies:
         notes.append(
             f"{len(copies)} initializers were stored by the exporter as Identity copies of "

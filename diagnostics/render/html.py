@@ -38,6 +38,7 @@ h1{font-size:1.5rem;margin:.2rem 0}h2{font-size:1.15rem;margin:1.8rem 0 .5rem;
 .badge{display:inline-block;padding:.1rem .55rem;border-radius:1rem;font-weight:600;color:#fff;
  font-size:.85rem;text-transform:uppercase;letter-spacing:.03em}
 .s-healthy{background:#1a7f37}.s-vanishing{background:#9a6700}.s-exploding{background:#cf222e}
+.s-inconclusive{background:#6e7781}
 .flag{display:inline-block;padding:0 .4rem;margin:0 .15rem .1rem 0;border-radius:.3rem;
  background:#ffebe9;color:#a40e26;font-size:.8rem;border:1px solid #ffcecb}
 .verdict{border:1px solid #d0d7de;border-radius:.5rem;padding:.8rem 1rem;margin:1rem 0}

@@ -32,7 +32,7 @@ from diagnostics.render._format import (
 from diagnostics.report import Evidence, LayerReport, Remedy, Report, Status
 
 _STATUS_STYLE = {Status.HEALTHY: "bold green", Status.VANISHING: "bold yellow",
-                 Status.EXPLODING: "bold red"}
+                 Status.EXPLODING: "bold red", Status.INCONCLUSIVE: "bold magenta"}
 _MAX_LISTED_LAYERS = 8
 
 

@@ -10,7 +10,7 @@ from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
-from service.exit_codes import ExitCode
+from service.exit_codes import ExitCode, for_verdict
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -18,10 +18,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "diagnose", help="diagnose an ONNX model or architecture spec locally",
         description="Run sample forward+backward passes and report per-layer gradient "
                     "statistics, a verdict and remedies. Exit status: 0 healthy, 3 vanishing or "
-                    "exploding, 2 bad input, 1 internal error.")
+                    "exploding, 4 inconclusive, 2 bad input, 1 internal error.")
     parser.add_argument("model", help="an .onnx file or a .json architecture spec")
     parser.add_argument("--inputs", metavar="NPZ", help="sample inputs (.npz, name -> array)")
-    parser.add_argument("--loss", choices=["mean_square", "cross_entropy", "sum"])
+    parser.add_argument("--loss",
+                        choices=["random_projection", "mean_square", "cross_entropy", "sum"])
+    parser.add_argument("--learning-rate", type=float, metavar="LR",
+                        help="SGD learning rate the relative-update rule asks about")
     parser.add_argument("--samples", type=int, metavar="N", help="independent seeded batches")
     parser.add_argument("--batch-size", type=int, metavar="N", help="size of dynamic batch axes")
     parser.add_argument("--seed", type=int, metavar="N")
@@ -90,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
             return _fail(f"cannot write {args.output}: {exc.strerror}", ExitCode.BAD_INPUT)
     else:
         sys.stdout.write(text if text.endswith("\n") else text + "\n")
-    return ExitCode.HEALTHY if report.verdict.status == "healthy" else ExitCode.UNHEALTHY
+    return for_verdict(report.verdict.status)
 
 
 def _render(report: Any, fmt: str, *, color: bool) -> str:

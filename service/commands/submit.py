@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from service.exit_codes import ExitCode
+from service.exit_codes import ExitCode, for_verdict
 
 # Job errors the user can fix (the engine's input errors and the service's size/time budgets).
 _INPUT_ERRORS = {"invalid_model", "external_data", "unsupported_operator", "invalid_spec",
@@ -32,8 +32,8 @@ def add_parser(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "submit", help="diagnose a model on a running GradDoctor service",
         description="Upload an ONNX model or a JSON spec to a GradDoctor service. With --wait, "
-        "wait for the verdict and exit 0 (healthy), 3 (vanishing/exploding), 2 (bad input) or "
-        "1 (error), like `graddoctor diagnose`.")
+        "wait for the verdict and exit 0 (healthy), 3 (vanishing/exploding), 4 (inconclusive), "
+        "2 (bad input) or 1 (error), like `graddoctor diagnose`.")
     parser.add_argument("path", type=Path, help="ONNX model (.onnx) or architecture spec (.json)")
     parser.add_argument("--url", required=True, help="service base URL, e.g. http://host:8000")
     parser.add_argument("--inputs", type=Path, help="sample inputs (.npz), ONNX models only")
@@ -125,8 +125,7 @@ def _show(job: dict[str, Any], args: argparse.Namespace, base: str) -> int:
         if job.get("reused_from"):
             print(f"(result reused from the identical job {job['reused_from']})")
         print(f"Report: {base}{job['links']['report']}")
-    healthy = (report.get("verdict") or {}).get("status") == "healthy"
-    return ExitCode.HEALTHY if healthy else ExitCode.UNHEALTHY
+    return for_verdict(str((report.get("verdict") or {}).get("status")))
 
 
 def _render_text(report: dict[str, Any]) -> str:

@@ -1,0 +1,257 @@
+"""The verdict rules of issue 9, each on the smallest model that shows it, through diagnose().
+
+Models use their libraries' own initializations (unit-gain LayerNorm, torch's default Linear and
+LSTM init) and the exporters' defaults where a file is involved, because that is what users have.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from diagnostics import diagnose
+from tests.onnx_export import export_dynamo, export_legacy
+
+QUICK = {"samples": 1, "verify_remedies": False}
+
+
+def linear(n_in: int, n_out: int, **extra) -> dict:
+    return {"type": "Linear", "in_features": n_in, "out_features": n_out, **extra}
+
+
+def relu_mlp(depth: int, gain: float = 1.0, width: int = 64, head: dict | None = None,
+             tail: list[dict] | None = None) -> dict:
+    std = gain * math.sqrt(2.0 / width)
+    layers: list[dict] = []
+    for _ in range(depth):
+        layers += [linear(width, width, init={"scheme": "normal", "std": std}), {"type": "ReLU"}]
+    layers.append(linear(width, 10, **(head or {})))
+    return {"inputs": [{"name": "x", "shape": [32, width]}], "layers": layers + (tail or [])}
+
+
+def fired(report) -> list[str]:
+    return [rule.rule for rule in report.verdict.evidence.rules if rule.fired]
+
+
+class TestProbeLoss:
+    def test_default_loss_sees_through_a_unit_gain_layernorm_output(self):
+        # mean(y²) of a unit-gain LayerNorm output is 1 whatever the input: with it everything
+        # below is rounding noise. The default random projection sees every direction.
+        spec = relu_mlp(6, tail=[{"type": "LayerNorm", "normalized_shape": 10, "eps": 1e-12}])
+        report = diagnose(spec, config=QUICK)
+        assert report.config.loss == "random_projection"
+        assert report.verdict.status == "healthy", report.verdict.summary
+        assert 0.1 < report.verdict.evidence.backward_signal_ratio.median < 10
+
+    @pytest.mark.parametrize("loss", ["mean_square", "sum"])
+    def test_a_degenerate_loss_the_caller_chose_is_inconclusive_never_vanishing(self, loss):
+        spec = relu_mlp(6, tail=[{"type": "LayerNorm", "normalized_shape": 10, "eps": 1e-12}])
+        report = diagnose(spec, config={**QUICK, "loss": loss})
+        assert report.config.loss == loss  # honoured exactly
+        assert report.verdict.status == "inconclusive", report.verdict.summary
+        assert fired(report)[0] == "rounding_noise"
+        evidence = report.verdict.evidence
+        assert evidence.rounding_noise_layer == "layers.13"
+        assert evidence.rounding_noise_ratio < 1e-5
+        # float64 shows what it is: the exact gradient below the LayerNorm is zero.
+        assert evidence.rounding_noise_ratio_float64 < evidence.rounding_noise_ratio * 1e-3
+        assert "layers.13" in report.verdict.summary
+        assert "random_projection" in report.verdict.summary
+        assert report.samples.runs[0].status == "inconclusive"
+
+    def test_softmax_output_under_sum_is_rounding_noise(self):
+        spec = {"inputs": [{"name": "x", "shape": [16, 32]}],
+                "layers": [linear(32, 32), {"type": "ReLU"}, linear(32, 32), {"type": "ReLU"},
+                           linear(32, 8), {"type": "Softmax", "dim": -1}]}
+        assert diagnose(spec, config={**QUICK, "loss": "sum"}).verdict.status == "inconclusive"
+        assert diagnose(spec, config=QUICK).verdict.status == "healthy"
+
+    def test_a_real_loss_of_signal_is_not_called_noise(self):
+        # A sigmoid output saturated by a large bias really loses the signal, in any precision.
+        spec = {"inputs": [{"name": "x", "shape": [16, 32]}],
+                "layers": [linear(32, 32), {"type": "ReLU"}, linear(32, 32), {"type": "ReLU"},
+                           linear(32, 8, bias_init={"scheme": "constant", "value": 12.5}),
+                           {"type": "Sigmoid"}]}
+        report = diagnose(spec, config=QUICK)
+        evidence = report.verdict.evidence
+        assert evidence.rounding_noise_ratio is not None
+        assert evidence.rounding_noise_ratio_float64 == pytest.approx(
+            evidence.rounding_noise_ratio, rel=0.01)
+        assert "rounding_noise" not in fired(report)
+
+
+class TestNoGradient:
+    def test_a_constant_output_is_vanishing_by_a_named_rule(self):
+        spec = {"inputs": [{"name": "x", "shape": [8, 16]}],
+                "layers": [linear(16, 16), {"type": "ReLU"}, linear(16, 1),
+                           {"type": "Softmax", "dim": -1}]}
+        report = diagnose(spec, config=QUICK)
+        assert report.verdict.status == "vanishing"
+        assert fired(report) == ["no_gradient"]
+        assert report.verdict.evidence.gradient_stops_at == "layers.3"
+        assert "softmax over one unit" in report.verdict.summary
+        assert all(p.grad_norm.max == 0 for layer in report.layers for p in layer.parameters)
+
+    def test_a_dead_layer_is_named_before_the_generic_rule(self):
+        spec = {"inputs": [{"name": "x", "shape": [16, 32]}],
+                "layers": [linear(32, 32), {"type": "ReLU"},
+                           linear(32, 32, bias_init={"scheme": "constant", "value": -50.0}),
+                           {"type": "ReLU"}, linear(32, 4)]}
+        report = diagnose(spec, config=QUICK)
+        assert report.verdict.status == "vanishing"
+        assert fired(report)[0] == "dead_layer"
+        assert report.verdict.evidence.dead_layers_blocking == ["layers.3"]
+
+
+class TestReadout:
+    def test_zero_initialized_head_is_healthy_and_the_body_is_still_judged(self):
+        report = diagnose(relu_mlp(10, head={"init": {"scheme": "constant", "value": 0.0}}),
+                          config=QUICK)
+        evidence = report.verdict.evidence
+        assert report.verdict.status == "healthy", report.verdict.summary
+        assert evidence.readout_layers == ["layers.20"]
+        assert evidence.readout_scale == 0
+        assert "zero-initialized" in report.verdict.summary
+        assert 0.1 < evidence.backward_signal_ratio.median < 10
+        head = next(layer for layer in report.layers if layer.name == "layers.20")
+        assert head.parameters[0].grad_norm.median > 0  # its own gradient is not small
+        assert head.parameters[0].weight_norm == 0  # and the model was given back unchanged
+        assert any(cause.id == "small_readout" for cause in report.causes)
+
+    def test_scaled_down_head_is_not_vanishing(self):
+        report = diagnose(relu_mlp(10, head={"init": {"scheme": "normal", "std": 1e-4}}),
+                          config=QUICK)
+        assert report.verdict.status == "healthy", report.verdict.summary
+        assert report.verdict.evidence.readout_scale < 0.01
+        assert any(cause.id == "small_readout" for cause in report.causes)
+
+    def test_the_hidden_profile_still_finds_a_vanishing_body(self):
+        report = diagnose(relu_mlp(10, gain=0.3), config=QUICK)
+        assert report.verdict.status == "vanishing"
+        assert fired(report)[0] == "backward_signal_vanishing"
+
+
+class TokenModel(nn.Module):
+    """A ViT-like stem: a class token at timm's std 1e-6 prepended to projected patches (pooled
+    by their mean, so every token reaches the head without an attention layer)."""
+
+    def __init__(self, dim: int = 32) -> None:
+        super().__init__()
+        self.proj = nn.Linear(16, dim)
+        self.cls_token = nn.Parameter(torch.randn(1, 1, dim) * 1e-6)
+        self.norm = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.Linear(dim, dim))
+        self.head = nn.Linear(dim, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), self.proj(x)], dim=1)
+        tokens = tokens + self.mlp(self.norm(tokens))
+        return self.head(tokens.mean(dim=1))
+
+
+class TestRelativeUpdate:
+    def test_near_zero_class_token_is_judged_against_its_intended_scale(self):
+        torch.manual_seed(0)
+        model = TokenModel().eval()
+        report = diagnose(export_legacy(model, (torch.randn(2, 6, 16),)), config=QUICK)
+        evidence = report.verdict.evidence
+        assert report.verdict.status == "healthy", report.verdict.summary
+        assert "cls_token" in evidence.reference_scale_parameters
+        token = next(p for layer in report.layers for p in layer.parameters
+                     if p.name == "cls_token")
+        assert token.grad_to_weight.median > 1e3  # ‖g‖/‖W‖ alone would call it exploding
+
+    def test_the_learning_rate_is_what_the_rule_asks_about(self):
+        spec = relu_mlp(4)
+        calm = diagnose(spec, config={**QUICK, "learning_rate": 1e-2})
+        assert calm.verdict.status == "healthy"
+        step = calm.verdict.evidence.max_relative_step
+        wild = diagnose(spec, config={**QUICK, "learning_rate": 2e-2 / step})
+        assert wild.verdict.status == "exploding"
+        assert fired(wild) == ["relative_update"]
+        assert wild.verdict.evidence.max_relative_step == pytest.approx(2.0, rel=1e-6)
+        lower = next(r for r in wild.remedies if r.id == "lower-learning-rate")
+        assert lower.params["learning_rate"] < 2e-2 / step
+
+
+class TestForwardScale:
+    def test_weights_three_times_the_fan_in_rule_explode_forward(self):
+        report = diagnose(relu_mlp(10, gain=3.0), config=QUICK)
+        assert report.verdict.status == "exploding"
+        assert "forward_scale_exploding" in fired(report)
+        assert report.verdict.evidence.forward_growth.median > 1e3
+        assert report.verdict.summary.startswith("Exploding (forward_scale_exploding)")
+
+
+def _conv_bn(bn: bool = True) -> nn.Module:
+    layers: list[nn.Module] = []
+    channels = 3
+    for _ in range(3):
+        layers += [nn.Conv2d(channels, 8, 3, padding=1, bias=not bn)]
+        layers += [nn.BatchNorm2d(8)] if bn else []
+        layers += [nn.ReLU()]
+        channels = 8
+    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4)).eval()
+
+
+class TestFoldedBatchNorm:
+    ARGS = (torch.randn(2, 3, 8, 8),)
+
+    @pytest.mark.parametrize("exporter", ["legacy", "dynamo"])
+    def test_default_exports_fold_batchnorm_and_are_inconclusive(self, exporter):
+        torch.manual_seed(0)
+        model = _conv_bn()
+        data = (export_legacy(model, self.ARGS) if exporter == "legacy"
+                else export_dynamo(model, self.ARGS))
+        report = diagnose(data, config=QUICK)
+        assert report.verdict.status == "inconclusive"
+        assert fired(report) == ["folded_batchnorm"]
+        assert len(report.verdict.evidence.folded_normalization) == 3
+        assert "do_constant_folding=False" in report.verdict.summary
+        assert "optimize=False" in report.verdict.summary
+        assert any("folded BatchNorm" in note for note in report.notes)
+
+    @pytest.mark.parametrize("exporter", ["legacy", "dynamo"])
+    def test_unfolded_exports_are_judged_and_carry_no_folding_note(self, exporter):
+        torch.manual_seed(0)
+        model = _conv_bn()
+        data = (export_legacy(model, self.ARGS, do_constant_folding=False)
+                if exporter == "legacy" else export_dynamo(model, self.ARGS, optimize=False))
+        report = diagnose(data, config=QUICK)
+        assert report.verdict.status == "healthy", report.verdict.summary
+        assert report.verdict.evidence.folded_normalization == []
+        assert not any("folded" in note for note in report.notes)
+
+    def test_a_net_that_never_had_batchnorm_gets_no_folding_note(self):
+        torch.manual_seed(0)
+        report = diagnose(export_legacy(_conv_bn(bn=False), self.ARGS), config=QUICK)
+        assert report.verdict.evidence.folded_normalization == []
+        assert not any("folded" in note for note in report.notes)
+        assert report.verdict.status == "healthy", report.verdict.summary
+
+
+class TestTemporal:
+    @staticmethod
+    def _recurrent(cell: str, steps: int) -> dict:
+        return {"inputs": [{"name": "seq", "shape": [8, steps, 2]}],
+                "layers": [{"type": cell, "input_size": 2, "hidden_size": 32,
+                            "batch_first": True}, linear(32, 1)]}
+
+    def test_vanilla_rnn_whose_horizon_is_far_below_the_sequence_is_vanishing(self):
+        report = diagnose(self._recurrent("RNN", 100), config=QUICK)
+        assert report.verdict.status == "vanishing", report.verdict.summary
+        assert fired(report) == ["temporal_vanishing"]
+        assert report.temporal[0].effective_horizon < 50
+
+    @pytest.mark.parametrize("cell", ["LSTM", "GRU"])
+    def test_gated_cells_at_default_init_stay_healthy(self, cell):
+        report = diagnose(self._recurrent(cell, 100), config=QUICK)
+        assert report.verdict.status == "healthy", report.verdict.summary
+        assert "temporal_vanishing" not in fired(report)
+
+    def test_a_short_sequence_the_rnn_spans_is_healthy(self):
+        report = diagnose(self._recurrent("RNN", 8), config=QUICK)
+        assert report.verdict.status == "healthy", report.verdict.summary
