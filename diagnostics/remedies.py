@@ -380,8 +380,9 @@ def _clip_gradients(context: Context) -> Candidate | None:
         params = {"max_norm": max_norm, "norm_type": 2.0, "measured_total_grad_norm": _round(total),
                   "clipped_update_norm": _round(clipped),
                   "clipped_max_grad_to_weight": _round(g2w * clipped / total) if g2w else None}
-        rationale = (f"the total gradient norm is {total:.3g} and the largest ‖∂L/∂W‖/‖W‖ is "
-                     f"{g2w:.3g} ({verdict.evidence.max_grad_to_weight_parameter}); clipping at "
+        largest = (f" and the largest ‖∂L/∂W‖/‖W‖ is {g2w:.3g} "
+                   f"({verdict.evidence.max_grad_to_weight_parameter})" if g2w else "")
+        rationale = (f"the total gradient norm is {total:.3g}{largest}; clipping at "
                      f"max_norm={max_norm:g} bounds every step to at most the weight's own size at "
                      "learning rate 1 (Pascanu et al. 2013)")
     remedy = Remedy(

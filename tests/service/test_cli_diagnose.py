@@ -88,6 +88,20 @@ def test_he_residual_cnn_onnx_is_healthy_and_json_is_the_report(tmp_path):
     assert {layer["op_type"] for layer in report["layers"]} >= {"Conv", "Relu", "Gemm"}
 
 
+def test_default_export_with_folded_batchnorm_exits_4_saying_how_to_reexport(tmp_path):
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
+                        nn.Conv2d(8, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
+                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4)).eval()
+    model = tmp_path / "folded.onnx"
+    model.write_bytes(export_legacy(net, (torch.randn(2, 3, 8, 8),)))  # the exporter's defaults
+    assert main(["diagnose", str(model), "--samples", "1", "--format", "json",
+                 "--output", str(tmp_path / "r.json")]) == 4
+    verdict = json.loads((tmp_path / "r.json").read_text())["verdict"]
+    assert verdict["status"] == "inconclusive"
+    assert "do_constant_folding=False" in verdict["summary"]
+
+
 def test_repaired_model_rediagnoses_healthy(tmp_path):
     model = deep_sigmoid_onnx(tmp_path / "sigmoid.onnx")
     fixed = tmp_path / "fixed.onnx"
