@@ -12,6 +12,9 @@ classifiers, exported with each PyTorch exporter's DEFAULT settings:
 - ``dynamo_embedded``: the same with ``external_data=False`` (weights inside the ``.onnx``), for
   loaders that do not read external data.
 
+For comparison, ``legacy_unfolded`` / ``dynamo_unfolded`` keep BatchNorm (no constant folding /
+no optimizer, weights embedded): the training graph that a default export of a BatchNorm net loses.
+
 Only ``input_names`` is passed besides the defaults (it names graph inputs and changes nothing
 else). Sizes are reduced where the architecture allows (small images, narrow widths, short
 sequences) but depth and the library's initialization are kept, because both shape the gradient
@@ -37,6 +40,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 EXPORTERS: tuple[str, ...] = ("legacy", "dynamo", "dynamo_embedded")
+# Not defaults, for comparison: BatchNorm kept (``do_constant_folding=False`` / ``optimize=False``,
+# weights embedded), the training graph a folded export has lost.
+UNFOLDED_EXPORTERS: tuple[str, ...] = ("legacy_unfolded", "dynamo_unfolded")
 
 
 class Exportable(NamedTuple):
@@ -245,7 +251,9 @@ def distilbert_classifier() -> Exportable:
 def _gpt2_config():
     from transformers import GPT2Config
 
-    return GPT2Config(vocab_size=VOCAB, n_embd=64, n_layer=12, n_head=4, n_positions=64)
+    # bos/eos inside the small vocabulary (GPT-2 has 50256; only generation reads them).
+    return GPT2Config(vocab_size=VOCAB, n_embd=64, n_layer=12, n_head=4, n_positions=64,
+                      bos_token_id=VOCAB - 1, eos_token_id=VOCAB - 1)
 
 
 @_seeded
@@ -394,6 +402,14 @@ def export_to(model: Exportable, exporter: str, path: Path) -> Path:
             torch.onnx.export(model.module, model.args, str(path), dynamo=True,
                               input_names=list(model.input_names), verbose=False,
                               external_data=False)
+        elif exporter == "legacy_unfolded":
+            torch.onnx.export(model.module, model.args, str(path), dynamo=False,
+                              input_names=list(model.input_names), do_constant_folding=False)
+        elif exporter == "dynamo_unfolded":
+            torch.onnx.export(model.module, model.args, str(path), dynamo=True,
+                              input_names=list(model.input_names), verbose=False,
+                              external_data=False, optimize=False)
         else:
-            raise ValueError(f"unknown exporter {exporter!r}; expected one of {EXPORTERS}")
+            raise ValueError(f"unknown exporter {exporter!r}; expected one of "
+                             f"{EXPORTERS + UNFOLDED_EXPORTERS}")
     return path

@@ -9,7 +9,8 @@ switched off: it re-probes repaired copies and never changes the verdict.
 The verdict must be ``healthy``. The one exception is an export whose BatchNorm the exporter folded
 into the convolutions: the file no longer holds the training graph (no normalization), so
 ``inconclusive`` with the ``folded_batchnorm`` rule is also a right answer. ``vanishing`` or
-``exploding`` never is. The BatchNorm-folding note must appear exactly where BatchNorm was folded.
+``exploding`` never is. The BatchNorm-folding note must appear exactly where BatchNorm was folded,
+and the same BatchNorm nets exported with BatchNorm kept (no folding) must be healthy.
 
 Each file is exported once per session into a temporary directory. Most cases are slow (exports
 of real architectures take seconds each); the default run keeps a subset that covers a folded
@@ -26,7 +27,7 @@ import onnx
 import pytest
 
 from diagnostics import diagnose
-from tests.standard_models import BY_NAME, EXPORTERS, MODELS, export_to
+from tests.standard_models import BY_NAME, EXPORTERS, MODELS, UNFOLDED_EXPORTERS, export_to
 
 # (model, exporter) pairs in the default (CI) run; everything else is slow.
 FAST: frozenset[tuple[str, str]] = frozenset({
@@ -50,6 +51,12 @@ def _cases() -> list:
             cases.append(pytest.param(model.name, exporter, id=f"{model.name}-{exporter}",
                                       marks=() if fast else pytest.mark.slow))
     return cases
+
+
+def _unfolded_cases() -> list:
+    return [pytest.param(model.name, exporter, id=f"{model.name}-{exporter}",
+                         marks=() if (model.name, exporter) in FAST else pytest.mark.slow)
+            for model in MODELS if model.has_batch_norm for exporter in UNFOLDED_EXPORTERS]
 
 
 @pytest.fixture(scope="session")
@@ -120,3 +127,12 @@ def test_batch_norm_note_only_where_folded(name: str, exporter: str, export_dir:
         assert noted, f"{name} ({exporter}): BatchNorm was folded but no note says so"
     else:
         assert not noted, f"{name} ({exporter}) had no BatchNorm folded, yet: {noted}"
+
+
+@pytest.mark.parametrize(("name", "exporter"), _unfolded_cases())
+def test_unfolded_twin_is_healthy(name: str, exporter: str, export_dir: Path) -> None:
+    """The same BatchNorm net exported with BatchNorm kept is the training graph: healthy."""
+    status, fired, summary, notes = _diagnosed(_export(name, exporter, export_dir))
+    context = f"{name} ({exporter}): {status}, rules fired {list(fired)}: {summary}"
+    assert status == "healthy", context
+    assert not [note for note in notes if "BatchNorm" in note], notes
