@@ -296,23 +296,27 @@ def t5_encoder() -> Exportable:
 # --- timm -------------------------------------------------------------------------------------
 
 
-def _timm(name: str, **kwargs) -> Exportable:
+def _timm(name: str) -> Exportable:
     import timm
 
-    return Exportable(timm.create_model(name, pretrained=False, **kwargs), _image(size=32),
-                      ("input",))
+    # The registered config exactly, at its native 224 px: the class token's gradient relative to
+    # its 1e-6 init (what the relative-update rule reads) depends on the token count and width.
+    return Exportable(timm.create_model(name, pretrained=False), _image(size=224), ("input",))
 
 
 @_seeded
 def timm_vit() -> Exportable:
-    """timm ``vit_tiny_patch16_224`` (12 layers, dim 192), 32 px, patch 4; cls token std 1e-6."""
-    return _timm("vit_tiny_patch16_224", img_size=32, patch_size=4)
+    """timm ``vit_tiny_patch16_224`` (12 layers, dim 192, 224 px); class token at std 1e-6."""
+    return _timm("vit_tiny_patch16_224")
 
 
 @_seeded
 def timm_deit() -> Exportable:
-    """timm ``deit_tiny_distilled_patch16_224`` at 32 px, patch 4: cls + distillation tokens."""
-    return _timm("deit_tiny_distilled_patch16_224", img_size=32, patch_size=4)
+    """timm ``deit_tiny_distilled_patch16_224`` (224 px): class and distillation tokens.
+
+    (Plain ``deit_tiny_patch16_224`` builds the same module as ``vit_tiny_patch16_224``.)
+    """
+    return _timm("deit_tiny_distilled_patch16_224")
 
 
 # --- torch recurrent --------------------------------------------------------------------------
@@ -372,9 +376,9 @@ MODELS: tuple[StandardModel, ...] = (
                   llama_hidden, "transformers"),
     StandardModel("t5_encoder", "T5EncoderModel 6x64 (transformers)", t5_encoder,
                   "transformers"),
-    StandardModel("timm_vit", "vit_tiny_patch16_224 at 32 px / patch 4 (timm)", timm_vit, "timm"),
-    StandardModel("timm_deit", "deit_tiny_distilled_patch16_224 at 32 px / patch 4 (timm)",
-                  timm_deit, "timm"),
+    StandardModel("timm_vit", "vit_tiny_patch16_224, 224 px (timm)", timm_vit, "timm"),
+    StandardModel("timm_deit", "deit_tiny_distilled_patch16_224, 224 px (timm)", timm_deit,
+                  "timm"),
     StandardModel("lstm", "nn.LSTM 2x64, 32 steps, last-step head", lstm, "torch", slow=False),
     StandardModel("gru", "nn.GRU 2x64, 32 steps, last-step head", gru, "torch"),
 )

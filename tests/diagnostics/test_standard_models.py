@@ -31,14 +31,21 @@ from tests.standard_models import BY_NAME, EXPORTERS, MODELS, UNFOLDED_EXPORTERS
 
 # (model, exporter) pairs in the default (CI) run; everything else is slow.
 FAST: frozenset[tuple[str, str]] = frozenset({
-    ("resnet18", "legacy"),
-    ("resnet18", "dynamo"),
-    ("bert_hidden", "legacy"),
-    ("lstm", "dynamo_embedded"),
+    ("resnet18", "legacy"),           # BatchNorm folded by constant folding
+    ("resnet18", "dynamo"),           # the default dynamo export: weights in an external file
+    ("resnet18", "legacy_unfolded"),  # the same net with BatchNorm kept
+    ("vit", "legacy"),                # torchvision's zero-initialized head
+    ("bert_hidden", "legacy"),        # LayerNorm output: a degenerate mean-square loss
+    ("lstm", "dynamo_embedded"),      # recurrent
 })
 # Exports the exporter itself cannot make (not GradDoctor's to fix): (model, exporter) -> the
 # text the exporter's error contains. The test skips only when the export raises with that text.
-EXPORTER_FAILS: dict[tuple[str, str], str] = {}
+# T5: torch.export decomposes T5Attention's ``reshape`` of a transposed tensor into a ``view``
+# (torch 2.14.1, transformers 5.25), with or without an attention mask.
+EXPORTER_FAILS: dict[tuple[str, str], str] = {
+    ("t5_encoder", "dynamo"): "Failed to decompose the FX graph",
+    ("t5_encoder", "dynamo_embedded"): "Failed to decompose the FX graph",
+}
 CONFIG = {"verify_remedies": False}
 FOLDED_OK = {"healthy", "inconclusive"}
 
