@@ -118,9 +118,18 @@ def _diagnose(claim: Claim, folder: Path, store: Store,
 
 def _repaired_models(report: Any) -> dict[str, bytes]:
     """The ONNX file for each remedy that only changes initializer values, written now while
-    the worker holds the model (the API never loads one)."""
-    return {remedy.id: report.repaired_model(remedy.id)
-            for remedy in report.remedies if remedy.repairable}
+    the worker holds the model (the API never loads one). A model too large for one file gets
+    none (the remedy's advice stands)."""
+    from diagnostics.repair import RemedyNotRepairableError
+
+    models = {}
+    for remedy in report.remedies:
+        if remedy.repairable:
+            try:
+                models[remedy.id] = report.repaired_model(remedy.id)
+            except RemedyNotRepairableError as exc:
+                log.info("no repaired model for %s: %s", remedy.id, exc.detail)
+    return models
 
 
 def _render_html(report: Any) -> str | None:
