@@ -98,7 +98,7 @@ def http(out: Path, port: int = 8765) -> dict:
         _wait_ready(port)
         started = time.perf_counter()
         run = subprocess.run(
-            [sys.executable, "-m", "service.cli", "submit", str(out / MODEL), "--server",
+            [sys.executable, "-m", "service.cli", "submit", str(out / MODEL), "--url",
              f"http://127.0.0.1:{port}", "--config", str(out / "config.json"), "--wait",
              "--format", "json"], capture_output=True, text=True, env=env, check=False)
         elapsed = time.perf_counter() - started

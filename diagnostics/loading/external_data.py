@@ -25,7 +25,8 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Iterator
+import weakref
+from collections.abc import Iterator, MutableMapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
@@ -213,13 +214,16 @@ class ExternalWeights:
 
     lazy: dict[str, ExternalRef] = field(default_factory=dict)
     refs: dict[tuple[str, int, int, tuple[int, ...]], ExternalRef] = field(default_factory=dict)
-    _cache: dict[str, np.ndarray] = field(default_factory=dict)
+    # Weak: an array lives as long as a tensor made from it. Uses alive at the same time share
+    # one array; a converter that copies (onnx2torch's Gemm scales B into a new tensor) lets
+    # the file's array go at once instead of holding a second copy of every weight.
+    _cache: MutableMapping[str, np.ndarray] = field(default_factory=weakref.WeakValueDictionary)
 
     def __bool__(self) -> bool:
         return bool(self.lazy)
 
     def array(self, tensor: TensorProto) -> np.ndarray:
-        """``tensor``'s values; each lazy weight is read once and shared by every use."""
+        """``tensor``'s values; a lazy weight is read once and shared by the uses that hold it."""
         entries = external_entries(tensor)
         try:
             key = (entries.get("location", ""), int(entries.get("offset", "0")),
@@ -228,9 +232,11 @@ class ExternalWeights:
         except (KeyError, ValueError):
             raise ExternalDataError(f"tensor {tensor.name!r} points to external data that was "
                                     "not checked", tensor=tensor.name or None) from None
-        if tensor.name not in self._cache:
-            self._cache[tensor.name] = read_array(ref)
-        return self._cache[tensor.name]
+        array = self._cache.get(tensor.name)
+        if array is None:
+            array = read_array(ref)
+            self._cache[tensor.name] = array
+        return array
 
     def checkable(self, model: ModelProto) -> ModelProto:
         """A copy of ``model`` for onnx's checker and shape inference: each lazy weight is a
