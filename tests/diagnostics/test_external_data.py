@@ -214,3 +214,26 @@ def test_no_external_read_outside_a_load(folder: Path) -> None:
     weight = _model("w.bin").graph.initializer[0]
     with pytest.raises(ExternalDataError, match="not being read here"):
         initializer_array(weight)
+
+
+def test_repaired_model_of_an_external_data_model_is_one_file(tmp_path: Path) -> None:
+    """Weights read from external data are written back embedded: the repaired file loads
+    alone, with the remedy's new weights."""
+    torch.manual_seed(0)
+    layers: list[torch.nn.Module] = []
+    for _ in range(10):
+        layers += [torch.nn.Linear(80, 80), torch.nn.Sigmoid()]
+    net = torch.nn.Sequential(*layers, torch.nn.Linear(80, 4)).eval()
+    model = ZooModel(net, (torch.randn(4, 80),), ("x",), None, lambda name, _: name)
+    path = _export_to(model, tmp_path)
+    report = diagnose(path, config={"samples": 1})
+    repairable = [remedy.id for remedy in report.remedies if remedy.repairable]
+    assert repairable, [remedy.id for remedy in report.remedies]
+    repaired = onnx.load_from_string(report.repaired_model(repairable[0]))
+    assert not any(init.data_location == TensorProto.EXTERNAL
+                   for init in repaired.graph.initializer)
+    before = onnx.load(str(path)).graph.initializer
+    changed = [init.name for init, old in zip(repaired.graph.initializer, before, strict=True)
+               if not np.array_equal(initializer_array(init), numpy_helper.to_array(old))]
+    assert changed
+    load_onnx(repaired.SerializeToString())
