@@ -63,7 +63,7 @@ def _peak_from_time(stderr: str) -> int:
 
 
 def cli(out: Path) -> dict:
-    """``graddoctor diagnose`` under /usr/bin/time -v."""
+    """``graddoctor diagnose`` under /usr/bin/time -v (its maximum resident set size)."""
     config = out / "config.json"
     config.write_text(json.dumps(CONFIG))
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -84,34 +84,71 @@ def cli(out: Path) -> dict:
 
 
 def http(out: Path, port: int = 8765) -> dict:
-    """``graddoctor serve`` (embedded pool, one worker) and ``graddoctor submit``; the worker's
-    peak RSS is read from its own report of ru_maxrss via /proc after the job (children)."""
+    """``graddoctor serve`` (embedded pool, one worker) and ``graddoctor submit --wait``; the
+    peak is the largest high-water mark (VmHWM) among the server's processes, read after the
+    job while the worker is still alive."""
+    (out / "config.json").write_text(json.dumps(CONFIG))
     env = {**os.environ, "PYTHONPATH": str(ROOT), "GRADDOCTOR_DATA_DIR": str(out / "service"),
            "GRADDOCTOR_MAX_PARAMETERS": "1000000000",
            "GRADDOCTOR_MAX_UPLOAD_BYTES": str(8 * 1024**3),
            "GRADDOCTOR_JOB_MEMORY_LIMIT_MB": str(20 * 1024),
            "GRADDOCTOR_JOB_TIME_LIMIT_S": "3600", "GRADDOCTOR_WORKERS": "1"}
-    server = subprocess.Popen(
-        ["/usr/bin/time", "-v", sys.executable, "-m", "service.cli", "serve", "--port",
-         str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    server = subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "--port", str(port)],
+                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         _wait_ready(port)
         started = time.perf_counter()
         run = subprocess.run(
             [sys.executable, "-m", "service.cli", "submit", str(out / MODEL), "--url",
              f"http://127.0.0.1:{port}", "--config", str(out / "config.json"), "--wait",
-             "--format", "json"], capture_output=True, text=True, env=env, check=False)
+             "--no-reuse", "--format", "json"], capture_output=True, text=True, env=env,
+            check=False)
         elapsed = time.perf_counter() - started
+        peaks = {pid: _high_water_mark(pid) for pid in _descendants(server.pid)}
     finally:
         server.terminate()
-        _, stderr = server.communicate(timeout=60)
-    peak = _peak_from_time(stderr)  # the largest of the server and its worker processes
+        server.wait(timeout=120)
+    peak = max(peaks.values(), default=-1)
     result = {"path": "http", "exit": run.returncode, "wall_s": round(elapsed, 1),
               "peak_rss_bytes": peak, "weights_bytes": _weights_bytes(out),
-              "ratio": round(peak / _weights_bytes(out), 2)}
+              "ratio": round(peak / _weights_bytes(out), 2), "job": _job_times(run.stdout)}
     if run.returncode not in (0, 3):
         result["stderr"] = (run.stderr + run.stdout)[-2000:]
     return result
+
+
+def _job_times(stdout: str) -> dict | None:
+    try:
+        return json.loads(stdout).get("timings")
+    except ValueError:
+        return None
+
+
+def _descendants(root: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            children.setdefault(int(fields[1]), []).append(int(entry.name))
+    found, stack = [], [root]
+    while stack:
+        pid = stack.pop()
+        found.append(pid)
+        stack.extend(children.get(pid, []))
+    return found
+
+
+def _high_water_mark(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return -1
 
 
 def _wait_ready(port: int, timeout_s: float = 180) -> None:
