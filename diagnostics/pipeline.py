@@ -57,9 +57,21 @@ def read_source(source: Source, limits: Limits = DEFAULT_LIMITS) -> tuple[bytes 
                              file=str(path)) from None
 
 
+def model_folder(source: Source) -> Path | None:
+    """The folder an ONNX file given by path reads its external data from: its own."""
+    if isinstance(source, (bytes, Mapping)):
+        return None
+    if isinstance(source, str) and source.lstrip().startswith("{"):
+        return None
+    return Path(source).parent
+
+
 def load_model(payload: bytes | dict, *, name: str | None = None,
-               limits: Limits = DEFAULT_LIMITS, seed: int = 0) -> LoadedModel:
+               limits: Limits = DEFAULT_LIMITS, seed: int = 0,
+               data_dir: str | Path | None = None) -> LoadedModel:
     """Load ONNX bytes, JSON spec text (bytes starting with '{') or a spec dict.
+
+    ``data_dir`` is where an ONNX model's external data files are read from (None: refused).
 
     Raises:
         ModelLoadError, InvalidSpecError, UnsupportedOperatorError, ResourceLimitError.
@@ -69,23 +81,24 @@ def load_model(payload: bytes | dict, *, name: str | None = None,
 
     if isinstance(payload, dict) or payload.lstrip()[:1] == b"{":
         return load_spec(payload, limits=limits, seed=seed)
-    return load_onnx(payload, name=name, limits=limits)
+    return load_onnx(payload, name=name, limits=limits, data_dir=data_dir)
 
 
-def _load(payload: bytes | dict, name: str | None, limits: Limits,
-          seed: int) -> tuple[LoadedModel, dict | None]:
+def _load(payload: bytes | dict, name: str | None, limits: Limits, seed: int,
+          data_dir: str | Path | None) -> tuple[LoadedModel, dict | None]:
     """The model, and for specs the validated document that structural remedies edit."""
     if isinstance(payload, dict) or payload.lstrip()[:1] == b"{":
         from diagnostics.loading.spec import build_spec, parse_spec
 
         spec = parse_spec(payload, limits=limits)
         return build_spec(spec, seed=seed, limits=limits), spec.to_dict()
-    return load_model(payload, name=name, limits=limits, seed=seed), None
+    return load_model(payload, name=name, limits=limits, seed=seed, data_dir=data_dir), None
 
 
 def diagnose(source: Source, *, inputs: InputsSource | None = None,
              config: DiagnosisConfig | dict[str, Any] | None = None,
-             limits: Limits | None = None, progress: Progress | None = None) -> Report:
+             limits: Limits | None = None, progress: Progress | None = None,
+             data_dir: str | Path | None = None) -> Report:
     """Diagnose a model's gradients from sample forward+backward passes.
 
     Args:
@@ -95,6 +108,10 @@ def diagnose(source: Source, *, inputs: InputsSource | None = None,
         config: A :class:`DiagnosisConfig` or a dict of its fields.
         limits: Size budgets (the service passes its own); defaults to ``DEFAULT_LIMITS``.
         progress: Called with a short message at each stage (the CLI shows it).
+        data_dir: Folder holding the files an ONNX model keeps its weights in (external data,
+            ``model.onnx.data``). Default: the model file's own folder when ``source`` is a
+            path; with bytes and no ``data_dir``, external data is refused. Locations are
+            read only inside this folder (see ``diagnostics.loading.external_data``).
 
     Returns:
         The report. A vanishing or exploding verdict is a result, not an error.
@@ -111,7 +128,8 @@ def diagnose(source: Source, *, inputs: InputsSource | None = None,
     say("loading model")
     clock = time.perf_counter()
     payload, name = read_source(source, limits)
-    model, spec_document = _load(payload, name, limits, settings.seed)
+    folder = data_dir if data_dir is not None else model_folder(source)
+    model, spec_document = _load(payload, name, limits, settings.seed, folder)
     timings.load_s = time.perf_counter() - clock
 
     clock = time.perf_counter()
@@ -154,7 +172,8 @@ def diagnose(source: Source, *, inputs: InputsSource | None = None,
         notes=list(model.notes),
     )
     onnx_bytes = payload if model.source.kind == "onnx" else None
-    report._repair = RepairContext(onnx_bytes, model, batches, settings, candidates)
+    report._repair = RepairContext(onnx_bytes, model, batches, settings, candidates,
+                                   data_dir=folder)
     timings.total_s = time.perf_counter() - started
     return report
 

@@ -94,6 +94,11 @@ def probe_mode(module: nn.Module, norm_stats: NormStats) -> Iterator[None]:
                     getattr(sub, name).copy_(value)
 
 
+# Gradients at least this large are summarized inside the backward pass (freed at once); smaller
+# ones after it, which measured faster (the summaries then run back to back on warm caches).
+SUMMARIZE_AT_ONCE_ELEMENTS = 1 << 20
+
+
 def run_sample(model: LoadedModel, batch: SampleBatch, config: DiagnosisConfig, *,
                input_grads: frozenset[str] = frozenset()) -> SampleObservation:
     """Run one forward+backward pass on ``batch`` and collect the statistics.
@@ -151,8 +156,17 @@ def run_sample(model: LoadedModel, batch: SampleBatch, config: DiagnosisConfig, 
 
     def param_hook(name: str):
         def hook(param: torch.Tensor) -> None:
-            pending.append((name, param.grad))
+            grad = param.grad
             param.grad = None
+            if grad is not None and grad.numel() >= SUMMARIZE_AT_ONCE_ELEMENTS:
+                # A large gradient is summarized as soon as autograd has summed it and then
+                # dropped, so the pass never holds every gradient at once: on a large model
+                # that is what decides whether it fits in memory (GPT-2 large: weights plus all
+                # gradients is 2x the weights before anything else).
+                observed.parameters[name] = summarize_grad(
+                    grad, fp16_normal_min=thresholds.fp16_normal_min)
+                return
+            pending.append((name, grad))
 
         return hook
 

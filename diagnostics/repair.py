@@ -40,6 +40,7 @@ class RepairContext:
     batches: list[SampleBatch]
     config: DiagnosisConfig
     candidates: list[Candidate]
+    data_dir: Path | None = None  # where the source's external data files are
 
 
 def repaired_onnx(context: RepairContext, remedy_id: str) -> bytes:
@@ -76,6 +77,27 @@ def repaired_onnx(context: RepairContext, remedy_id: str) -> bytes:
         if tuple(values.shape) != tuple(target.dims):
             continue  # a parameter kept in another layout is never written half-right
         target.CopyFrom(numpy_helper.from_array(np.ascontiguousarray(values), name=name))
+    return _one_file(model, context.data_dir, remedy_id)
+
+
+# protobuf cannot serialize a message over 2 GiB.
+_PROTO_LIMIT = 2**31 - 1
+
+
+def _one_file(model: onnx.ModelProto, data_dir: Path | None, remedy_id: str) -> bytes:
+    """The repaired model as one file: external tensors it kept (constants) embedded."""
+    from diagnostics.limits import Limits
+    from diagnostics.loading.external_data import embed_external_data
+
+    if model.ByteSize() > _PROTO_LIMIT:
+        raise RemedyNotRepairableError(
+            f"the repaired model is over protobuf's 2 GB limit for one file; apply remedy "
+            f"{remedy_id!r} in your model code", remedy=remedy_id)
+    embed_external_data(model, data_dir, Limits(max_tensor_elements=_PROTO_LIMIT))
+    if model.ByteSize() > _PROTO_LIMIT:
+        raise RemedyNotRepairableError(
+            f"the repaired model is over protobuf's 2 GB limit for one file; apply remedy "
+            f"{remedy_id!r} in your model code", remedy=remedy_id)
     return model.SerializeToString()
 
 

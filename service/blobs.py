@@ -15,6 +15,10 @@ import time
 from pathlib import Path
 
 MODEL_FILE = "model.onnx"
+# An ONNX model's external data files (names are the tensors' locations), and an uploaded
+# archive before it is unpacked; see service/data_files.py.
+DATA_DIR = "data"
+ARCHIVE_FILE = "upload.archive"
 SPEC_FILE = "spec.json"
 INPUTS_FILE = "inputs.npz"
 REPORT_FILE = "report.html"

@@ -131,6 +131,8 @@ class JobService:
 def _content_hash(submission: Submission, config: dict[str, Any]) -> str:
     parts = [RESULT_VERSION, submission.kind, submission.model_sha256,
              submission.inputs_sha256 or "-", json.dumps(config, sort_keys=True)]
+    if submission.data_sha256:  # external data: the same .onnx with other weights differs
+        parts.append(submission.data_sha256)
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()
 
 

@@ -31,7 +31,8 @@ from diagnostics.loading.spec_json import (
     max_document_bytes,
     max_json_values,
 )
-from service.blobs import INPUTS_FILE, MODEL_FILE, SPEC_FILE
+from service.blobs import ARCHIVE_FILE, DATA_DIR, INPUTS_FILE, MODEL_FILE, SPEC_FILE
+from service.data_files import MAX_MEMBERS, data_path, is_archive_name, unpack_archive
 from service.errors import (
     NO_SPACE,
     BadRequestError,
@@ -46,6 +47,7 @@ from service.schemas import JobCreate, JobKind
 MAX_FIELD_BYTES = 64 * 1024
 _FILES = {"model": MODEL_FILE, "inputs": INPUTS_FILE}
 _FIELDS = ("config",)
+_DATA = "data"  # repeatable: one part per external data file, its filename the location
 
 
 class InvalidJSONError(BadRequestError):
@@ -61,6 +63,7 @@ class Submission:
     filename: str | None = None
     model_sha256: str = ""
     inputs_sha256: str | None = None
+    data_sha256: str | None = None  # the external data files (or the archive), if any
     sizes: dict[str, int] = field(default_factory=dict)
 
 
@@ -133,7 +136,7 @@ async def read_submission(request: Request, staging: Path, *, limit: int,
             boundary = options.get(b"boundary")
             if not boundary:
                 raise BadRequestError("multipart/form-data without a boundary")
-            return await _read_form(chunks, boundary, staging)
+            return await _read_form(chunks, boundary, staging, limit)
     except OSError as exc:
         if exc.errno in NO_SPACE:
             raise InsufficientStorageError("no space left for the upload on the server") from None
@@ -183,7 +186,8 @@ def _save_json(raw: bytes, staging: Path, limits: Limits) -> Submission:
                       sizes={"spec": len(canonical)})
 
 
-async def _read_form(chunks: AsyncIterator[bytes], boundary: bytes, staging: Path) -> Submission:
+async def _read_form(chunks: AsyncIterator[bytes], boundary: bytes, staging: Path,
+                     limit: int) -> Submission:
     form = _FormWriter(staging)
     parser = MultipartParser(boundary, form.callbacks())
     try:
@@ -196,7 +200,20 @@ async def _read_form(chunks: AsyncIterator[bytes], boundary: bytes, staging: Pat
         form.close()
     if not form.ended:
         raise BadRequestError("truncated multipart body")
-    return form.submission()
+    submission = form.submission()
+    if form.archive is not None:  # unpacking reads and writes up to `limit` bytes: off the loop
+        await run_in_threadpool(_unpack, form, submission, staging, limit)
+    return submission
+
+
+def _unpack(form: _FormWriter, submission: Submission, staging: Path, limit: int) -> None:
+    archive = staging / ARCHIVE_FILE
+    try:
+        name = unpack_archive(archive, form.archive or "", staging, limit)
+    finally:
+        archive.unlink(missing_ok=True)
+    submission.filename = _clean_filename(name.encode()) or submission.filename
+    submission.data_sha256 = submission.model_sha256  # the archive holds model and data
 
 
 class _FormWriter:
@@ -210,6 +227,9 @@ class _FormWriter:
         self.sizes: dict[str, int] = {}
         self.fields: dict[str, bytearray] = {}
         self.filename: str | None = None
+        self.archive: str | None = None  # the model part's filename when it is an archive
+        self.data_files: dict[str, str] = {}  # location -> sha256
+        self._location = ""
         self._headers: dict[bytes, bytes] = {}
         self._name = self._value = b""
         self._part: str | None = None
@@ -238,22 +258,45 @@ class _FormWriter:
     def _headers_done(self) -> None:
         _, options = parse_options_header(self._headers.get(b"content-disposition", b""))
         name = options.get(b"name", b"").decode("utf-8", "replace")
+        if name == _DATA:
+            self._begin_data(options.get(b"filename"))
+            return
         if name not in _FILES and name not in _FIELDS:
             raise BadRequestError(f"unexpected form field {name[:64]!r}; expected 'model' (ONNX "
-                                  "file), 'inputs' (.npz file) and 'config' (JSON)",
+                                  "file or .zip/.tar archive), 'data' (external data files, "
+                                  "repeatable), 'inputs' (.npz file) and 'config' (JSON)",
                                   field=name[:64])
         if name in self.seen:
             raise BadRequestError(f"form field {name!r} given more than once", field=name)
         self.seen.add(name)
         self._part = name
         if name in _FILES:
+            target = self.staging / _FILES[name]
             if name == "model":
-                self.filename = _clean_filename(options.get(b"filename", b""))
-            self._file = open(self.staging / _FILES[name], "wb")
+                raw = options.get(b"filename", b"")
+                self.filename = _clean_filename(raw)
+                if is_archive_name(self.filename):
+                    self.archive, target = self.filename, self.staging / ARCHIVE_FILE
+            self._file = open(target, "wb")
             self._hash = hashlib.sha256()
             self.sizes[name] = 0
         else:
             self.fields[name] = bytearray()
+
+    def _begin_data(self, raw: bytes | None) -> None:
+        """A 'data' part: written under data/ at the path its filename names (checked)."""
+        location = (raw or b"").decode("utf-8", "replace")
+        if not location:
+            raise InvalidRequestError("data: each data part needs a filename, the location "
+                                      "its tensors name (e.g. model.onnx.data)", field="data")
+        if len(self.data_files) >= MAX_MEMBERS:
+            raise InvalidRequestError(f"data: more than {MAX_MEMBERS} data files",
+                                      field="data", max_files=MAX_MEMBERS)
+        self._file = open(data_path(self.staging / DATA_DIR, location), "wb")
+        self._part, self._location = _DATA, location
+        self._hash = hashlib.sha256()
+        self.sizes[_DATA] = self.sizes.get(_DATA, 0)
+        self.seen.add(_DATA)
 
     def _data(self, data: bytes, start: int, end: int) -> None:
         piece = data[start:end]
@@ -272,7 +315,10 @@ class _FormWriter:
         if self._file is not None:
             self._file.close()
             self._file = None
-            self.hashes[self._part or ""] = self._hash.hexdigest()
+            if self._part == _DATA:
+                self.data_files[self._location] = self._hash.hexdigest()
+            else:
+                self.hashes[self._part or ""] = self._hash.hexdigest()
         self._part = None
 
     def _end(self) -> None:
@@ -288,6 +334,10 @@ class _FormWriter:
                                       field="model")
         if self.sizes["model"] == 0:
             raise InvalidRequestError("model: the uploaded file is empty", field="model")
+        if self.archive is not None and self.data_files:
+            raise InvalidRequestError("data: send the data files inside the archive or as "
+                                      "'data' parts, not both", field="data")
+        (self.staging / DATA_DIR).mkdir(exist_ok=True, mode=0o700)
         if "inputs" in self.seen:
             with open(self.staging / INPUTS_FILE, "rb") as handle:
                 if handle.read(4) != b"PK\x03\x04":
@@ -298,9 +348,14 @@ class _FormWriter:
             config = parse_json(bytes(self.fields["config"]), "config")
             if not isinstance(config, dict):
                 raise InvalidRequestError("config: must be a JSON object", field="config")
+        data_sha256 = None
+        if self.data_files:
+            listing = json.dumps(sorted(self.data_files.items())).encode()
+            data_sha256 = hashlib.sha256(listing).hexdigest()
         return Submission(JobKind.ONNX, config=config, filename=self.filename,
                           model_sha256=self.hashes["model"],
-                          inputs_sha256=self.hashes.get("inputs"), sizes=dict(self.sizes))
+                          inputs_sha256=self.hashes.get("inputs"), data_sha256=data_sha256,
+                          sizes=dict(self.sizes))
 
 
 def _clean_filename(raw: bytes) -> str | None:

@@ -2,8 +2,9 @@
 
 The pipeline, in order (each step only after the previous one passed):
 
-1. parse; refuse external data anywhere and anything over the size/work budgets
-   (:mod:`.onnx_checks`), before any onnx function that allocates tensors or follows paths;
+1. parse; refuse anything over the size/work budgets (:mod:`.onnx_checks`), then check every
+   external-data reference against the data folder (:mod:`.external_data`), before any onnx
+   function that allocates tensors or follows paths;
 2. every node has a converter at the model's opset (stock onnx2torch or ours in
    :mod:`diagnostics.loading.ops`);
 3. onnx's checker and strict shape inference;
@@ -23,6 +24,7 @@ import operator
 import re
 import types
 from collections.abc import Sequence
+from pathlib import Path
 
 import onnx2torch
 from onnx import GraphProto, ModelProto
@@ -31,9 +33,9 @@ from torch import fx
 import diagnostics.loading.ops  # noqa: F401  (registers our converters with onnx2torch)
 from diagnostics.errors import ModelLoadError, UnsupportedOperatorError
 from diagnostics.limits import DEFAULT_LIMITS, Limits
+from diagnostics.loading.external_data import prepare_external_data
 from diagnostics.loading.onnx_checks import (
     check_budgets,
-    check_external_data,
     check_supported_ops,
     one_line,
     opset_versions,
@@ -67,14 +69,16 @@ _WEIGHT_VIEWS = frozenset(
 _GENERATED_NAME = re.compile(r"^(onnx::|val_\d+$)")
 
 
-def load_onnx(data: bytes, *, name: str | None = None,
-              limits: Limits = DEFAULT_LIMITS) -> LoadedModel:
+def load_onnx(data: bytes, *, name: str | None = None, limits: Limits = DEFAULT_LIMITS,
+              data_dir: str | Path | None = None) -> LoadedModel:
     """Load an ONNX model into a probe-ready torch module.
 
     Args:
-        data: The ``.onnx`` file's bytes. External data is never read.
+        data: The ``.onnx`` file's bytes.
         name: Display name for the report (e.g. the file name); defaults to the graph's name.
         limits: Size and work budgets checked before anything is allocated.
+        data_dir: The folder that tensors stored as external data (``model.onnx.data``) are
+            read from, under the rules of :mod:`.external_data`; None refuses external data.
 
     Returns:
         A :class:`LoadedModel` in eval mode: ``module(*inputs)`` takes tensors in ``inputs``
@@ -84,24 +88,26 @@ def load_onnx(data: bytes, *, name: str | None = None,
     Raises:
         ModelLoadError: not ONNX, truncated, no graph or nodes, rejected by the checker or
             shape inference, or conversion failed.
-        ExternalDataError: a tensor keeps its data in an external file.
+        ExternalDataError: an external tensor that cannot be read safely (or any, without
+            ``data_dir``), naming the tensor and its location.
         UnsupportedOperatorError: an op has no converter at the model's opset.
         ResourceLimitError: the model is over one of ``limits``.
     """
     model = parse_model(data, limits)
     normalize_default_domain(model)
-    check_external_data(model, limits)
     check_budgets(model, limits, extra_parameters=identity_copy_elements(model.graph))
+    external = prepare_external_data(model, data_dir, limits)
     check_supported_ops(model)
-    inferred = validate_and_infer(model, limits)
+    inferred = external.restore(validate_and_infer(external.checkable(model), limits), model)
     check_outputs_computed(model.graph)
 
     display = assign_safe_names(model.graph)
     folded = tuple(display[name] for name in folded_batchnorm_nodes(model.graph))
     copies = materialize_identity_initializers(model.graph)
     inputs = input_specs(model.graph, inferred.graph)
-    module = _convert(model, display)
-    bound = bind_parameters(module, model.graph, opset_versions(model), display)
+    with external.reading():  # each external weight read once, straight into its tensor
+        module = _convert(model, display)
+        bound = bind_parameters(module, model.graph, opset_versions(model), display)
     output_names = tuple(value.name for value in model.graph.output)
     _return_outputs_in_order(module, model.graph)
     module.eval()

@@ -1,10 +1,9 @@
 """Safety and validity checks an ONNX model passes before anything converts or allocates it.
 
 The order matters and is kept by :func:`diagnostics.loading.onnx.load_onnx`: parse, then the
-structural walk (nesting, node count, external data, declared sizes, parameter budget) which only
-reads the protobuf, then the operator check, and only then onnx's checker and shape inference.
-Nothing here opens a file: external data is refused before any onnx function that could follow
-its path (``numpy_helper.to_array`` reads relative locations from the working directory).
+structural walk (nesting, node count, declared sizes, parameter budget) which only reads the
+protobuf, then the external-data references (:mod:`.external_data`), then the operator check,
+and only then onnx's checker and shape inference. Nothing here opens a file.
 """
 
 from __future__ import annotations
@@ -19,7 +18,6 @@ from onnx.defs import ONNX_DOMAIN, SchemaError, get_schema
 from onnx2torch.node_converters.registry import get_converter
 
 from diagnostics.errors import (
-    ExternalDataError,
     ModelLoadError,
     ResourceLimitError,
     UnsupportedOperatorError,
@@ -152,27 +150,6 @@ def iter_tensors(model: ModelProto, max_nesting: int) -> Iterator[tuple[str, Ten
                 yield f"{where}{suffix}", tensor
 
 
-def check_external_data(model: ModelProto, limits: Limits) -> None:
-    """Refuse any tensor that keeps its data outside the file.
-
-    Raises:
-        ExternalDataError: naming the first such tensor and where it is.
-    """
-    for where, tensor in iter_tensors(model, limits.max_nesting):
-        if tensor.data_location == TensorProto.EXTERNAL or len(tensor.external_data) > 0:
-            location = next(
-                (entry.value for entry in tensor.external_data if entry.key == "location"), ""
-            )
-            name = tensor.name or "(unnamed)"
-            raise ExternalDataError(
-                f"tensor {name!r} ({where}) keeps its data in an external file "
-                f"({one_line(repr(location), 120)}); external data is never read - save the model "
-                f"with its weights embedded (onnx.save_model(model, path, "
-                f"save_as_external_data=False))",
-                tensor=tensor.name or None, location=location or None,
-            )
-
-
 def element_count(dims) -> int:
     """Product of ``dims`` as a Python int (no overflow); negative dims are a load error."""
     dims = list(dims)
@@ -220,7 +197,7 @@ def check_budgets(model: ModelProto, limits: Limits, extra_parameters: int = 0) 
     """Node count, nesting, per-tensor elements and total float parameters, before any allocation.
 
     Args:
-        model: The parsed model (external data already refused).
+        model: The parsed model (external data not read yet: only shapes count).
         limits: The budgets.
         extra_parameters: Float elements the loader will add (copies of deduplicated
             initializers), counted against ``max_parameters`` too.

@@ -21,6 +21,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                     "exploding, 4 inconclusive, 2 bad input, 1 internal error.")
     parser.add_argument("model", help="an .onnx file or a .json architecture spec")
     parser.add_argument("--inputs", metavar="NPZ", help="sample inputs (.npz, name -> array)")
+    parser.add_argument("--data-dir", metavar="DIR",
+                        help="folder holding the model's external data files (model.onnx.data); "
+                        "default: the model file's folder")
+    parser.add_argument("--max-parameters", type=int, metavar="N",
+                        help="largest model accepted, in trainable elements (default: what this "
+                        "machine's available memory holds, 10 bytes each)")
+    parser.add_argument("--max-model-bytes", type=int, metavar="N",
+                        help="largest .onnx/.json file accepted (default: an eighth of the "
+                        "available memory, at most 2 GiB)")
     parser.add_argument("--loss",
                         choices=["random_projection", "mean_square", "cross_entropy", "sum"])
     parser.add_argument("--learning-rate", type=float, metavar="LR",
@@ -51,14 +60,59 @@ def build_config(args: argparse.Namespace) -> dict[str, Any]:
         if not isinstance(loaded, dict):
             raise _UsageError(f"config file {args.config} must hold a JSON object")
         config.update(loaded)
-    flags = {"loss": args.loss, "samples": args.samples, "batch_size": args.batch_size,
-             "seed": args.seed, "device": args.device}
+    flags = {"loss": args.loss, "learning_rate": args.learning_rate, "samples": args.samples,
+             "batch_size": args.batch_size, "seed": args.seed, "device": args.device}
     config.update({key: value for key, value in flags.items() if value is not None})
     return config
 
 
 class _UsageError(Exception):
     pass
+
+
+# Peak memory of a diagnosis is about 2.5x the weights (weights, gradients, the rest): 10 bytes
+# per float32 parameter. Measured on GPT-2 large, see the README ("How large a model fits").
+_BYTES_PER_PARAMETER = 10
+_PROTOBUF_LIMIT = 2 * 1024**3
+
+
+def available_memory() -> int | None:
+    """Bytes of memory this machine can give a new process now (MemAvailable), if known."""
+    try:
+        with open("/proc/meminfo") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def machine_limits(args: argparse.Namespace) -> Any:
+    """The engine budgets for a run on the user's own machine: the library defaults, raised
+    to what the available memory holds, and the --max-* flags on top."""
+    from dataclasses import replace
+
+    from diagnostics import Limits
+
+    limits = Limits()
+    memory = available_memory()
+    if memory:
+        limits = replace(
+            limits,
+            max_parameters=max(limits.max_parameters, memory // _BYTES_PER_PARAMETER),
+            max_model_bytes=max(limits.max_model_bytes, min(_PROTOBUF_LIMIT, memory // 8)))
+    for flag, field in (("max_parameters", "max_parameters"),
+                        ("max_model_bytes", "max_model_bytes")):
+        value = getattr(args, flag)
+        if value is not None:
+            if value < 1:
+                raise _UsageError(f"--{flag.replace('_', '-')} must be positive")
+            limits = replace(limits, **{field: value})
+    return limits
 
 
 def run(args: argparse.Namespace) -> int:
@@ -70,8 +124,12 @@ def run(args: argparse.Namespace) -> int:
         config = build_config(args)
         if not Path(args.model).is_file():
             return _fail(f"model file {args.model} does not exist", ExitCode.BAD_INPUT)
+        if args.data_dir is not None and not Path(args.data_dir).is_dir():
+            return _fail(f"data folder {args.data_dir} does not exist", ExitCode.BAD_INPUT)
+        limits = machine_limits(args)
         with _progress() as say:
-            report = diagnose(args.model, inputs=args.inputs, config=config, progress=say)
+            report = diagnose(args.model, inputs=args.inputs, config=config, progress=say,
+                              limits=limits, data_dir=args.data_dir)
         if args.fix:
             from diagnostics.repair import write_repaired_model
 

@@ -78,15 +78,61 @@ def _post(client: Any, args: argparse.Namespace) -> dict[str, Any]:
             raise SubmitError("--inputs works with ONNX models only", ExitCode.BAD_INPUT)
         body = {"spec": _read_json(args.path, "spec"), "config": config}
         return _check(client.post("/v1/diagnoses", json=body, params=params))
-    files: dict[str, Any] = {"model": (args.path.name, _open(args.path), "application/onnx")}
-    if args.inputs:
-        files["inputs"] = (args.inputs.name, _open(args.inputs), "application/octet-stream")
-    data = {"config": json.dumps(config)} if config is not None else {}
+    files: list[tuple[str, Any]] = []
     try:
+        files.append(("model", (args.path.name, _open(args.path), "application/onnx")))
+        for location in external_locations(args.path):
+            files.append(("data", (location, _open(args.path.parent / location),
+                                   "application/octet-stream")))
+        if args.inputs:
+            files.append(("inputs", (args.inputs.name, _open(args.inputs),
+                                     "application/octet-stream")))
+        data = {"config": json.dumps(config)} if config is not None else {}
         return _check(client.post("/v1/diagnoses", files=files, data=data, params=params))
     finally:
-        for _, handle, _ in files.values():
+        for _, (_, handle, _) in files:
             handle.close()
+
+
+def external_locations(path: Path) -> list[str]:
+    """The files an ONNX model keeps tensors in (``model.onnx.data`` ...), each once, checked
+    to be relative names inside the model's folder (the server refuses anything else anyway).
+    Reads the protobuf only (onnx, never torch); an archive or unreadable file has none."""
+    if path.suffix.lower() != ".onnx":
+        return []
+    try:
+        import onnx
+
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception:  # not ONNX: the server says what is wrong with it
+        return []
+    locations: dict[str, None] = {}
+    for tensor in _tensors(model.graph, depth=0):
+        entries = {entry.key: entry.value for entry in tensor.external_data}
+        if tensor.data_location == onnx.TensorProto.EXTERNAL or entries:
+            location = entries.get("location", "")
+            parts = location.replace("\\", "/").split("/")
+            if not location or location.startswith("/") or ".." in parts:
+                raise SubmitError(f"tensor {tensor.name!r} keeps its data at {location!r}, "
+                                  "which is not a file beside the model", ExitCode.BAD_INPUT)
+            if not (path.parent / location).is_file():
+                raise SubmitError(f"tensor {tensor.name!r} keeps its data in {location!r}, "
+                                  f"not found beside {path}", ExitCode.BAD_INPUT)
+            locations[location] = None
+    return list(locations)
+
+
+def _tensors(graph: Any, depth: int) -> Any:
+    yield from graph.initializer
+    if depth > 8:
+        return
+    for node in graph.node:
+        for attribute in node.attribute:
+            if attribute.HasField("t"):
+                yield attribute.t
+            yield from attribute.tensors
+            for sub in ([attribute.g] if attribute.HasField("g") else []) + list(attribute.graphs):
+                yield from _tensors(sub, depth + 1)
 
 
 def _wait(client: Any, job: dict[str, Any], timeout: float) -> dict[str, Any]:

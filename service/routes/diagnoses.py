@@ -22,7 +22,14 @@ _CREATE_BODY: dict[str, Any] = {
                 "required": ["model"],
                 "properties": {
                     "model": {"type": "string", "format": "binary",
-                              "description": "The ONNX model file."},
+                              "description": "The ONNX model file, or a .zip/.tar/.tar.gz "
+                              "archive (by its filename) holding exactly one .onnx and its "
+                              "external data files."},
+                    "data": {"type": "array", "items": {"type": "string", "format": "binary"},
+                             "description": "The model's external data files (what "
+                             "torch.onnx.export(dynamo=True) writes as model.onnx.data), one part "
+                             "each, the filename being the location its tensors name. Relative "
+                             "names only: '..', absolute paths, backslashes are refused (422)."},
                     "inputs": {"type": "string", "format": "binary",
                                "description": "Optional sample inputs: an .npz with one array "
                                "per model input, named after it."},

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from service.blobs import INPUTS_FILE, MODEL_FILE, SPEC_FILE, BlobStore
+from service.blobs import DATA_DIR, INPUTS_FILE, MODEL_FILE, SPEC_FILE, BlobStore
 from service.settings import Settings
 from service.store import Claim, Failure, Store
 from service.workers.limits import JobTimeLimitError, isolated_cwd, memory_limit, time_limit
@@ -92,12 +92,18 @@ def _diagnose(claim: Claim, folder: Path, store: Store,
     source: Any = (folder / MODEL_FILE if claim.kind == "onnx"
                    else json.loads((folder / SPEC_FILE).read_text(encoding="utf-8")))
     inputs = str(folder / INPUTS_FILE) if claim.has_inputs else None
+    # External data (model.onnx.data ...) was uploaded into the job's own data folder; the
+    # engine reads locations only inside it. Both worker kinds see the same job folders.
+    data_dir = folder / DATA_DIR if claim.kind == "onnx" else None
+    if data_dir is not None:
+        data_dir.mkdir(exist_ok=True, mode=0o700)
     limits = settings.limits
     try:
         with isolated_cwd(), time_limit(settings.job_time_limit_s), \
                 memory_limit(settings.job_memory_limit_bytes):
             report = diagnose(source, inputs=inputs, config=claim.config, limits=limits,
-                              progress=lambda stage: store.set_progress(claim, stage))
+                              progress=lambda stage: store.set_progress(claim, stage),
+                              data_dir=data_dir)
             html = _render_html(report)
             repaired = _repaired_models(report) if claim.kind == "onnx" else {}
             return report.model_dump(mode="json"), str(report.verdict.status), html, repaired
@@ -118,9 +124,18 @@ def _diagnose(claim: Claim, folder: Path, store: Store,
 
 def _repaired_models(report: Any) -> dict[str, bytes]:
     """The ONNX file for each remedy that only changes initializer values, written now while
-    the worker holds the model (the API never loads one)."""
-    return {remedy.id: report.repaired_model(remedy.id)
-            for remedy in report.remedies if remedy.repairable}
+    the worker holds the model (the API never loads one). A model too large for one file gets
+    none (the remedy's advice stands)."""
+    from diagnostics.repair import RemedyNotRepairableError
+
+    models = {}
+    for remedy in report.remedies:
+        if remedy.repairable:
+            try:
+                models[remedy.id] = report.repaired_model(remedy.id)
+            except RemedyNotRepairableError as exc:
+                log.info("no repaired model for %s: %s", remedy.id, exc.detail)
+    return models
 
 
 def _render_html(report: Any) -> str | None:

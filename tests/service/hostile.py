@@ -107,6 +107,73 @@ def external_data(location: str) -> bytes:
     return _bytes(model)
 
 
+def external_mlp(width: int = 80, location: str = "mlp.onnx.data", *,
+                 offset_shift: int = 0, length_extra: int = 0) -> tuple[bytes, bytes]:
+    """The test MLP with every weight in one external file, as ``dynamo=True`` writes it:
+    (model bytes, data bytes). ``width`` 80 makes the middle weight large enough that the engine
+    reads it lazily; ``offset_shift``/``length_extra`` make the references lie."""
+    model = onnx.load_from_string(onnx_mlp(width=width))
+    data = bytearray()
+    for tensor in model.graph.initializer:
+        raw = numpy_helper.to_array(tensor).tobytes()
+        offset = len(data)
+        data += raw
+        tensor.ClearField("raw_data")
+        tensor.ClearField("float_data")
+        tensor.data_location = TensorProto.EXTERNAL
+        for key, value in (("location", location), ("offset", str(offset + offset_shift)),
+                           ("length", str(len(raw) + length_extra))):
+            entry = tensor.external_data.add()
+            entry.key, entry.value = key, value
+    return _bytes(model), bytes(data)
+
+
+def zip_archive(members: dict[str, bytes], symlinks: dict[str, str] | None = None,
+                compress: bool = True) -> bytes:
+    """A .zip with these members (and symbolic links, as Info-ZIP stores them)."""
+    buffer = io.BytesIO()
+    method = zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED
+    with zipfile.ZipFile(buffer, "w", method) as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+        for name, target in (symlinks or {}).items():
+            info = zipfile.ZipInfo(name)
+            info.external_attr = (0o120777 << 16)
+            archive.writestr(info, target)
+    return buffer.getvalue()
+
+
+def tar_archive(members: dict[str, bytes], symlinks: dict[str, str] | None = None,
+                gz: bool = False) -> bytes:
+    """A .tar (or .tar.gz) with these members and symbolic links."""
+    import tarfile
+
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz" if gz else "w") as archive:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+        for name, target in (symlinks or {}).items():
+            info = tarfile.TarInfo(name)
+            info.type, info.linkname = tarfile.SYMTYPE, target
+            archive.addfile(info)
+    return buffer.getvalue()
+
+
+def zip_bomb(size: int = 64 * 2**20) -> bytes:
+    """A model archive whose data member inflates from ~70 KiB to ``size`` bytes of zeros."""
+    model, _ = external_mlp()
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED, compresslevel=9) as archive:
+        archive.writestr("m.onnx", model)
+        with archive.open("mlp.onnx.data", "w", force_zip64=True) as member:
+            chunk = bytes(2**20)
+            for _ in range(size // len(chunk)):
+                member.write(chunk)
+    return buffer.getvalue()
+
+
 # --- Model bombs ------------------------------------------------------------------------------
 
 def huge_initializer() -> bytes:

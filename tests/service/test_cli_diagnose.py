@@ -158,9 +158,41 @@ ERROR_CASES = {
                                                                               dtype=object)))],
                        "pickle"),
     "usage-error": (lambda d: ["diagnose"], "required"),
+    "external-data-missing": (lambda d: ["diagnose", str(_external(d, data=False))],
+                              "'mlp.onnx.data': no such file"),
+    "external-data-traversal": (lambda d: ["diagnose", str(_external(
+        d, location="../mlp.onnx.data"))], "'..'"),
+    "external-data-lying-offset": (lambda d: ["diagnose", str(_external(
+        d, offset_shift=1 << 20))], "beyond the end"),
+    "data-dir-missing": (lambda d: ["diagnose", str(_external(d)), "--data-dir",
+                                    str(d / "nowhere")], "does not exist"),
+    "max-parameters-flag": (lambda d: ["diagnose", str(_external(d)), "--max-parameters", "10"],
+                            "over the limit of 10"),
     "fix-without-output": (lambda d: ["diagnose", str(_write(d / "s.json", json.dumps(SPEC))),
                                       "--fix", "reinitialize"], "--fix-output"),
 }
+
+
+def _external(folder: Path, *, data: bool = True, **lies) -> Path:
+    """An MLP with its weights in ``mlp.onnx.data`` beside it (dynamo's layout)."""
+    from tests.service.hostile import external_mlp
+
+    model, weights = external_mlp(**lies)
+    if data:
+        (folder / "mlp.onnx.data").write_bytes(weights)
+    return _write(folder / "mlp.onnx", model)
+
+
+def test_external_data_beside_the_model_and_in_data_dir(tmp_path):
+    beside = run_cli("diagnose", str(_external(tmp_path)), "--samples", "1", "--format", "json")
+    assert beside.returncode == 0, beside.stderr
+    elsewhere = tmp_path / "weights"
+    elsewhere.mkdir()
+    (tmp_path / "mlp.onnx.data").rename(elsewhere / "mlp.onnx.data")
+    moved = run_cli("diagnose", str(tmp_path / "mlp.onnx"), "--samples", "1", "--format", "json",
+                    "--data-dir", str(elsewhere))
+    assert moved.returncode == 0, moved.stderr
+    assert json.loads(moved.stdout)["layers"] == json.loads(beside.stdout)["layers"]
 
 
 def _npz(path: Path, **arrays) -> Path:

@@ -20,7 +20,7 @@ import json
 import os
 import secrets
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, fields
 from functools import partial
@@ -197,6 +197,17 @@ def upload(model: Payload, inputs: Payload | None = None, config: Any = SMALL,
     return send
 
 
+def upload_data(model: bytes, data: Sequence[tuple[str, bytes]], config: Any = SMALL) -> Send:
+    """Multipart: an ONNX model and its external data files as 'data' parts named by location."""
+    def send(env: Env, client: httpx.Client) -> httpx.Response:
+        files = [("model", ("model.onnx", model, "application/octet-stream"))]
+        files += [("data", (name, payload, "application/octet-stream"))
+                  for name, payload in data]
+        return client.post("/v1/diagnoses", files=files, data={"config": json.dumps(config)},
+                           params={"wait": 60, "reuse": "false"})
+    return send
+
+
 def post_spec(spec: Any, config: Any = SMALL) -> Send:
     def send(env: Env, client: httpx.Client) -> httpx.Response:
         return client.post("/v1/diagnoses", json={"spec": spec, "config": config},
@@ -287,7 +298,12 @@ def _memory_limit_mentions() -> tuple[str, ...]:
 
 
 LIMIT = "limit"
-EXTERNAL = ("external file", "never read")
+EXTERNAL = ("external file",)
+EXT_MODEL, EXT_DATA = hostile.external_mlp()
+_LIAR_OFFSET, _ = hostile.external_mlp(offset_shift=len(EXT_DATA))
+_LIAR_LENGTH, _ = hostile.external_mlp(length_extra=4)
+_TRAVERSAL, _ = hostile.external_mlp(location="../mlp.onnx.data")
+_MANY_MEMBERS = {f"m/{index}.bin": b"x" for index in range(1001)}
 TIGHT_CTX = {name: {LIMIT: name, "limit_value": TIGHT[name]} for name in
              ("max_nodes", "max_nesting", "max_parameters", "max_tensor_elements",
               "max_input_elements")}
@@ -312,12 +328,60 @@ CASES: list[Case] = [
          Fails("invalid_model", ("protobuf decoding failed",))),
     # External data: refused before any path is followed.
     Case("external-absolute-path", upload(lambda env: hostile.external_data(str(env.secret.path))),
-         Fails("external_data", EXTERNAL, {"tensor": "w0"})),
+         Fails("external_data", (*EXTERNAL, "absolute"), {"tensor": "w0"})),
     Case("external-dotdot-traversal",
          upload(lambda env: hostile.external_data("../" * 16 + str(env.secret.path)[1:])),
-         Fails("external_data", EXTERNAL)),
+         Fails("external_data", (*EXTERNAL, "'..'"), {"tensor": "w0"})),
     Case("external-symlink", upload(lambda env: hostile.external_data(str(env.secret.link))),
-         Fails("external_data", EXTERNAL)),
+         Fails("external_data", (*EXTERNAL, "absolute"))),
+    Case("external-dotdot-with-data-uploaded",
+         upload_data(_TRAVERSAL, [("mlp.onnx.data", EXT_DATA)]),
+         Fails("external_data", ("'..'", "w0"), {"location": "../mlp.onnx.data"})),
+    Case("external-data-file-missing", upload_data(EXT_MODEL, []),
+         Fails("external_data", ("no such file", "mlp.onnx.data"), {"tensor": "w0"})),
+    Case("external-offset-beyond-file", upload_data(_LIAR_OFFSET, [("mlp.onnx.data", EXT_DATA)]),
+         Fails("external_data", ("beyond the end",), {"tensor": "w0"})),
+    Case("external-length-lies", upload_data(_LIAR_LENGTH, [("mlp.onnx.data", EXT_DATA)]),
+         Fails("external_data", ("length",), {"tensor": "w0"})),
+    Case("external-data-part-dotdot-name",
+         upload_data(EXT_MODEL, [("../mlp.onnx.data", EXT_DATA)]),
+         Refused(422, "invalid_archive", ("'..'",), {"name": "../mlp.onnx.data"})),
+    Case("external-data-part-absolute-name",
+         upload_data(EXT_MODEL, [(f"/tmp/{MARKER}.data", EXT_DATA)]),
+         Refused(422, "invalid_archive", ("absolute",))),
+    Case("external-data-parts", upload_data(EXT_MODEL, [("mlp.onnx.data", EXT_DATA)]),
+         Succeeds()),
+    Case("archive-zip", upload(hostile.zip_archive({"m/model.onnx": EXT_MODEL,
+                                                    "m/mlp.onnx.data": EXT_DATA}),
+                               filename="model.zip"), Succeeds(display_name("model.onnx"))),
+    Case("archive-tar-gz", upload(hostile.tar_archive({"model.onnx": EXT_MODEL,
+                                                       "mlp.onnx.data": EXT_DATA}, gz=True),
+                                  filename="model.tar.gz"), Succeeds()),
+    Case("archive-dotdot-member", upload(hostile.tar_archive(
+        {"model.onnx": EXT_MODEL, f"../../{MARKER}.data": EXT_DATA}), filename="m.tar"),
+         Refused(422, "invalid_archive", ("'..'", MARKER))),
+    Case("archive-absolute-member", upload(hostile.zip_archive(
+        {"model.onnx": EXT_MODEL, f"/tmp/{MARKER}.data": EXT_DATA}), filename="m.zip"),
+         Refused(422, "invalid_archive", ("absolute",))),
+    Case("archive-zip-symlink-member", upload(lambda env: hostile.zip_archive(
+        {"model.onnx": EXT_MODEL}, symlinks={"mlp.onnx.data": str(env.secret.path)}),
+        filename="m.zip"), Refused(422, "invalid_archive", ("symbolic link", "mlp.onnx.data"))),
+    Case("archive-tar-symlink-member", upload(lambda env: hostile.tar_archive(
+        {"model.onnx": EXT_MODEL}, symlinks={"mlp.onnx.data": str(env.secret.path)}),
+        filename="m.tar"), Refused(422, "invalid_archive", ("symbolic link", "mlp.onnx.data"))),
+    Case("archive-two-onnx", upload(hostile.zip_archive(
+        {"a.onnx": EXT_MODEL, "b.onnx": EXT_MODEL, "mlp.onnx.data": EXT_DATA}),
+        filename="m.zip"), Refused(422, "invalid_archive", ("exactly one .onnx", "'b.onnx'"))),
+    Case("archive-no-onnx", upload(hostile.zip_archive({"mlp.onnx.data": EXT_DATA}),
+                                   filename="m.zip"),
+         Refused(422, "invalid_archive", ("exactly one .onnx", "none"))),
+    Case("archive-1001-members", upload(hostile.zip_archive(
+        {"model.onnx": EXT_MODEL, **_MANY_MEMBERS}, compress=False), filename="m.zip"),
+         Refused(422, "invalid_archive", ("more than 1000 members",))),
+    Case("archive-zip-bomb", upload(hostile.zip_bomb, filename="m.zip"),
+         Refused(413, "payload_too_large", ("2,097,152",)), server="tight"),
+    Case("archive-not-an-archive", upload(EXT_MODEL, filename="m.zip"),
+         Refused(422, "invalid_archive", ("not a readable zip or tar",))),
     Case("external-https-url",
          upload(hostile.external_data("https://attacker.example/weights.bin")),
          Fails("external_data", (*EXTERNAL, "attacker.example"))),

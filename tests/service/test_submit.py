@@ -65,6 +65,26 @@ def test_onnx_model_exits_0(server: ServiceProcess, files: dict[str, Path]) -> N
     assert json.loads(result.stdout)["source"]["kind"] == "onnx"
 
 
+def test_external_data_beside_the_model_is_uploaded(server: ServiceProcess, tmp_path: Path,
+                                                    files: dict[str, Path]) -> None:
+    from tests.service.hostile import external_mlp
+
+    model, data = external_mlp()
+    (tmp_path / "ext.onnx").write_bytes(model)
+    (tmp_path / "mlp.onnx.data").write_bytes(data)
+    result = _submit(tmp_path / "ext.onnx", "--url", server.base_url, "--config",
+                     files["config"], "--wait", "--format", "json", "--no-reuse")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["source"]["kind"] == "onnx"
+    names = {param["name"] for layer in report["layers"] for param in layer["parameters"]}
+    assert {"w0", "w1", "w2"} <= names
+    (tmp_path / "mlp.onnx.data").unlink()
+    missing = _submit(tmp_path / "ext.onnx", "--url", server.base_url, "--wait")
+    assert missing.returncode == 2
+    assert "'mlp.onnx.data', not found beside" in missing.stderr
+
+
 @pytest.mark.parametrize(
     ("case", "extra", "needle"),
     [
