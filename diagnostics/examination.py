@@ -48,10 +48,10 @@ def examine(model: LoadedModel, batches: list[SampleBatch], config: DiagnosisCon
     target = temporal.find_target(model)
     with probe_mode(model.module, config.norm_stats):
         for number, batch in enumerate(batches, 1):
-            say(f"sample {number}/{len(batches)}: forward + backward")
+            say(f"probing sample {number}/{len(batches)}")
             observations.append(run_sample(model, batch, config))
         if target is not None:
-            say("temporal profile")
+            say("measuring the temporal profile")
             norms = [temporal.step_norms(model, batch, config, target) for batch in batches]
             if all(norms):
                 profiles.append(temporal.profile(target, norms, config.thresholds))

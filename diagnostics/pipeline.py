@@ -94,7 +94,9 @@ def diagnose(source: Source, *, inputs: InputsSource | None = None,
             them inputs are synthesized from ``config.seed``.
         config: A :class:`DiagnosisConfig` or a dict of its fields.
         limits: Size budgets (the service passes its own); defaults to ``DEFAULT_LIMITS``.
-        progress: Called with a short message at each stage (the CLI shows it).
+        progress: Called with a short message at each stage (the CLI shows it). Repeated
+            stages carry counts, ``"probing sample 2/3"``, ``"verifying remedy 1/4
+            (reinitialize)"``, so a caller can estimate the time left.
 
     Returns:
         The report. A vanishing or exploding verdict is a result, not an error.
@@ -108,7 +110,7 @@ def diagnose(source: Source, *, inputs: InputsSource | None = None,
     limits = limits or DEFAULT_LIMITS
     timings = Timings()
 
-    say("loading model")
+    say("loading the model")
     clock = time.perf_counter()
     payload, name = read_source(source, limits)
     model, spec_document = _load(payload, name, limits, settings.seed)
@@ -190,8 +192,7 @@ def _verified_remedies(candidates: list[Candidate], model: LoadedModel,
         reason = "not verified: verify_remedies is off"
     if not enabled:
         return skip_verification(candidates, reason)
-    say(f"verifying {sum(1 for c in candidates if c.edit)} remedies")
-    return verify(candidates, model, batches, config, before)
+    return verify(candidates, model, batches, config, before, progress=say)
 
 
 def _device(config: DiagnosisConfig) -> torch.device:

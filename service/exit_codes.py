@@ -8,3 +8,4 @@ class ExitCode(IntEnum):
     INTERNAL = 1       # a bug or an unexpected failure on our side
     BAD_INPUT = 2      # bad input or usage: the message names the file, field, node or op
     UNHEALTHY = 3      # diagnosis ran and the verdict is vanishing or exploding
+    REGRESSED = 5      # `compare`: gradient health got worse beyond --factor

@@ -6,10 +6,10 @@ import argparse
 import json
 import os
 import sys
-from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
+from service.commands._console import progress_display, quiet_third_party
 from service.exit_codes import ExitCode
 
 
@@ -20,6 +20,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                     "statistics, a verdict and remedies. Exit status: 0 healthy, 3 vanishing or "
                     "exploding, 2 bad input, 1 internal error.")
     parser.add_argument("model", help="an .onnx file or a .json architecture spec")
+    add_config_arguments(parser)
+    parser.add_argument("--format", choices=["text", "json"], default="text")
+    parser.add_argument("--output", metavar="FILE", help="write the report here, not stdout")
+    parser.add_argument("--fix", metavar="REMEDY_ID",
+                        help="write the model repaired by this remedy (see --fix-output)")
+    parser.add_argument("--fix-output", metavar="FILE", help="where --fix writes the ONNX model")
+    parser.set_defaults(run=run)
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags that set up a diagnosis (shared with `graddoctor compare`)."""
     parser.add_argument("--inputs", metavar="NPZ", help="sample inputs (.npz, name -> array)")
     parser.add_argument("--loss", choices=["mean_square", "cross_entropy", "sum"])
     parser.add_argument("--samples", type=int, metavar="N", help="independent seeded batches")
@@ -27,12 +38,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--seed", type=int, metavar="N")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--config", metavar="FILE", help="JSON file with any config field")
-    parser.add_argument("--format", choices=["text", "json"], default="text")
-    parser.add_argument("--output", metavar="FILE", help="write the report here, not stdout")
-    parser.add_argument("--fix", metavar="REMEDY_ID",
-                        help="write the model repaired by this remedy (see --fix-output)")
-    parser.add_argument("--fix-output", metavar="FILE", help="where --fix writes the ONNX model")
-    parser.set_defaults(run=run)
+    parser.add_argument("--verbose", action="store_true",
+                        help="let third-party warnings (converters, tracers) through to stderr")
 
 
 def build_config(args: argparse.Namespace) -> dict[str, Any]:
@@ -42,11 +49,11 @@ def build_config(args: argparse.Namespace) -> dict[str, Any]:
         try:
             loaded = json.loads(Path(args.config).read_text())
         except OSError as exc:
-            raise _UsageError(f"cannot read config file {args.config}: {exc.strerror}") from None
+            raise UsageError(f"cannot read config file {args.config}: {exc.strerror}") from None
         except json.JSONDecodeError as exc:
-            raise _UsageError(f"config file {args.config} is not valid JSON: {exc}") from None
+            raise UsageError(f"config file {args.config} is not valid JSON: {exc}") from None
         if not isinstance(loaded, dict):
-            raise _UsageError(f"config file {args.config} must hold a JSON object")
+            raise UsageError(f"config file {args.config} must hold a JSON object")
         config.update(loaded)
     flags = {"loss": args.loss, "samples": args.samples, "batch_size": args.batch_size,
              "seed": args.seed, "device": args.device}
@@ -54,7 +61,7 @@ def build_config(args: argparse.Namespace) -> dict[str, Any]:
     return config
 
 
-class _UsageError(Exception):
+class UsageError(Exception):
     pass
 
 
@@ -67,14 +74,14 @@ def run(args: argparse.Namespace) -> int:
         config = build_config(args)
         if not Path(args.model).is_file():
             return _fail(f"model file {args.model} does not exist", ExitCode.BAD_INPUT)
-        with _progress() as say:
+        with quiet_third_party(args.verbose), progress_display() as say:
             report = diagnose(args.model, inputs=args.inputs, config=config, progress=say)
-        if args.fix:
-            from diagnostics.repair import write_repaired_model
+            if args.fix:
+                from diagnostics.repair import write_repaired_model
 
-            write_repaired_model(report, args.fix, args.model, args.fix_output, config=config,
-                                 inputs=args.inputs)
-    except _UsageError as exc:
+                write_repaired_model(report, args.fix, args.model, args.fix_output,
+                                     config=config, inputs=args.inputs)
+    except UsageError as exc:
         return _fail(str(exc), ExitCode.BAD_INPUT)
     except DiagnosticsError as exc:
         return _fail(exc.detail, ExitCode.BAD_INPUT)
@@ -99,26 +106,6 @@ def _render(report: Any, fmt: str, *, color: bool) -> str:
     from diagnostics.render.text import render_text
 
     return render_text(report, color=color)
-
-
-def _progress() -> AbstractContextManager:
-    """Progress on stderr while the passes run (only when stderr is a terminal)."""
-    if not sys.stderr.isatty():
-        return nullcontext(lambda _message: None)
-    from rich.console import Console
-
-    console = Console(stderr=True)
-
-    class _Status:
-        def __enter__(self):
-            self._status = console.status("graddoctor: starting")
-            self._status.__enter__()
-            return lambda message: self._status.update(f"graddoctor: {message}")
-
-        def __exit__(self, *exc_info):
-            return self._status.__exit__(*exc_info)
-
-    return _Status()
 
 
 def _fail(message: str, code: ExitCode) -> int:
