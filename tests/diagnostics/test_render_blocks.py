@@ -1,0 +1,88 @@
+"""Grouping layers into blocks by module path, and the grouped HTML and text reports."""
+
+from __future__ import annotations
+
+import pytest
+
+from diagnostics.render import render_html, render_text
+from diagnostics.render.blocks import TOP_LEVEL, block_key, group_layers, worth_grouping
+from diagnostics.report import Flag, LayerReport, Stat
+from tests.report_factory import demo_report
+
+
+@pytest.mark.parametrize(("name", "key"), [
+    ("/model/encoder/layer.3/attention/self/key/MatMul", "model/encoder/layer.3"),
+    ("/model/encoder/layer.11/output/LayerNorm/LayerNormalization", "model/encoder/layer.11"),
+    ("/model/embeddings/word_embeddings/Gather", "model/embeddings"),
+    ("/model/pooler/dense/Gemm", "model/pooler"),
+    ("/layer2/layer2.1/conv1/Conv", "layer2/layer2.1"),
+    ("/Add_3", TOP_LEVEL),
+    ("Conv_0", TOP_LEVEL),
+    ("encoder.layer.3.attention.self.key", "encoder.layer.3"),
+    ("layer2.1.conv1", "layer2.1"),
+    ("layers.0[3].layers.1", "layers.0[3]"),
+    ("layers.7", "layers"),
+], ids=lambda value: value if "/" in value or "." in value else None)
+def test_block_key_is_the_path_up_to_the_first_index(name, key):
+    assert block_key(name) == key
+
+
+def _layer(index: int, name: str, signal: float, op: str = "MatMul",
+           flags: list[Flag] | None = None) -> LayerReport:
+    return LayerReport(name=name, op_type=op, index=index, depth=100 - index, kinds=[],
+                       output_grad_norm=Stat(median=signal, min=signal, max=signal),
+                       flags=flags or [])
+
+
+def _transformer_layers(blocks: int = 6, per_block: int = 5) -> list[LayerReport]:
+    layers = [_layer(0, "/model/embeddings/word_embeddings/Gather", 1.0, "Gather")]
+    for b in range(blocks):
+        for k in range(per_block):
+            # a zigzag inside each block: the skip path at 1, the attention path far below
+            layers.append(_layer(len(layers), f"/model/encoder/layer.{b}/attention/n{k}/MatMul",
+                                 1.0 if k % 2 else 1e-6,
+                                 flags=[Flag.VANISHING] if k == 2 else None))
+    return layers
+
+
+def test_blocks_keep_topological_order_and_report_their_extremes():
+    layers = _transformer_layers()
+    blocks = group_layers(layers)
+    assert [b.key for b in blocks] == ["model/embeddings",
+                                       *(f"model/encoder/layer.{b}" for b in range(6))]
+    assert worth_grouping(blocks, layers)
+    first = blocks[1]
+    assert first.label == "layer.0"
+    assert first.signal_max() == 1.0
+    assert first.signal_min() == 1e-6
+    assert [layer.name for layer in first.flagged] == ["/model/encoder/layer.0/attention/n2/MatMul"]
+    assert first.short_name(first.layers[0]) == "attention/n0"  # the op has its own column
+
+
+def test_a_flat_chain_is_not_grouped():
+    layers = [_layer(i, f"layers.{i}", 1.0) for i in range(40)]
+    assert not worth_grouping(group_layers(layers), layers)
+
+
+def test_grouped_html_has_a_details_block_each_and_names_in_titles():
+    report = demo_report(blocks=2)
+    report.layers = _transformer_layers()
+    page = render_html(report)
+    assert page.count("<details class=block") == 7
+    assert 'title="/model/encoder/layer.3/attention/n2/MatMul"' in page
+    assert "Layers (31 in 7 blocks)" in page
+    assert "block max" in page  # the caption says which per-block value is drawn
+    assert "vanishing ×1" not in page  # a single flag is not counted
+    assert "<script" not in page
+
+
+def test_grouped_text_has_a_block_table_then_layers_under_block_lines():
+    report = demo_report(blocks=2)
+    report.layers = _transformer_layers()
+    text = render_text(report)
+    assert "7 blocks (layers grouped by module path)" in text
+    assert "── block 3: model/encoder/layer.2" in text
+    block_rows = [line for line in text.splitlines() if "model/encoder/layer." in line
+                  and not line.startswith("──")]
+    assert len(block_rows) == 6
+    assert all(line.startswith("!") for line in block_rows)
