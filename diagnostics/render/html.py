@@ -150,6 +150,15 @@ def _flags(flags: Iterable[str]) -> str:
     return "".join(f"<span class=flag>{_t(f)}</span>" for f in flags)
 
 
+def _guide(item: object) -> str:
+    """A link to the guide's section on a rule, cause or remedy, when the report carries one.
+
+    Read with getattr: reports written before the ``doc`` field existed have none.
+    """
+    doc = getattr(item, "doc", None)
+    return f' <a class=guide href="{_t(doc)}">guide</a>' if doc else ""
+
+
 def _flag_counts(counts: Counter) -> str:
     """Flag chips with how many layers carry each (``vanishing ×4``)."""
     return "".join(f"<span class=flag>{_t(f)} ×{n}</span>" if n > 1 else _flags([f])
@@ -174,7 +183,7 @@ def _figure(svg: str, caption: str) -> str:
 def _verdict(verdict: Verdict) -> str:
     rules = _table(
         ["rule", "value", "threshold", "fired", "detail"],
-        (f"<tr class={'fired' if r.fired else 'quiet'}><td>{_t(r.rule)}</td>"
+        (f"<tr class={'fired' if r.fired else 'quiet'}><td>{_t(r.rule)}{_guide(r)}</td>"
          f"<td class=num>{number(r.value)}</td><td class=num>{number(r.threshold)}</td>"
          f"<td>{'yes' if r.fired else 'no'}</td><td>{_t(r.detail)}</td></tr>"
          for r in verdict.evidence.rules),
@@ -293,7 +302,7 @@ def _param_label(layer: LayerReport, param: ParameterStats) -> str:
 
 def _cause(cause: Cause) -> str:
     parts = [f"<article class=remedy><h3>{_t(cause.title)} <code class=muted>{_t(cause.id)}"
-             "</code></h3>"]
+             f"</code>{_guide(cause)}</h3>"]
     if cause.layers:
         shown = ", ".join(f"<code>{_t(n)}</code>" for n in cause.layers[:_MAX_LISTED_LAYERS])
         more = len(cause.layers) - _MAX_LISTED_LAYERS
@@ -305,7 +314,8 @@ def _cause(cause: Cause) -> str:
 
 def _remedy(remedy: Remedy) -> str:
     parts = [f"<article class=remedy><h3>{remedy.rank}. {_t(remedy.title)} "
-             f"<code class=muted>{_t(remedy.id)}</code></h3><p>{_t(remedy.rationale)}</p>"]
+             f"<code class=muted>{_t(remedy.id)}</code>{_guide(remedy)}</h3>"
+             f"<p>{_t(remedy.rationale)}</p>"]
     if remedy.layers:
         shown = ", ".join(f"<code>{_t(n)}</code>" for n in remedy.layers[:_MAX_LISTED_LAYERS])
         more = len(remedy.layers) - _MAX_LISTED_LAYERS

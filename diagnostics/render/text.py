@@ -33,8 +33,10 @@ from diagnostics.render._format import (
 from diagnostics.render.blocks import Block, group_layers, worth_grouping
 from diagnostics.report import Evidence, LayerReport, Remedy, Report, Status
 
-_STATUS_STYLE = {Status.HEALTHY: "bold green", Status.VANISHING: "bold yellow",
-                 Status.EXPLODING: "bold red"}
+# Keyed by the status string: "inconclusive" (a neutral outcome) may be newer than this module.
+_STATUS_STYLE: dict[str, str] = {
+    Status.HEALTHY: "bold green", Status.VANISHING: "bold yellow", Status.EXPLODING: "bold red",
+    "inconclusive": "bold magenta"}
 _MAX_LISTED_LAYERS = 8
 
 
@@ -67,6 +69,8 @@ def render_text(report: Report, color: bool = False, width: int = 120) -> str:
         console.print(Text("Causes", style="bold"))
         for cause in report.causes:
             line = Text(f"- {printable(cause.title)}  [{printable(cause.id)}]")
+            if getattr(cause, "doc", None):  # absent from reports older than the guide
+                line.append(f"  guide: {printable(cause.doc)}", style="dim")
             if cause.layers:
                 shown = ", ".join(printable(n) for n in cause.layers[:_MAX_LISTED_LAYERS])
                 more = len(cause.layers) - _MAX_LISTED_LAYERS
@@ -94,14 +98,16 @@ def render_text(report: Report, color: bool = False, width: int = 120) -> str:
 
 def _header(report: Report) -> Panel:
     verdict = report.verdict
-    status = Text.assemble(("Verdict: ", "bold"),
-                           (verdict.status.value.upper(), _STATUS_STYLE[verdict.status]))
+    style = _STATUS_STYLE.get(verdict.status, "bold")
+    status = Text.assemble(("Verdict: ", "bold"), (verdict.status.value.upper(), style))
     if verdict.flags:
         status.append(f"  [{', '.join(verdict.flags)}]", style="red")
     lines = [status, Text(printable(verdict.summary)), _evidence(verdict.evidence)]
     fired = [r for r in verdict.evidence.rules if r.fired]
     lines += [Text(f"  fired: {printable(r.rule)}: {number(r.value)} vs {number(r.threshold)}"
-                   f" ({printable(r.detail)})", style="yellow") for r in fired]
+                   f" ({printable(r.detail)})"
+                   + (f"  guide: {printable(r.doc)}" if getattr(r, "doc", None) else ""),
+                   style="yellow") for r in fired]
     return Panel(Group(*lines), title=Text(f"GradDoctor · {source_line(report.source)}"),
                  title_align="left", box=box.ROUNDED)
 
@@ -242,6 +248,8 @@ def _line(cells: Sequence[str], widths: Sequence[int],
 def _remedy(remedy: Remedy) -> Group:
     title = Text.assemble((f"{remedy.rank}. {printable(remedy.title)}", "bold"),
                           (f"  [{printable(remedy.id)}]", "dim"))
+    if getattr(remedy, "doc", None):  # absent from reports older than the guide
+        title.append(f"  guide: {printable(remedy.doc)}", style="dim")
     body = Text(printable(remedy.rationale))
     if remedy.layers:
         shown = ", ".join(printable(name) for name in remedy.layers[:_MAX_LISTED_LAYERS])
@@ -254,9 +262,9 @@ def _remedy(remedy: Remedy) -> Group:
     if remedy.verified is not None:
         v = remedy.verified
         body.append("\nverified: ")
-        body.append(v.status_before.value, style=_STATUS_STYLE[v.status_before])
+        body.append(v.status_before.value, style=_STATUS_STYLE.get(v.status_before, "bold"))
         body.append(" → ")
-        body.append(v.status_after.value, style=_STATUS_STYLE[v.status_after])
+        body.append(v.status_after.value, style=_STATUS_STYLE.get(v.status_after, "bold"))
     elif remedy.verification_note:
         body.append(f"\nnot verified: {printable(remedy.verification_note)}", style="dim")
     return Group(title, Padding(body, (0, 0, 0, 3), expand=False))
