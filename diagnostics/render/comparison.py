@@ -6,10 +6,12 @@ No matplotlib: the service's API process renders comparison pages and never load
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from html import escape
 
 from diagnostics.compare import Comparison, LayerChange
 from diagnostics.render._format import MISSING, number, printable
+from diagnostics.render.blocks import block_key
 
 _MAX_REASONS = 10
 DEFAULT_TOP = 20  # layers listed by default: the largest moves first; --top 0 lists every one
@@ -106,8 +108,10 @@ def render_comparison_html(comparison: Comparison, before_label: str, after_labe
         links: Optional ``{label: href}`` shown under the title (e.g. each job's own report).
     """
     v = comparison.verdict
+    more = len(comparison.reasons) - _MAX_REASONS
     gate = (f"<p class=worse>Gradient health got worse (factor {_t(number(comparison.factor))})"
-            "</p><ul>" + "".join(f"<li>{_t(r)}</li>" for r in comparison.reasons) + "</ul>"
+            "</p><ul>" + "".join(f"<li>{_t(r)}</li>" for r in comparison.reasons[:_MAX_REASONS])
+            + (f"<li>… and {more} more (marked in the table)</li>" if more > 0 else "") + "</ul>"
             if comparison.worse else
             f"<p class=ok>Gradient health not worse (factor {_t(number(comparison.factor))})</p>")
     nav = " · ".join(f'<a href="{_t(href)}">{_t(label)}</a>' for label, href in
@@ -132,11 +136,42 @@ def render_comparison_html(comparison: Comparison, before_label: str, after_labe
         f"ratio {_t(number(v.ratio_before))} → {_t(number(v.ratio_after))}. Relative signal = "
         f"‖δ_layer‖ / ‖δ_reference‖, reference <code>"
         f"{_t(comparison.reference_layer or MISSING)}</code>.</p>"
+        f"{_blocks_table(comparison)}"
         f"<h2>Layers ({len(comparison.layers)} matched; largest moves first)</h2>"
         "<table><thead><tr><th>layer</th><th>op</th><th>‖δ‖ before</th><th>‖δ‖ after</th>"
         "<th>× change</th><th>relative before</th><th>relative after</th></tr></thead>"
         f"<tbody>{rows}</tbody></table></section></body></html>\n"
     )
+
+
+def _blocks_table(comparison: Comparison) -> str:
+    """Per block of layers (grouped by module path, as in the report): the largest ‖δ‖ before
+    and after, in the AFTER model's order. Empty when the names form no blocks."""
+    groups: dict[str, list[LayerChange]] = {}
+    for change in sorted(comparison.layers, key=lambda c: c.index):
+        groups.setdefault(block_key(change.name), []).append(change)
+    if len(groups) < 2 or len(comparison.layers) < 1.5 * len(groups):
+        return ""
+    rows = []
+    for key, changes in groups.items():
+        before = _largest(c.signal_before for c in changes)
+        after = _largest(c.signal_after for c in changes)
+        change = after / before if before and after is not None else None
+        regressed = sum(c.regressed for c in changes)
+        rows.append(f"<tr class={'regressed' if regressed else 'same'}><td class=name "
+                    f'title="{_t(key)}"><code>{_t(key)}</code></td>'
+                    f"<td class=num>{len(changes)}</td><td class=num>{regressed}</td>"
+                    + "".join(f"<td class=num>{_t(number(x))}</td>" for x in (before, after,
+                                                                             change))
+                    + "</tr>")
+    return ("<h2>Blocks (layers grouped by module path)</h2><table><thead><tr><th>block</th>"
+            "<th>layers</th><th>regressed</th><th>max ‖δ‖ before</th><th>max ‖δ‖ after</th>"
+            f"<th>× change</th></tr></thead><tbody>{''.join(rows)}</tbody></table>")
+
+
+def _largest(values: Iterable[float | None]) -> float | None:
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    return max(finite) if finite else None
 
 
 def _t(value: object) -> str:

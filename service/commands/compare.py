@@ -39,8 +39,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from diagnostics import DiagnosticsError
     from diagnostics.compare import compare_reports
+    from diagnostics.errors import DiagnosticsError
 
     if not args.factor > 1 or args.factor == float("inf"):
         return _fail(f"--factor must be a finite number > 1, got {args.factor}",

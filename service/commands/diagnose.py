@@ -66,7 +66,7 @@ class UsageError(Exception):
 
 
 def run(args: argparse.Namespace) -> int:
-    from diagnostics import DiagnosticsError, diagnose
+    from diagnostics.errors import DiagnosticsError
 
     if (args.fix is None) != (args.fix_output is None):
         return _fail("--fix and --fix-output go together", ExitCode.BAD_INPUT)
@@ -75,6 +75,8 @@ def run(args: argparse.Namespace) -> int:
         if not Path(args.model).is_file():
             return _fail(f"model file {args.model} does not exist", ExitCode.BAD_INPUT)
         with quiet_third_party(args.verbose), progress_display() as say:
+            from diagnostics import diagnose  # torch and the converters: their import warns too
+
             report = diagnose(args.model, inputs=args.inputs, config=config, progress=say)
             if args.fix:
                 from diagnostics.repair import write_repaired_model
