@@ -188,7 +188,8 @@ def _mark_flagged(ax: Axes, points: list[_Point], unit: str) -> None:
         return
     ax.plot([m[0] for m in marks], [m[1] for m in marks], linestyle="none", marker="o",
             markersize=9, markerfacecolor="none", markeredgecolor=_FLAG_COLOR,
-            markeredgewidth=1.6, label=f"{unit} with flagged layers (listed below the plot)")
+            markeredgewidth=1.6, label=("block with flagged layers" if unit == "block" else
+                                        "flagged layer") + " (listed below the plot)")
 
 
 def _x_axis(ax: Axes, points: list[_Point], unit: str) -> None:
