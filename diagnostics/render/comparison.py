@@ -31,7 +31,9 @@ def _moved(change: LayerChange) -> float:
 def moved_layers(comparison: Comparison, top: int = DEFAULT_TOP,
                  changed_only: bool = False) -> list[LayerChange]:
     """Regressed layers first, then by how far each layer's signal moved (either way)."""
-    ranked = sorted(comparison.layers, key=lambda c: (not c.regressed, -_moved(c), c.index))
+    # moves equal to 0.1 % count as ties, which keep the input → output order
+    ranked = sorted(comparison.layers,
+                    key=lambda c: (not c.regressed, -round(_moved(c), 3), c.index))
     if changed_only:
         ranked = [c for c in ranked if c.regressed or _moved(c) >= _UNCHANGED]
     return ranked if top <= 0 else ranked[:top]
@@ -51,6 +53,14 @@ def render_comparison_text(comparison: Comparison, top: int = DEFAULT_TOP) -> st
     if len(comparison.reasons) > _MAX_REASONS:
         lines.append(f"  ... and {len(comparison.reasons) - _MAX_REASONS} more (--format json "
                      "lists every one)")
+    blocks = block_changes(comparison)
+    if blocks:
+        lines.append("Blocks (layers grouped by module path): largest ‖δ‖ before → after")
+        width = max(len(printable(b[0], 60)) for b in blocks)
+        lines += [f"{'!' if regressed else ' '} {printable(key, 60).ljust(width)}  "
+                  f"{number(before):>9} → {number(after):<9} × {number(ratio):<9}"
+                  f"{f'  {regressed} of {count} layers regressed' if regressed else ''}".rstrip()
+                  for key, count, regressed, before, after, ratio in blocks]
     shown = moved_layers(comparison, top, changed_only=True)
     if not shown:
         lines.append(f"{len(comparison.layers)} layers matched by name; no backward signal "
@@ -144,23 +154,34 @@ def render_comparison_html(comparison: Comparison, before_label: str, after_labe
     )
 
 
-def _blocks_table(comparison: Comparison) -> str:
-    """Per block of layers (grouped by module path, as in the report): the largest ‖δ‖ before
-    and after, in the AFTER model's order. Empty when the names form no blocks."""
+def block_changes(comparison: Comparison) -> list[tuple[str, int, int, float | None,
+                                                         float | None, float | None]]:
+    """Per block of layers (grouped by module path, as in the report), in the AFTER model's
+    order: (block, layers, regressed layers, largest ‖δ‖ before, after, after / before).
+    Empty when the names form no blocks worth a summary."""
     groups: dict[str, list[LayerChange]] = {}
     for change in sorted(comparison.layers, key=lambda c: c.index):
         groups.setdefault(block_key(change.name), []).append(change)
     if len(groups) < 2 or len(comparison.layers) < 1.5 * len(groups):
-        return ""
+        return []
     rows = []
     for key, changes in groups.items():
         before = _largest(c.signal_before for c in changes)
         after = _largest(c.signal_after for c in changes)
-        change = after / before if before and after is not None else None
-        regressed = sum(c.regressed for c in changes)
+        ratio = after / before if before and after is not None else None
+        rows.append((key, len(changes), sum(c.regressed for c in changes), before, after, ratio))
+    return rows
+
+
+def _blocks_table(comparison: Comparison) -> str:
+    blocks = block_changes(comparison)
+    if not blocks:
+        return ""
+    rows = []
+    for key, count, regressed, before, after, change in blocks:
         rows.append(f"<tr class={'regressed' if regressed else 'same'}><td class=name "
                     f'title="{_t(key)}"><code>{_t(key)}</code></td>'
-                    f"<td class=num>{len(changes)}</td><td class=num>{regressed}</td>"
+                    f"<td class=num>{count}</td><td class=num>{regressed}</td>"
                     + "".join(f"<td class=num>{_t(number(x))}</td>" for x in (before, after,
                                                                              change))
                     + "</tr>")

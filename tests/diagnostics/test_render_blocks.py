@@ -86,3 +86,26 @@ def test_grouped_text_has_a_block_table_then_layers_under_block_lines():
                   and not line.startswith("──")]
     assert len(block_rows) == 6
     assert all(line.startswith("!") for line in block_rows)
+
+
+def test_comparison_text_and_page_summarize_blocks():
+    from diagnostics.compare import compare_reports
+    from diagnostics.render.comparison import render_comparison_html, render_comparison_text
+
+    before = demo_report(blocks=2)
+    before.layers = _transformer_layers()
+    before.verdict.evidence.shallowest_layer = before.layers[-2].name  # its signal is 1
+    after = before.model_copy(deep=True)
+    for layer in after.layers:
+        if "/layer.0/" in layer.name and layer.output_grad_norm is not None:
+            s = layer.output_grad_norm
+            layer.output_grad_norm = Stat(median=s.median * 1e-3, min=s.min, max=s.max)
+    result = compare_reports(before, after)
+    text = render_comparison_text(result)
+    assert "Blocks (layers grouped by module path)" in text
+    summary = [line for line in text.splitlines() if line.startswith("! model/encoder/layer.")]
+    assert len(summary) == 1
+    assert summary[0].startswith("! model/encoder/layer.0")
+    assert "5 of 5 layers regressed" in summary[0]
+    assert "<h2>Blocks (layers grouped by module path)</h2>" in render_comparison_html(
+        result, "a", "b")
