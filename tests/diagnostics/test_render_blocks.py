@@ -109,3 +109,35 @@ def test_comparison_text_and_page_summarize_blocks():
     assert "5 of 5 layers regressed" in summary[0]
     assert "<h2>Blocks (layers grouped by module path)</h2>" in render_comparison_html(
         result, "a", "b")
+
+
+_DOC = "/guide/rules#backward_signal_vanishing"
+
+
+def _with_doc(model: type, **fields: object) -> object:
+    """An instance carrying ``doc``: the real field once report.py has it, else a subclass
+    that adds it (the renderers read it with getattr)."""
+    if "doc" in model.model_fields:  # type: ignore[attr-defined]
+        return model(**{**fields, "doc": _DOC})
+    return type(f"Documented{model.__name__}", (model, _Documented), {})(**fields)
+
+
+class _Documented:
+    doc = _DOC  # a plain class attribute, outside pydantic's fields
+
+
+def test_findings_with_a_doc_link_to_the_guide_in_html_and_text():
+    """Rules, causes and remedies that carry ``doc`` (a guide section) show a link; those
+    without one render as before."""
+    from diagnostics.report import Cause, Remedy, RuleCheck
+
+    report = demo_report(blocks=2)
+    rules = report.verdict.evidence.rules
+    report.verdict.evidence.rules = [_with_doc(RuleCheck, **r.model_dump()) for r in rules]
+    report.causes = [_with_doc(Cause, id="plain_depth", title="plain depth")]
+    report.remedies = [_with_doc(Remedy, **report.remedies[0].model_dump()), report.remedies[1]]
+    page = render_html(report)
+    link = f'<a class=guide href="{_DOC}">guide</a>'
+    assert page.count(link) == len(rules) + 1 + 1
+    text = render_text(report)
+    assert text.count(f"guide: {_DOC}") == 1 + 1 + 1  # the fired rule, the cause, the remedy
