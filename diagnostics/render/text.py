@@ -177,21 +177,22 @@ def _layer_table(layers: Sequence[LayerReport], width: int,
     text = Text()
     text.append(f"{len(layers)} layers, input → output ('!' = flagged)\n", style="bold")
     _append_rows(text, _HEAD, rows, width, right=_RIGHT_ALIGNED, folded=(_NAME, _OP, _FLAGS),
-                 caps={_OP: _MAX_OP, _FLAGS: _MAX_FLAGS})
+                 caps={_OP: _MAX_OP, _FLAGS: _MAX_FLAGS}, optional=_OPTIONAL)
     return text
 
 
 def _append_rows(text: Text, head: Sequence[str], rows: Sequence[tuple[list[str], bool] | str],
                  width: int, right: set[int] | frozenset[int], folded: tuple[int, ...],
-                 caps: dict[int, int]) -> None:
+                 caps: dict[int, int], optional: tuple[int, ...] = ()) -> None:
     """Size the columns once, then write the header, a rule and the rows (long cells fold).
 
-    The first folded column is the name, which takes the width the others leave; a row given
-    as a plain string is a section line written as is.
+    The first folded column is the name, which takes the width the others leave; an
+    ``optional`` column whose cells are all missing is left out; a row given as a plain string
+    is a section line written as is.
     """
     cells_only = [row[0] for row in rows if not isinstance(row, str)]
-    empty = [i for i in _OPTIONAL if i < len(head) and head is _HEAD and cells_only
-             and all(cells[i] == MISSING for cells in cells_only)]
+    empty = [i for i in optional
+             if cells_only and all(cells[i] == MISSING for cells in cells_only)]
     if empty:  # e.g. no activation statistics at all: give the names the room
         keep = [i for i in range(len(head)) if i not in empty]
         renumber = {old: new for new, old in enumerate(keep)}

@@ -86,6 +86,9 @@ def test_grouped_text_has_a_block_table_then_layers_under_block_lines():
                   and not line.startswith("──")]
     assert len(block_rows) == 6
     assert all(line.startswith("!") for line in block_rows)
+    header = next(line for line in text.splitlines() if line.lstrip().startswith("#  layer"))
+    assert "sat." not in header  # no layer has activation statistics: the names get the room
+    assert "dead" not in header
 
 
 def test_comparison_text_and_page_summarize_blocks():
