@@ -71,7 +71,9 @@ class Block:
             if name.startswith(prefix) and len(name) > len(prefix):
                 inner = name[len(prefix):]
                 path, _, last = inner.rpartition("/")
-                return path if separator == "/" and path and last == layer.op_type else inner
+                if separator == "/" and last == layer.op_type:
+                    return path or layer.name  # the op alone would say nothing
+                return inner
         return layer.name
 
 

@@ -239,7 +239,8 @@ def _blocks(blocks: Sequence[Block]) -> str:
         chips = _flag_counts(Counter(flag for layer in block.layers for flag in layer.flags))
         summary = (
             f"<span class=bn>{number_}</span><code class=bname title=\"{_t(block.key)}\">"
-            f"{_t(block.key)}</code><span class=bcount>{len(block.layers)} layers</span>"
+            f"{_t(block.key)}</code><span class=bcount>{len(block.layers)} "
+            f"layer{'s' if len(block.layers) != 1 else ''}</span>"
             f"<span class=bstat>‖δ‖ max {_t(number(block.signal_max()))}, min "
             f"{_t(number(block.signal_min()))}</span><span class=bstat>‖∂L/∂W‖ max "
             f"{_t(number(block.param_grad_max()))}</span><span class=bflags>{chips}</span>")

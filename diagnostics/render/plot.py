@@ -205,7 +205,8 @@ def _x_axis(ax: Axes, points: list[_Point], unit: str) -> None:
             if point.flagged:
                 tick.label1.set_color(_FLAG_COLOR)
                 tick.label1.set_fontweight("bold")
-        ax.set_xlabel(f"{unit}, input → output (flagged in red)")
+        flagged = " (flagged in red)" if any(p.flagged for p in points) else ""
+        ax.set_xlabel(f"{unit}, input → output{flagged}")
     else:
         ax.xaxis.set_major_locator(MaxNLocator(nbins=20, integer=True))
         ax.set_xlabel(f"{unit} number, input → output (topological order; see the table)")

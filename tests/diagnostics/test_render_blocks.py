@@ -144,3 +144,11 @@ def test_findings_with_a_doc_link_to_the_guide_in_html_and_text():
     assert page.count(link) == len(rules) + 1 + 1
     text = render_text(report)
     assert text.count(f"guide: {_DOC}") == 1 + 1 + 1  # the fired rule, the cause, the remedy
+
+
+def test_short_names_never_shrink_to_the_op_alone():
+    stem = _layer(0, "/conv1/Conv", 1.0, op="Conv")
+    inner = _layer(1, "/layer1/layer1.0/relu/Relu", 1.0, op="Relu")
+    blocks = {block.key: block for block in group_layers([stem, inner])}
+    assert blocks["conv1"].short_name(stem) == "/conv1/Conv"
+    assert blocks["layer1/layer1.0"].short_name(inner) == "relu"
