@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 
-.PHONY: install serve test test-all test-fast lint bench
+.PHONY: install serve test test-all test-fast lint bench schema
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -32,6 +32,10 @@ test-fast: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check diagnostics service tests bench
+
+# report.schema.json from the pydantic report models; a test fails when it is not current.
+schema: $(STAMP)
+	$(BIN)/python scripts/report_schema.py
 
 bench: $(STAMP)
 	$(BIN)/python bench/probe_overhead.py

@@ -118,8 +118,10 @@ def _layer_flags(layer: LayerReport, thresholds: Thresholds) -> list[Flag]:
     if (acts and acts.nonfinite_count) or layer.output_grad_nonfinite_count or any(
             p.nonfinite_count for p in layer.parameters):
         flags.append(Flag.NON_FINITE)
+    noise = cancelled_parameters(layer)
     if any(p.fp16_underflow_fraction and (p.fp16_underflow_fraction.median or 0) >=
-           thresholds.fp16_underflow_layer_fraction for p in layer.parameters):
+           thresholds.fp16_underflow_layer_fraction
+           for p in layer.parameters if p.name not in noise):
         flags.append(Flag.FP16_UNDERFLOW)
     if any((p.grad_max_abs.max or 0) > thresholds.fp16_max for p in layer.parameters):
         flags.append(Flag.FP16_OVERFLOW)
@@ -129,3 +131,35 @@ def _layer_flags(layer: LayerReport, thresholds: Thresholds) -> list[Flag]:
 def is_weight(param: ParameterStats) -> bool:
     """A matrix or kernel (not a bias, scale or scalar): what relative updates are judged on."""
     return len(param.shape) >= 2
+
+
+# A gradient this many times smaller than the layer's others is rounding noise (float32 leaves
+# ~1e-7 relative; a genuine bias gradient sums the output gradient's rows and is ~1e-3 of it or
+# more): about 100 float32 ulps, two decades of margin on each side.
+CANCELLED_RELATIVE = 1e-5
+
+
+def cancelled_parameters(layer: LayerReport) -> set[str]:
+    """Names of the layer's bias-like parameters whose gradient is zero in exact arithmetic.
+
+    Some gradients cancel by structure: an attention key bias shifts every score of a query by
+    the same amount and softmax is invariant to it; a bias right before batch-statistics
+    BatchNorm is subtracted again with the batch mean. What float32 leaves of them is rounding
+    noise, so flags about their magnitude (float16 underflow) are noise too. Such a parameter
+    (a vector or scalar, never a weight matrix, whose gradient also scales with the layer's
+    input) is recognised by its gradient norm being below ``CANCELLED_RELATIVE`` times the
+    largest of the layer's output gradient ‖δ‖ and its other parameters' gradient norms.
+    """
+    def median(stat: Stat | None) -> float:
+        value = stat.median if stat is not None else None
+        return value if value is not None and math.isfinite(value) else 0.0
+
+    cancelled = set()
+    for param in layer.parameters:
+        if is_weight(param):
+            continue
+        scale = max([median(layer.output_grad_norm)] + [
+            median(other.grad_norm) for other in layer.parameters if other is not param])
+        if scale > 0 and median(param.grad_norm) <= CANCELLED_RELATIVE * scale:
+            cancelled.add(param.name)
+    return cancelled

@@ -11,6 +11,7 @@ import itertools
 import math
 
 from diagnostics import edits
+from diagnostics.aggregate import cancelled_parameters
 from diagnostics.config import DiagnosisConfig, ProbeDtype
 from diagnostics.examination import Examination
 from diagnostics.model import LayerKind, LoadedModel
@@ -135,9 +136,12 @@ def _recurrent_memory(model, found, config) -> Cause | None:
 def _low_precision(model, found, config) -> Cause | None:
     under, over, total = 0.0, [], 0
     for layer in found.layers:
+        noise = cancelled_parameters(layer)  # zero in exact arithmetic: nothing to underflow
         for param in layer.parameters:
             size = math.prod(param.shape) or 1
             total += size
+            if param.name in noise:
+                continue
             if param.fp16_underflow_fraction and param.fp16_underflow_fraction.median:
                 under += param.fp16_underflow_fraction.median * size
             if (param.grad_max_abs.max or 0) > config.thresholds.fp16_max:

@@ -60,10 +60,10 @@ def examine(model: LoadedModel, batches: list[SampleBatch], config: DiagnosisCon
     with probe_mode(model.module, config.norm_stats), \
             _substitute_readouts(model, zero_heads, config.seed):
         for number, batch in enumerate(batches, 1):
-            say(f"sample {number}/{len(batches)}: forward + backward")
+            say(f"probing sample {number}/{len(batches)}")
             observations.append(run_sample(model, batch, config))
         if target is not None:
-            say("temporal profile")
+            say("measuring the temporal profile")
             norms = [temporal.step_norms(model, batch, config, target) for batch in batches]
             if all(norms):
                 profiles.append(temporal.profile(target, norms, config.thresholds))

@@ -107,7 +107,9 @@ def diagnose(source: Source, *, inputs: InputsSource | None = None,
             them inputs are synthesized from ``config.seed``.
         config: A :class:`DiagnosisConfig` or a dict of its fields.
         limits: Size budgets (the service passes its own); defaults to ``DEFAULT_LIMITS``.
-        progress: Called with a short message at each stage (the CLI shows it).
+        progress: Called with a short message at each stage (the CLI shows it). Repeated
+            stages carry counts, ``"probing sample 2/3"``, ``"verifying remedy 1/4
+            (reinitialize)"``, so a caller can estimate the time left.
         data_dir: Folder holding the files an ONNX model keeps its weights in (external data,
             ``model.onnx.data``). Default: the model file's own folder when ``source`` is a
             path; with bytes and no ``data_dir``, external data is refused. Locations are
@@ -125,7 +127,7 @@ def diagnose(source: Source, *, inputs: InputsSource | None = None,
     limits = limits or DEFAULT_LIMITS
     timings = Timings()
 
-    say("loading model")
+    say("loading the model")
     clock = time.perf_counter()
     payload, name = read_source(source, limits)
     folder = data_dir if data_dir is not None else model_folder(source)
@@ -209,8 +211,7 @@ def _verified_remedies(candidates: list[Candidate], model: LoadedModel,
         reason = "not verified: verify_remedies is off"
     if not enabled:
         return skip_verification(candidates, reason)
-    say(f"verifying {sum(1 for c in candidates if c.edit)} remedies")
-    return verify(candidates, model, batches, config, before)
+    return verify(candidates, model, batches, config, before, progress=say)
 
 
 def _device(config: DiagnosisConfig) -> torch.device:

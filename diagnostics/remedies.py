@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from diagnostics import edits, spec_edits, temporal
-from diagnostics.aggregate import is_weight
+from diagnostics.aggregate import cancelled_parameters, is_weight
 from diagnostics.config import DiagnosisConfig
 from diagnostics.examination import Examination
 from diagnostics.inputs import SampleBatch
@@ -522,7 +522,7 @@ def _loss_scaling(context: Context) -> Candidate | None:
     if not flagged or not (half or float32_vanishing):
         return None
     means = [p.grad_mean_abs.median for layer in layers for p in layer.parameters
-             if p.grad_mean_abs.median]
+             if p.grad_mean_abs.median and p.name not in cancelled_parameters(layer)]
     peaks = [p.grad_max_abs.max for layer in layers for p in layer.parameters if p.grad_max_abs.max]
     if not means or not peaks:
         return None

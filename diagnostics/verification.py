@@ -7,6 +7,7 @@ by the remedy.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 from diagnostics import edits
 from diagnostics.config import DiagnosisConfig
@@ -42,18 +43,25 @@ def evidence_digest(found: Examination) -> dict:
 
 
 def verify(candidates: list[Candidate], model: LoadedModel, batches: list[SampleBatch],
-           config: DiagnosisConfig, before: Examination) -> list[Remedy]:
+           config: DiagnosisConfig, before: Examination,
+           progress: Callable[[str], None] | None = None) -> list[Remedy]:
     """Apply each candidate's edit to a fresh copy, re-probe, and attach the result.
+
+    ``progress`` is told ``"verifying remedy k/n (id)"`` before each re-probe.
 
     Returns:
         The remedies, ranked: verified healthy first (closest to a unit signal ratio), then
         verified improvements, then unverified ones in proposal order, then verified failures.
     """
     digest_before = evidence_digest(before)
+    say = progress or (lambda _message: None)
+    checked = [c for c in candidates if c.edit is not None]
     for candidate in candidates:
         if candidate.edit is None:
             candidate.remedy.verification_note = candidate.note
             continue
+        say(f"verifying remedy {checked.index(candidate) + 1}/{len(checked)} "
+            f"({candidate.remedy.id})")
         try:
             copy = edits.copy_model(model)
             with probe_mode(copy.module, config.norm_stats):

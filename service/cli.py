@@ -11,7 +11,7 @@ from service.exit_codes import ExitCode
 
 # Each module exposes add_parser(subparsers) and run(args) -> int. Imported lazily so that
 # `graddoctor submit` never pays for importing torch.
-COMMANDS = ("diagnose", "serve", "worker", "submit")
+COMMANDS = ("diagnose", "compare", "serve", "worker", "submit")
 
 
 class _Parser(argparse.ArgumentParser):

@@ -9,6 +9,7 @@ class ExitCode(IntEnum):
     BAD_INPUT = 2      # bad input or usage: the message names the file, field, node or op
     UNHEALTHY = 3      # diagnosis ran and the verdict is vanishing or exploding
     INCONCLUSIVE = 4   # diagnosis ran but cannot tell (rounding noise, folded export): see why
+    REGRESSED = 5      # `compare`: gradient health got worse beyond --factor
 
 
 def for_verdict(status: str) -> ExitCode:

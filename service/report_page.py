@@ -8,6 +8,14 @@ from __future__ import annotations
 from html import escape
 from typing import Any
 
+from pydantic import ValidationError
+
+from diagnostics.report import Report
+from service.errors import ConflictError
+from service.jobs import JobService
+from service.routes._views import API_PREFIX
+from service.schemas import JobStatus
+
 CSP = ("default-src 'none'; style-src 'unsafe-inline'; img-src data:; base-uri 'none'; "
        "form-action 'none'")
 
@@ -44,3 +52,32 @@ def fallback_page(report: dict[str, Any]) -> str:
         f"<th>‖∂L/∂output‖</th><th>Flags</th></tr>{rows}</table>"
         f"<h2>Remedies</h2><ol>{remedies or '<li>none</li>'}</ol></body></html>"
     )
+
+
+def comparison_page(jobs: JobService, owner: str, *, baseline: str, job_id: str) -> str:
+    """How the gradients changed from the ``baseline`` job to ``job_id`` (both the owner's).
+
+    Pure report arithmetic (``diagnostics.compare``, no torch): the API process renders it.
+    A baseline of another key is a 404, like any job of another key.
+    """
+    from diagnostics.compare import compare_reports
+    from diagnostics.render.comparison import render_comparison_html
+
+    reports = []
+    for which in (baseline, job_id):
+        record = jobs.get(which, owner)
+        if record.status != JobStatus.SUCCEEDED:
+            raise ConflictError(f"diagnosis {which} is {record.status}; it can be compared once "
+                                "it has succeeded", status=record.status)
+        reports.append(_report(which, record.result or {}))
+    links = {f"report {baseline} (before)": f"{API_PREFIX}/{baseline}/report",
+             f"report {job_id} (after)": f"{API_PREFIX}/{job_id}/report"}
+    return render_comparison_html(compare_reports(*reports), baseline, job_id, links)
+
+
+def _report(job_id: str, result: dict[str, Any]) -> Report:
+    try:
+        return Report.model_validate(result)
+    except ValidationError:
+        raise ConflictError(f"the report of diagnosis {job_id} was written by another version "
+                            "of GradDoctor and cannot be compared") from None

@@ -8,6 +8,7 @@ crafted layer name can neither run code nor make the page call out.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from html import escape
 from typing import Any
@@ -22,11 +23,30 @@ from diagnostics.render._format import (
     stat,
     temporal_line,
 )
-from diagnostics.report import Cause, Evidence, LayerReport, Remedy, Report, Status, Verdict
+from diagnostics.render.blocks import Block, group_layers, worth_grouping
+from diagnostics.report import (
+    Cause,
+    Evidence,
+    LayerReport,
+    ParameterStats,
+    Remedy,
+    Report,
+    Status,
+    Verdict,
+)
 
 _CSP = ("default-src 'none'; style-src 'unsafe-inline'; img-src data:; base-uri 'none'; "
         "form-action 'none'")
 _MAX_LISTED_LAYERS = 20  # a remedy may target hundreds of layers; the table has them all
+_MAX_LEGEND_ROWS = 12  # more flagged blocks/layers than this: the list folds into <details>
+_LAYER_CAPTION = ("Backward signal ‖δ‖ = ‖∂L/∂output‖ per layer (median over samples, band: "
+                  "min–max) and the largest parameter-gradient norm of each layer. Layers with "
+                  "flags are circled.")
+_BLOCK_CAPTION = ("One point per block of layers (grouped by module path): the block's largest "
+                  "backward signal ‖δ‖ = ‖∂L/∂output‖ — its strongest path, the skip path of a "
+                  "residual block — with a band down to its smallest, and the largest "
+                  "parameter-gradient norm in the block. Blocks with flagged layers are circled; "
+                  "open a block below for its layers.")
 
 _CSS = """
 body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:#1f2328;
@@ -52,6 +72,18 @@ figure{margin:.5rem 0}figcaption{color:#57606a;font-size:.85rem}
 .remedy{border:1px solid #d0d7de;border-radius:.5rem;padding:.7rem 1rem;margin:.7rem 0}
 dl.kv{display:grid;grid-template-columns:max-content 1fr;gap:.15rem 1rem;margin:.4rem 0}
 dl.kv dt{color:#57606a}dl.kv dd{margin:0}
+td.name{max-width:26rem;min-width:8rem;white-space:nowrap;overflow:hidden;text-overflow:ellipsis}
+td.name code{overflow-wrap:normal;white-space:nowrap}
+details.block{border:1px solid #eaeef2;border-radius:.4rem;margin:.25rem 0}
+details.block[open]{border-color:#d0d7de}details.block>summary{cursor:pointer;padding:.3rem .5rem;
+ display:flex;flex-wrap:wrap;gap:.2rem 1rem;align-items:baseline;list-style:none}
+details.block>summary::before{content:"▸";color:#57606a}
+details.block[open]>summary::before{content:"▾"}
+details.block>.wide{padding:0 .5rem .4rem}
+.bn{color:#57606a;min-width:2rem;text-align:right;font-variant-numeric:tabular-nums}
+.bname{min-width:14rem;max-width:30rem;white-space:nowrap;overflow:hidden;text-overflow:ellipsis}
+.bcount,.bstat{color:#57606a;font-size:.85rem;white-space:nowrap}
+details.legend>summary{cursor:pointer;color:#57606a}a.guide{font-size:.8rem;margin-left:.4rem}
 """
 
 
@@ -69,15 +101,19 @@ def render_html(report: Report) -> str:
     from diagnostics.render import plot  # matplotlib is slow to import; text output never needs it
 
     title = f"GradDoctor: {report.source.name or 'model'} — {report.verdict.status}"
+    blocks = group_layers(report.layers)
+    grouped = worth_grouping(blocks, report.layers)
     body = [
         f"<header><h1>{_t(title)}</h1><p class=muted>{_t(source_line(report.source))}</p></header>",
         _verdict(report.verdict),
         "<h2>Gradient flow</h2>",
-        _figure(plot.gradient_flow_svg(report.layers),
-                "Backward signal ‖δ‖ = ‖∂L/∂output‖ per layer (median over samples, band: min–max) "
-                "and the largest parameter-gradient norm of each layer. Flagged layers circled."),
-        f"<h2>Layers ({len(report.layers)})</h2>",
-        _layers_table(report.layers),
+        _figure(plot.gradient_flow_svg(report.layers, blocks if grouped else None),
+                _BLOCK_CAPTION if grouped else _LAYER_CAPTION),
+        _flagged_legend(blocks if grouped else None, report.layers),
+        *([f"<h2>Layers ({len(report.layers)} in {len(blocks)} blocks)</h2>",
+           "<p class=muted>Grouped by module path; open a block for its layers.</p>",
+           _blocks(blocks)] if grouped else
+          [f"<h2>Layers ({len(report.layers)})</h2>", _layers_table(report.layers)]),
         *([f"<h2>Causes ({len(report.causes)})</h2>", *(_cause(c) for c in report.causes)]
           if report.causes else []),
         f"<h2>Remedies ({len(report.remedies)})</h2>",
@@ -114,6 +150,21 @@ def _flags(flags: Iterable[str]) -> str:
     return "".join(f"<span class=flag>{_t(f)}</span>" for f in flags)
 
 
+def _guide(item: object) -> str:
+    """A link to the guide's section on a rule, cause or remedy, when the report carries one.
+
+    Read with getattr: reports written before the ``doc`` field existed have none.
+    """
+    doc = getattr(item, "doc", None)
+    return f' <a class=guide href="{_t(doc)}">guide</a>' if doc else ""
+
+
+def _flag_counts(counts: Counter) -> str:
+    """Flag chips with how many layers carry each (``vanishing ×4``)."""
+    return "".join(f"<span class=flag>{_t(f)} ×{n}</span>" if n > 1 else _flags([f])
+                   for f, n in counts.items())
+
+
 def _kv(pairs: Iterable[tuple[str, str]]) -> str:
     """A definition list; values are already-escaped HTML."""
     return "<dl class=kv>" + "".join(f"<dt>{_t(k)}</dt><dd>{v}</dd>" for k, v in pairs) + "</dl>"
@@ -132,7 +183,7 @@ def _figure(svg: str, caption: str) -> str:
 def _verdict(verdict: Verdict) -> str:
     rules = _table(
         ["rule", "value", "threshold", "fired", "detail"],
-        (f"<tr class={'fired' if r.fired else 'quiet'}><td>{_t(r.rule)}</td>"
+        (f"<tr class={'fired' if r.fired else 'quiet'}><td>{_t(r.rule)}{_guide(r)}</td>"
          f"<td class=num>{number(r.value)}</td><td class=num>{number(r.threshold)}</td>"
          f"<td>{'yes' if r.fired else 'no'}</td><td>{_t(r.detail)}</td></tr>"
          for r in verdict.evidence.rules),
@@ -169,26 +220,73 @@ def _evidence(ev: Evidence) -> str:
     return _kv(pairs)
 
 
+_LAYER_HEAD = ["#", "layer", "op", "depth", "‖δ‖ [min, max]", "‖∂L/∂W‖", "grad / weight",
+               "saturated", "dead", "flags"]
+
+
 def _layers_table(layers: Sequence[LayerReport]) -> str:
     if not layers:
         return "<p class=muted>No layers were measured.</p>"
-    head = ["#", "layer", "op", "depth", "‖δ‖ [min, max]", "‖∂L/∂W‖", "grad / weight",
-            "saturated", "dead", "flags"]
-    rows = map(_layer_row, sorted(layers, key=lambda layer: layer.index))
-    return f"<div id=layers>{_table(head, rows)}</div>"
+    rows = (_layer_row(layer, layer.name)
+            for layer in sorted(layers, key=lambda layer: layer.index))
+    return f"<div id=layers>{_table(_LAYER_HEAD, rows)}</div>"
 
 
-def _layer_row(layer: LayerReport) -> str:
+def _blocks(blocks: Sequence[Block]) -> str:
+    """One ``<details>`` per block: a summary line, and its layers' table when opened."""
+    parts = []
+    for number_, block in enumerate(blocks):
+        chips = _flag_counts(Counter(flag for layer in block.layers for flag in layer.flags))
+        summary = (
+            f"<span class=bn>{number_}</span><code class=bname title=\"{_t(block.key)}\">"
+            f"{_t(block.key)}</code><span class=bcount>{len(block.layers)} "
+            f"layer{'s' if len(block.layers) != 1 else ''}</span>"
+            f"<span class=bstat>‖δ‖ max {_t(number(block.signal_max()))}, min "
+            f"{_t(number(block.signal_min()))}</span><span class=bstat>‖∂L/∂W‖ max "
+            f"{_t(number(block.param_grad_max()))}</span><span class=bflags>{chips}</span>")
+        rows = (_layer_row(layer, block.short_name(layer)) for layer in block.layers)
+        parts.append(f"<details class=block id=block-{number_}><summary>{summary}</summary>"
+                     f"{_table(_LAYER_HEAD, rows)}</details>")
+    return f"<div id=layers>{''.join(parts)}</div>"
+
+
+def _flagged_legend(blocks: Sequence[Block] | None, layers: Sequence[LayerReport]) -> str:
+    """Flagged blocks (or layers) as a table under the plot, instead of labels on it."""
+    if blocks is not None:
+        head = ["block", "", "flagged layers", "flags"]
+        rows = [
+            f"<tr><td class=num>{i}</td><td class=name title=\"{_t(b.key)}\"><code>{_t(b.key)}"
+            f"</code></td><td class=num>{len(b.flagged)} of {len(b.layers)}</td><td>"
+            + _flag_counts(Counter(f for layer in b.flagged for f in layer.flags))
+            + "</td></tr>" for i, b in enumerate(blocks) if b.flagged]
+    else:
+        head = ["layer", "", "flags"]
+        rows = [f"<tr><td class=num>{x}</td><td class=name title=\"{_t(layer.name)}\"><code>"
+                f"{_t(layer.name)}</code></td><td>{_flags(layer.flags)}</td></tr>"
+                for x, layer in enumerate(sorted(layers, key=lambda item: item.index))
+                if layer.flags]
+    if not rows:
+        return ""
+    unit = "blocks" if blocks is not None else "layers"
+    table = f"<div id=flagged>{_table(head, rows)}</div>"
+    if len(rows) <= _MAX_LEGEND_ROWS:
+        return f"<p class=muted>Flagged {unit} (circled on the plot):</p>{table}"
+    return (f"<details class=legend><summary>Flagged {unit}: {len(rows)} (circled on the "
+            f"plot)</summary>{table}</details>")
+
+
+def _layer_row(layer: LayerReport, shown_name: str) -> str:
     params = layer.parameters
-    grads = "<br>".join(f"{_t(short_param_name(layer, p))}: {number(p.grad_norm.median)}"
-                        for p in params) or MISSING
+    grads = "<br>".join(f"<span title=\"{_t(p.name)}\">{_t(_param_label(layer, p))}</span>: "
+                        f"{number(p.grad_norm.median)}" for p in params) or MISSING
     ratios = "<br>".join(number(p.grad_to_weight.median) for p in params) or MISSING
     acts = layer.activations
     act = layer.activation
     op = layer.op_type + (f" ({act})" if act and act.lower() != layer.op_type.lower() else "")
     return (
         f"<tr class={'flagged' if layer.flags else 'ok'}><td class=num>{layer.index}</td>"
-        f"<td><code>{_t(layer.name)}</code></td><td>{_t(op)}</td><td class=num>{layer.depth}</td>"
+        f"<td class=name title=\"{_t(layer.name)}\"><code>{_t(shown_name)}</code></td>"
+        f"<td>{_t(op)}</td><td class=num>{layer.depth}</td>"
         f"<td class=num>{stat(layer.output_grad_norm, True)}</td><td class=num>{grads}</td>"
         f"<td class=num>{ratios}</td>"
         f"<td class=num>{percent(acts.saturated_fraction) if acts else MISSING}</td>"
@@ -197,9 +295,15 @@ def _layer_row(layer: LayerReport) -> str:
     )
 
 
+def _param_label(layer: LayerReport, param: ParameterStats) -> str:
+    """``weight``/``bias`` for a dotted parameter name (the full name is in the title)."""
+    name = short_param_name(layer, param)
+    return name.rsplit(".", 1)[-1] if "." in name else name
+
+
 def _cause(cause: Cause) -> str:
     parts = [f"<article class=remedy><h3>{_t(cause.title)} <code class=muted>{_t(cause.id)}"
-             "</code></h3>"]
+             f"</code>{_guide(cause)}</h3>"]
     if cause.layers:
         shown = ", ".join(f"<code>{_t(n)}</code>" for n in cause.layers[:_MAX_LISTED_LAYERS])
         more = len(cause.layers) - _MAX_LISTED_LAYERS
@@ -211,7 +315,8 @@ def _cause(cause: Cause) -> str:
 
 def _remedy(remedy: Remedy) -> str:
     parts = [f"<article class=remedy><h3>{remedy.rank}. {_t(remedy.title)} "
-             f"<code class=muted>{_t(remedy.id)}</code></h3><p>{_t(remedy.rationale)}</p>"]
+             f"<code class=muted>{_t(remedy.id)}</code>{_guide(remedy)}</h3>"
+             f"<p>{_t(remedy.rationale)}</p>"]
     if remedy.layers:
         shown = ", ".join(f"<code>{_t(n)}</code>" for n in remedy.layers[:_MAX_LISTED_LAYERS])
         more = len(remedy.layers) - _MAX_LISTED_LAYERS

@@ -11,58 +11,104 @@ import io
 import math
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 from matplotlib.transforms import blended_transform_factory
 
 from diagnostics.render._format import max_param_grad_norm, printable
+from diagnostics.render.blocks import Block
 from diagnostics.report import Flag, LayerReport, Stat, TemporalProfile
 
 FLOW_PLOT_ID = "gradient-flow-plot"
 TEMPORAL_PLOT_ID = "temporal-plot"
 
 _MAX_NAMED_TICKS = 30  # above this many layers, tick labels would overlap: use positions
-_MAX_ANNOTATIONS = 10  # flagged layers named on the plot; the table lists them all
 _SIGNAL_COLOR = "#1f6feb"
 _PARAM_COLOR = "#8250df"
 _FLAG_COLOR = "#cf222e"
 _SVG_METADATA = {"Date": None, "Creator": None, "Format": None, "Type": None}
 
 
-def gradient_flow_svg(layers: Sequence[LayerReport]) -> str:
-    """Draw ‖δ‖ and the parameter-gradient norms per layer, input to output, on a log scale.
+@dataclass(frozen=True)
+class _Point:
+    """One x position of the flow plot: a layer, or a block of layers."""
+
+    label: str
+    signal: float | None
+    low: float | None   # band: min–max over samples (layers) or over the block's layers
+    high: float | None
+    param: float | None
+    flagged: bool
+    zero: bool = False
+    nonfinite: bool = False
+
+
+def gradient_flow_svg(layers: Sequence[LayerReport], blocks: Sequence[Block] | None = None) -> str:
+    """Draw ‖δ‖ and the parameter-gradient norms, input to output, on a log scale.
 
     Args:
         layers: The report's layers, in any order; they are drawn in topological order.
+        blocks: When given, one point per block instead: the block's largest ‖δ‖ (its strongest
+            path, the skip path of a residual block), a band from its smallest to its largest
+            ‖δ‖, and its largest parameter-gradient norm.
 
     Returns:
         An ``<svg>`` element with ``id="gradient-flow-plot"``, ready to inline in HTML. Missing
         (None) values are skipped; exact zeros are marked along the bottom edge and non-finite
-        backward signals along the top edge, because a log axis cannot show either.
+        backward signals along the top edge, because a log axis cannot show either. No label is
+        written inside the axes (the page lists flagged layers), and the legend sits above them,
+        so no text overlaps another.
     """
-    ordered = sorted(layers, key=lambda layer: layer.index)
-    fig = Figure(figsize=(10, 4.4), layout="constrained")
+    points = _block_points(blocks) if blocks else _layer_points(layers)
+    fig = Figure(figsize=(10, 4.6), layout="constrained")
     ax = fig.add_subplot()
-    signal = [_median(layer.output_grad_norm) for layer in ordered]
-    params = [max_param_grad_norm(layer) for layer in ordered]
-    drawn = _series(ax, signal, ordered, _SIGNAL_COLOR,
-                    "backward signal ‖δ‖ (median, min–max band)")
-    drawn |= _series(ax, params, None, _PARAM_COLOR,
-                     "parameter gradient ‖∂L/∂W‖ (largest in layer)")
+    unit = "block" if blocks else "layer"
+    signal = [p.signal for p in points]
+    drawn = _series(ax, signal, [(p.low, p.high) for p in points], _SIGNAL_COLOR,
+                    "backward signal ‖δ‖ " + ("(block max, band: block min–max)" if blocks
+                                              else "(median, band: min–max over samples)"))
+    drawn |= _series(ax, [p.param for p in points], None, _PARAM_COLOR,
+                     f"parameter gradient ‖∂L/∂W‖ (largest in {unit})")
     if drawn:
         ax.set_yscale("log")
-        _mark_flagged(ax, ordered, signal, params)
+        _mark_flagged(ax, points, unit)
     else:
         ax.text(0.5, 0.5, "no finite, non-zero gradient norms to plot", transform=ax.transAxes,
                 ha="center", va="center", color="#57606a")
-    _mark_edges(ax, ordered, signal)
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(loc="best", fontsize=8, framealpha=0.85)
-    _x_axis(ax, ordered)
+    _mark_edges(ax, points)
+    handles, labels = ax.get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="outside upper center", ncols=min(len(handles), 3),
+                   fontsize=8, frameon=False)
+    _x_axis(ax, points, unit)
     ax.set_ylabel("gradient norm (log scale)")
     ax.grid(True, which="major", alpha=0.3)
     return _to_svg(fig, FLOW_PLOT_ID, "Gradient flow: gradient norms per layer, input to output")
+
+
+def _layer_points(layers: Sequence[LayerReport]) -> list[_Point]:
+    points = []
+    for layer in sorted(layers, key=lambda item: item.index):
+        grad = layer.output_grad_norm
+        points.append(_Point(
+            label=layer.name, signal=_median(grad), low=grad.min if grad else None,
+            high=grad.max if grad else None, param=max_param_grad_norm(layer),
+            flagged=bool(layer.flags), zero=_median(grad) == 0,
+            nonfinite=bool(layer.output_grad_nonfinite_count or Flag.NON_FINITE in layer.flags)))
+    return points
+
+
+def _block_points(blocks: Sequence[Block]) -> list[_Point]:
+    return [_Point(
+        label=block.label, signal=block.signal_max(), low=block.signal_min(),
+        high=block.signal_max(), param=block.param_grad_max(), flagged=bool(block.flagged),
+        zero=not block.signals() and any(_median(layer.output_grad_norm) == 0
+                                         for layer in block.layers),
+        nonfinite=any(layer.output_grad_nonfinite_count or Flag.NON_FINITE in layer.flags
+                      for layer in block.layers)) for block in blocks]
 
 
 def temporal_svg(profiles: Sequence[TemporalProfile]) -> str:
@@ -104,78 +150,66 @@ def _median(value: Stat | None) -> float | None:
 def _series(
     ax: Axes,
     values: list[float | None],
-    bands: list[LayerReport] | None,
+    bands: list[tuple[float | None, float | None]] | None,
     color: str,
     label: str,
 ) -> bool:
-    """Plot the positive values joined by a line (gaps skipped); band = ‖δ‖ min/max when given."""
+    """Plot the positive values joined by a line (gaps skipped), with a band when given."""
     xs = [x for x, v in enumerate(values) if _positive(v)]
     if not xs:
         return False
     ax.plot(xs, [values[x] for x in xs], color=color, marker="o", markersize=3, linewidth=1.4,
             label=label)
     if bands is not None:
-        spread = [(x, s.min, s.max) for x in xs if (s := bands[x].output_grad_norm) is not None
-                  and _positive(s.min) and _positive(s.max)]
+        spread = [(x, lo, hi) for x in xs if _positive(lo := bands[x][0])
+                  and _positive(hi := bands[x][1])]
         if spread:
             bx, lo, hi = zip(*spread, strict=True)
             ax.fill_between(bx, lo, hi, color=color, alpha=0.18, linewidth=0)
     return True
 
 
-def _mark_edges(ax: Axes, layers: list[LayerReport], signal: list[float | None]) -> None:
+def _mark_edges(ax: Axes, points: list[_Point]) -> None:
     edge = blended_transform_factory(ax.transData, ax.transAxes)
-    zeros = [x for x, v in enumerate(signal) if v == 0]
+    zeros = [x for x, p in enumerate(points) if p.zero]
     if zeros:
         ax.plot(zeros, [0.02] * len(zeros), linestyle="none", marker="v", color="#57606a",
                 transform=edge, label="‖δ‖ = 0 (exactly)", clip_on=False)
-    nonfinite = [x for x, layer in enumerate(layers)
-                 if layer.output_grad_nonfinite_count or Flag.NON_FINITE in layer.flags]
+    nonfinite = [x for x, p in enumerate(points) if p.nonfinite]
     if nonfinite:
         ax.plot(nonfinite, [0.98] * len(nonfinite), linestyle="none", marker="X",
                 color=_FLAG_COLOR, transform=edge, label="non-finite values", clip_on=False)
 
 
-def _mark_flagged(
-    ax: Axes, layers: list[LayerReport], signal: list[float | None], params: list[float | None]
-) -> None:
-    marks = []
-    for x, layer in enumerate(layers):
-        if not layer.flags:
-            continue
-        y = signal[x] if _positive(signal[x]) else params[x]
-        if _positive(y):
-            marks.append((x, y, layer))
+def _mark_flagged(ax: Axes, points: list[_Point], unit: str) -> None:
+    marks = [(x, y) for x, p in enumerate(points) if p.flagged
+             and _positive(y := p.signal if _positive(p.signal) else p.param)]
     if not marks:
         return
     ax.plot([m[0] for m in marks], [m[1] for m in marks], linestyle="none", marker="o",
             markersize=9, markerfacecolor="none", markeredgecolor=_FLAG_COLOR,
-            markeredgewidth=1.6, label="flagged layer (named in red)")
-    if len(layers) <= _MAX_NAMED_TICKS:
-        return  # the tick labels name every layer; _x_axis colours the flagged ones
-    step = max(1, math.ceil(len(marks) / _MAX_ANNOTATIONS))  # spread the names along the axis
-    for i, (x, y, layer) in enumerate(marks[::step]):
-        above = i % 2 == 0 and x > 0.1 * len(layers)  # labels grow leftwards when above
-        ax.annotate(printable(layer.name, 28), (x, y), xytext=(-5, 8) if above else (5, -12),
-                    textcoords="offset points", ha="right" if above else "left", fontsize=7,
-                    color=_FLAG_COLOR, parse_math=False)  # names are user data: no mathtext
-    if step > 1:
-        ax.text(0.99, 0.02, f"{len(marks)} flagged layers, one in {step} named (see the table)",
-                transform=ax.transAxes, ha="right", fontsize=7, color=_FLAG_COLOR)
+            markeredgewidth=1.6, label=("block with flagged layers" if unit == "block" else
+                                        "flagged layer") + " (listed below the plot)")
 
 
-def _x_axis(ax: Axes, layers: list[LayerReport]) -> None:
-    ax.set_xlabel("layer, input → output (topological order)")
-    if not layers:
+def _x_axis(ax: Axes, points: list[_Point], unit: str) -> None:
+    if not points:
+        ax.set_xlabel(f"{unit}, input → output")
         return
-    ax.set_xlim(-0.5, len(layers) - 0.5)
-    if len(layers) <= _MAX_NAMED_TICKS:
-        ticks = ax.set_xticks(range(len(layers)), [printable(layer.name, 18) for layer in layers],
-                              rotation=45, ha="right", fontsize=7, parse_math=False)
-        for tick, layer in zip(ticks, layers, strict=True):
-            if layer.flags:
+    ax.set_xlim(-0.5, len(points) - 0.5)
+    if len(points) <= _MAX_NAMED_TICKS:
+        # Vertical labels: each is one line of text tall across, so neighbours never touch.
+        ticks = ax.set_xticks(range(len(points)), [printable(p.label, 18) for p in points],
+                              rotation=90, fontsize=7, parse_math=False)
+        for tick, point in zip(ticks, points, strict=True):
+            if point.flagged:
                 tick.label1.set_color(_FLAG_COLOR)
                 tick.label1.set_fontweight("bold")
+        flagged = " (flagged in red)" if any(p.flagged for p in points) else ""
+        ax.set_xlabel(f"{unit}, input → output{flagged}")
+    else:
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=20, integer=True))
+        ax.set_xlabel(f"{unit} number, input → output (topological order; see the table)")
 
 
 def _to_svg(fig: Figure, element_id: str, label: str) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+from collections import Counter
 from collections.abc import Sequence
 
 from rich import box
@@ -29,6 +30,7 @@ from diagnostics.render._format import (
     stat,
     temporal_line,
 )
+from diagnostics.render.blocks import Block, group_layers, worth_grouping
 from diagnostics.report import Evidence, LayerReport, Remedy, Report, Status
 
 _STATUS_STYLE = {Status.HEALTHY: "bold green", Status.VANISHING: "bold yellow",
@@ -55,11 +57,18 @@ def render_text(report: Report, color: bool = False, width: int = 120) -> str:
         legacy_windows=False,
     )
     console.print(_header(report))
-    console.print(_layer_table(report.layers, width), soft_wrap=True)
+    blocks = group_layers(report.layers)
+    if worth_grouping(blocks, report.layers):
+        console.print(_block_table(blocks, width), soft_wrap=True)
+        console.print(_layer_table(report.layers, width, blocks), soft_wrap=True)
+    else:
+        console.print(_layer_table(report.layers, width), soft_wrap=True)
     if report.causes:
         console.print(Text("Causes", style="bold"))
         for cause in report.causes:
             line = Text(f"- {printable(cause.title)}  [{printable(cause.id)}]")
+            if getattr(cause, "doc", None):  # absent from reports older than the guide
+                line.append(f"  guide: {printable(cause.doc)}", style="dim")
             if cause.layers:
                 shown = ", ".join(printable(n) for n in cause.layers[:_MAX_LISTED_LAYERS])
                 more = len(cause.layers) - _MAX_LISTED_LAYERS
@@ -87,14 +96,16 @@ def render_text(report: Report, color: bool = False, width: int = 120) -> str:
 
 def _header(report: Report) -> Panel:
     verdict = report.verdict
-    status = Text.assemble(("Verdict: ", "bold"),
-                           (verdict.status.value.upper(), _STATUS_STYLE[verdict.status]))
+    style = _STATUS_STYLE.get(verdict.status, "bold")
+    status = Text.assemble(("Verdict: ", "bold"), (verdict.status.value.upper(), style))
     if verdict.flags:
         status.append(f"  [{', '.join(verdict.flags)}]", style="red")
     lines = [status, Text(printable(verdict.summary)), _evidence(verdict.evidence)]
     fired = [r for r in verdict.evidence.rules if r.fired]
     lines += [Text(f"  fired: {printable(r.rule)}: {number(r.value)} vs {number(r.threshold)}"
-                   f" ({printable(r.detail)})", style="yellow") for r in fired]
+                   f" ({printable(r.detail)})"
+                   + (f"  guide: {printable(r.doc)}" if getattr(r, "doc", None) else ""),
+                   style="yellow") for r in fired]
     return Panel(Group(*lines), title=Text(f"GradDoctor · {source_line(report.source)}"),
                  title_align="left", box=box.ROUNDED)
 
@@ -118,42 +129,104 @@ _HEAD = ("", "#", "layer", "op", "depth", "‖δ‖", "‖∂L/∂W‖ max", "gr
          "flags")
 _RIGHT_ALIGNED = frozenset({1, 4, 5, 6, 7, 8, 9})
 _NAME, _OP, _FLAGS = 2, 3, 10
-_MAX_OP, _MAX_FLAGS, _MIN_NAME = 16, 24, 12
+_OPTIONAL = (8, 9)  # saturated and dead fractions: left out when no layer has them
+_MAX_OP, _MAX_FLAGS, _MIN_NAME = 14, 26, 12
 
 
-def _layer_table(layers: Sequence[LayerReport], width: int) -> Text:
-    """A fixed-width table drawn by hand.
+_BLOCK_HEAD = ("", "#", "block", "layers", "‖δ‖ max", "‖δ‖ min", "‖∂L/∂W‖ max", "flags")
+
+
+def _block_table(blocks: Sequence[Block], width: int) -> Text:
+    """One row per block: the trend over depth without the zigzag inside each block."""
+    rows = []
+    for number_, block in enumerate(blocks):
+        counts = Counter(flag for layer in block.layers for flag in layer.flags)
+        rows.append(([
+            "!" if block.flagged else "", str(number_), printable(block.key),
+            str(len(block.layers)), number(block.signal_max()), number(block.signal_min()),
+            number(block.param_grad_max()),
+            ", ".join(f"{flag} ×{n}" if n > 1 else str(flag) for flag, n in counts.items())],
+            bool(block.flagged)))
+    text = Text()
+    text.append(f"{len(blocks)} blocks (layers grouped by module path), input → output; ‖δ‖ max "
+                "is the block's strongest backward signal\n", style="bold")
+    _append_rows(text, _BLOCK_HEAD, rows, width, right={1, 3, 4, 5, 6}, folded=(2, 7),
+                 caps={7: 40})
+    return text
+
+
+def _layer_table(layers: Sequence[LayerReport], width: int,
+                 blocks: Sequence[Block] | None = None) -> Text:
+    """A fixed-width table drawn by hand; with ``blocks``, a header line before each block and
+    names shortened to their path inside it.
 
     rich's Table measures every cell through its renderable protocol, about 1.5 ms a row: too
     slow for the 500-layer models the CLI meets, so columns are sized once here and long names fold.
     """
     if not layers:
         return Text("No layers were measured.", style="dim")
-    rows = [_layer_cells(layer) for layer in sorted(layers, key=lambda item: item.index)]
-    widths = [max(cell_len(head), *(cell_len(row[i]) for row, _ in rows))
-              for i, head in enumerate(_HEAD)]
-    widths[_OP] = min(widths[_OP], _MAX_OP)
-    widths[_FLAGS] = min(widths[_FLAGS], _MAX_FLAGS)
-    others = sum(widths) - widths[_NAME] + 2 * (len(widths) - 1)
-    widths[_NAME] = max(_MIN_NAME, min(widths[_NAME], width - others))
+    if blocks:
+        rows: list[tuple[list[str], bool] | str] = []
+        for number_, block in enumerate(blocks):
+            rows.append(f"── block {number_}: {printable(block.key)}")
+            rows += [_layer_cells(layer, block.short_name(layer)) for layer in block.layers]
+    else:
+        rows = [_layer_cells(layer) for layer in sorted(layers, key=lambda item: item.index)]
     text = Text()
     text.append(f"{len(layers)} layers, input → output ('!' = flagged)\n", style="bold")
-    text.append(_line(_HEAD, widths) + "\n", style="bold")
-    text.append("─" * min(width, sum(widths) + 2 * (len(widths) - 1)) + "\n", style="dim")
-    for cells, flagged in rows:
-        folded = {i: chop_cells(cells[i], widths[i]) or [""] for i in (_NAME, _OP, _FLAGS)}
-        for k in range(max(len(parts) for parts in folded.values())):
-            line = [c if k == 0 else "" for c in cells]
-            for i, parts in folded.items():
-                line[i] = parts[k] if k < len(parts) else ""
-            text.append(_line(line, widths) + "\n", style="red" if flagged else "")
+    _append_rows(text, _HEAD, rows, width, right=_RIGHT_ALIGNED, folded=(_NAME, _OP, _FLAGS),
+                 caps={_OP: _MAX_OP, _FLAGS: _MAX_FLAGS}, optional=_OPTIONAL)
     return text
 
 
-def _layer_cells(layer: LayerReport) -> tuple[list[str], bool]:
+def _append_rows(text: Text, head: Sequence[str], rows: Sequence[tuple[list[str], bool] | str],
+                 width: int, right: set[int] | frozenset[int], folded: tuple[int, ...],
+                 caps: dict[int, int], optional: tuple[int, ...] = ()) -> None:
+    """Size the columns once, then write the header, a rule and the rows (long cells fold).
+
+    The first folded column is the name, which takes the width the others leave; an
+    ``optional`` column whose cells are all missing is left out; a row given as a plain string
+    is a section line written as is.
+    """
+    cells_only = [row[0] for row in rows if not isinstance(row, str)]
+    empty = [i for i in optional
+             if cells_only and all(cells[i] == MISSING for cells in cells_only)]
+    if empty:  # e.g. no activation statistics at all: give the names the room
+        keep = [i for i in range(len(head)) if i not in empty]
+        renumber = {old: new for new, old in enumerate(keep)}
+        head = [head[i] for i in keep]
+        rows = [row if isinstance(row, str) else ([row[0][i] for i in keep], row[1])
+                for row in rows]
+        cells_only = [row[0] for row in rows if not isinstance(row, str)]
+        right = {renumber[i] for i in right if i in renumber}
+        folded = tuple(renumber[i] for i in folded)
+        caps = {renumber[i]: cap for i, cap in caps.items()}
+    widths = [max(cell_len(h), *(cell_len(row[i]) for row in cells_only)) if cells_only
+              else cell_len(h) for i, h in enumerate(head)]
+    for column, cap in caps.items():
+        widths[column] = min(widths[column], cap)
+    name = folded[0]
+    others = sum(widths) - widths[name] + 2 * (len(widths) - 1)
+    widths[name] = max(_MIN_NAME, min(widths[name], width - others))
+    text.append(_line(head, widths, right) + "\n", style="bold")
+    text.append("─" * min(width, sum(widths) + 2 * (len(widths) - 1)) + "\n", style="dim")
+    for row in rows:
+        if isinstance(row, str):
+            text.append(row + "\n", style="bold dim")
+            continue
+        cells, flagged = row
+        parts = {i: chop_cells(cells[i], widths[i]) or [""] for i in folded}
+        for k in range(max(len(p) for p in parts.values())):
+            line = [c if k == 0 else "" for c in cells]
+            for i, pieces in parts.items():
+                line[i] = pieces[k] if k < len(pieces) else ""
+            text.append(_line(line, widths, right) + "\n", style="red" if flagged else "")
+
+
+def _layer_cells(layer: LayerReport, shown_name: str | None = None) -> tuple[list[str], bool]:
     acts = layer.activations
     cells = [
-        "!" if layer.flags else "", str(layer.index), printable(layer.name),
+        "!" if layer.flags else "", str(layer.index), printable(shown_name or layer.name),
         printable(layer.op_type), str(layer.depth), stat(layer.output_grad_norm),
         number(max_param_grad_norm(layer)), number(max_grad_to_weight(layer)),
         percent(acts.saturated_fraction) if acts else MISSING,
@@ -162,17 +235,20 @@ def _layer_cells(layer: LayerReport) -> tuple[list[str], bool]:
     return cells, bool(layer.flags)
 
 
-def _line(cells: Sequence[str], widths: Sequence[int]) -> str:
+def _line(cells: Sequence[str], widths: Sequence[int],
+          right: set[int] | frozenset[int] = _RIGHT_ALIGNED) -> str:
     padded = []
     for i, (cell, width) in enumerate(zip(cells, widths, strict=True)):
         pad = " " * max(width - cell_len(cell), 0)
-        padded.append(pad + cell if i in _RIGHT_ALIGNED else cell + pad)
+        padded.append(pad + cell if i in right else cell + pad)
     return "  ".join(padded).rstrip()
 
 
 def _remedy(remedy: Remedy) -> Group:
     title = Text.assemble((f"{remedy.rank}. {printable(remedy.title)}", "bold"),
                           (f"  [{printable(remedy.id)}]", "dim"))
+    if getattr(remedy, "doc", None):  # absent from reports older than the guide
+        title.append(f"  guide: {printable(remedy.doc)}", style="dim")
     body = Text(printable(remedy.rationale))
     if remedy.layers:
         shown = ", ".join(printable(name) for name in remedy.layers[:_MAX_LISTED_LAYERS])
@@ -185,9 +261,9 @@ def _remedy(remedy: Remedy) -> Group:
     if remedy.verified is not None:
         v = remedy.verified
         body.append("\nverified: ")
-        body.append(v.status_before.value, style=_STATUS_STYLE[v.status_before])
+        body.append(v.status_before.value, style=_STATUS_STYLE.get(v.status_before, "bold"))
         body.append(" → ")
-        body.append(v.status_after.value, style=_STATUS_STYLE[v.status_after])
+        body.append(v.status_after.value, style=_STATUS_STYLE.get(v.status_after, "bold"))
     elif remedy.verification_note:
         body.append(f"\nnot verified: {printable(remedy.verification_note)}", style="dim")
     return Group(title, Padding(body, (0, 0, 0, 3), expand=False))

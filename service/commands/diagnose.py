@@ -6,10 +6,10 @@ import argparse
 import json
 import os
 import sys
-from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
+from service.commands._console import progress_display, quiet_third_party
 from service.exit_codes import ExitCode, for_verdict
 
 
@@ -20,6 +20,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                     "statistics, a verdict and remedies. Exit status: 0 healthy, 3 vanishing or "
                     "exploding, 4 inconclusive, 2 bad input, 1 internal error.")
     parser.add_argument("model", help="an .onnx file or a .json architecture spec")
+    add_config_arguments(parser)
+    parser.add_argument("--format", choices=["text", "json"], default="text")
+    parser.add_argument("--output", metavar="FILE", help="write the report here, not stdout")
+    parser.add_argument("--fix", metavar="REMEDY_ID",
+                        help="write the model repaired by this remedy (see --fix-output)")
+    parser.add_argument("--fix-output", metavar="FILE", help="where --fix writes the ONNX model")
+    parser.set_defaults(run=run)
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags that set up a diagnosis (shared with `graddoctor compare`)."""
     parser.add_argument("--inputs", metavar="NPZ", help="sample inputs (.npz, name -> array)")
     parser.add_argument("--data-dir", metavar="DIR",
                         help="folder holding the model's external data files (model.onnx.data); "
@@ -39,12 +50,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--seed", type=int, metavar="N")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--config", metavar="FILE", help="JSON file with any config field")
-    parser.add_argument("--format", choices=["text", "json"], default="text")
-    parser.add_argument("--output", metavar="FILE", help="write the report here, not stdout")
-    parser.add_argument("--fix", metavar="REMEDY_ID",
-                        help="write the model repaired by this remedy (see --fix-output)")
-    parser.add_argument("--fix-output", metavar="FILE", help="where --fix writes the ONNX model")
-    parser.set_defaults(run=run)
+    parser.add_argument("--verbose", action="store_true",
+                        help="let third-party warnings (converters, tracers) through to stderr")
 
 
 def build_config(args: argparse.Namespace) -> dict[str, Any]:
@@ -54,11 +61,11 @@ def build_config(args: argparse.Namespace) -> dict[str, Any]:
         try:
             loaded = json.loads(Path(args.config).read_text())
         except OSError as exc:
-            raise _UsageError(f"cannot read config file {args.config}: {exc.strerror}") from None
+            raise UsageError(f"cannot read config file {args.config}: {exc.strerror}") from None
         except json.JSONDecodeError as exc:
-            raise _UsageError(f"config file {args.config} is not valid JSON: {exc}") from None
+            raise UsageError(f"config file {args.config} is not valid JSON: {exc}") from None
         if not isinstance(loaded, dict):
-            raise _UsageError(f"config file {args.config} must hold a JSON object")
+            raise UsageError(f"config file {args.config} must hold a JSON object")
         config.update(loaded)
     flags = {"loss": args.loss, "learning_rate": args.learning_rate, "samples": args.samples,
              "batch_size": args.batch_size, "seed": args.seed, "device": args.device}
@@ -66,7 +73,7 @@ def build_config(args: argparse.Namespace) -> dict[str, Any]:
     return config
 
 
-class _UsageError(Exception):
+class UsageError(Exception):
     pass
 
 
@@ -110,13 +117,13 @@ def machine_limits(args: argparse.Namespace) -> Any:
         value = getattr(args, flag)
         if value is not None:
             if value < 1:
-                raise _UsageError(f"--{flag.replace('_', '-')} must be positive")
+                raise UsageError(f"--{flag.replace('_', '-')} must be positive")
             limits = replace(limits, **{field: value})
     return limits
 
 
 def run(args: argparse.Namespace) -> int:
-    from diagnostics import DiagnosticsError, diagnose
+    from diagnostics.errors import DiagnosticsError
 
     if (args.fix is None) != (args.fix_output is None):
         return _fail("--fix and --fix-output go together", ExitCode.BAD_INPUT)
@@ -127,15 +134,17 @@ def run(args: argparse.Namespace) -> int:
         if args.data_dir is not None and not Path(args.data_dir).is_dir():
             return _fail(f"data folder {args.data_dir} does not exist", ExitCode.BAD_INPUT)
         limits = machine_limits(args)
-        with _progress() as say:
+        with quiet_third_party(args.verbose), progress_display() as say:
+            from diagnostics import diagnose  # torch and the converters: their import warns too
+
             report = diagnose(args.model, inputs=args.inputs, config=config, progress=say,
                               limits=limits, data_dir=args.data_dir)
-        if args.fix:
-            from diagnostics.repair import write_repaired_model
+            if args.fix:
+                from diagnostics.repair import write_repaired_model
 
-            write_repaired_model(report, args.fix, args.model, args.fix_output, config=config,
-                                 inputs=args.inputs)
-    except _UsageError as exc:
+                write_repaired_model(report, args.fix, args.model, args.fix_output,
+                                     config=config, inputs=args.inputs)
+    except UsageError as exc:
         return _fail(str(exc), ExitCode.BAD_INPUT)
     except DiagnosticsError as exc:
         return _fail(exc.detail, ExitCode.BAD_INPUT)
@@ -160,26 +169,6 @@ def _render(report: Any, fmt: str, *, color: bool) -> str:
     from diagnostics.render.text import render_text
 
     return render_text(report, color=color)
-
-
-def _progress() -> AbstractContextManager:
-    """Progress on stderr while the passes run (only when stderr is a terminal)."""
-    if not sys.stderr.isatty():
-        return nullcontext(lambda _message: None)
-    from rich.console import Console
-
-    console = Console(stderr=True)
-
-    class _Status:
-        def __enter__(self):
-            self._status = console.status("graddoctor: starting")
-            self._status.__enter__()
-            return lambda message: self._status.update(f"graddoctor: {message}")
-
-        def __exit__(self, *exc_info):
-            return self._status.__exit__(*exc_info)
-
-    return _Status()
 
 
 def _fail(message: str, code: ExitCode) -> int:

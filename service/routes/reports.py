@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import re
+from typing import Annotated
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Query
 from fastapi.responses import FileResponse, HTMLResponse, Response
 
 from service.deps import Jobs, Owner
 from service.errors import ConflictError, NotFoundError
-from service.report_page import CSP, fallback_page
+from service.report_page import CSP, comparison_page, fallback_page
 from service.routes._views import API_PREFIX, error_responses
 from service.schemas import JobStatus
 
@@ -21,13 +22,22 @@ router = APIRouter(prefix=API_PREFIX, tags=["reports"])
     responses={200: {"content": {"text/html": {}}, "description": "The report page."},
                **error_responses(401, 404, 409, 422, 503, page=True)},
 )
-def get_report(job_id: str, jobs: Jobs, owner: Owner) -> Response:
-    """The diagnosis as an HTML page: verdict, gradient-flow plot, layer table, remedies."""
+def get_report(
+    job_id: str, jobs: Jobs, owner: Owner,
+    compare: Annotated[str | None, Query(
+        max_length=200, description="Another diagnosis of the same API key: the page shows "
+        "how the gradients changed from it (the baseline) to this one.")] = None,
+) -> Response:
+    """The diagnosis as an HTML page: verdict, gradient-flow plot, layer table, remedies; with
+    ``compare``, the per-layer change from another diagnosis instead."""
     record = jobs.get(job_id, owner, with_result=False)
     if record.status != JobStatus.SUCCEEDED:
         raise ConflictError(f"diagnosis {job_id} is {record.status}; its report exists once it "
                             "has succeeded", status=record.status)
     headers = {"Content-Security-Policy": CSP, "X-Content-Type-Options": "nosniff"}
+    if compare is not None:
+        return HTMLResponse(comparison_page(jobs, owner, baseline=compare, job_id=job_id),
+                            headers=headers)
     path = jobs.blobs.report_path(job_id)
     if path.is_file():
         return FileResponse(path, media_type="text/html; charset=utf-8", headers=headers)

@@ -185,3 +185,28 @@ def test_keys_appear_in_no_log_and_no_file(keyed: ServiceProcess, keys: Keys,
         assert key not in log
         for path in files:
             assert key.encode() not in path.read_bytes(), f"{key[:6]}... found in {path}"
+
+
+def test_report_comparison_only_between_jobs_of_the_same_key(keyed: ServiceProcess, keys: Keys,
+                                                             alice_job: dict[str, Any]) -> None:
+    """``/report?compare=OTHER`` shows the change from OTHER to this job; a job of another key
+    on either side is a 404, like any job of another key."""
+    with _client(keyed, keys.alice) as alice, _client(keyed, keys.bob) as bob:
+        wider = alice.post("/v1/diagnoses", json={"spec": spec_mlp(width=8), "config": SMALL},
+                           params={"wait": 60}).json()
+        bobs = bob.post("/v1/diagnoses", json={"spec": spec_mlp(width=6), "config": SMALL},
+                        params={"wait": 60, "reuse": "false"}).json()
+        assert wider["status"] == bobs["status"] == "succeeded", (dump(wider), dump(bobs))
+        page = alice.get(f"/v1/diagnoses/{wider['id']}/report",
+                         params={"compare": alice_job["id"]})
+        assert page.status_code == 200, page.text
+        assert page.headers["content-type"].startswith("text/html")
+        assert "default-src 'none'" in page.headers["content-security-policy"]
+        assert "Comparison:" in page.text
+        assert "Gradient health" in page.text
+        assert f"/v1/diagnoses/{alice_job['id']}/report" in page.text  # links to both reports
+        for job, other, client in ((wider["id"], bobs["id"], alice),
+                                   (bobs["id"], alice_job["id"], bob)):
+            answer = client.get(f"/v1/diagnoses/{job}/report", params={"compare": other})
+            assert answer.status_code == 404, answer.text
+            assert answer.json()["error"] == "not_found"

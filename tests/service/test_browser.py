@@ -204,3 +204,79 @@ def test_report_page_of_a_finished_job(browser: Any, server: ServiceProcess) -> 
     finally:
         page.context.close()
     log.assert_clean()
+
+
+DEEP_SCREENSHOT = ROOT / "docs" / "report-deep-transformer.png"
+# Every bounding box of a text element of the flow plot, in page pixels.
+_PLOT_TEXT_BOXES = """() => [...document.querySelectorAll('#gradient-flow-plot g[id*="-text_"]')]
+  .map(g => { const r = g.getBoundingClientRect();
+              return {id: g.id, x0: r.left, y0: r.top, x1: r.right, y1: r.bottom}; })
+  .filter(b => b.x1 > b.x0 && b.y1 > b.y0)"""
+
+
+def _bert_12_layers_onnx() -> bytes:
+    """A 12-layer BERT encoder (transformers, random weights, hidden size 32): 186 layers."""
+    import torch
+
+    from tests.model_zoo import _Seq2Tuple
+    from tests.onnx_export import export_legacy
+
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=12,
+                                     num_attention_heads=2, intermediate_size=64,
+                                     max_position_embeddings=64)
+    ids = torch.randint(0, 100, (2, 16))
+    names = ("input_ids", "attention_mask", "token_type_ids")
+    return export_legacy(_Seq2Tuple(transformers.BertModel(config)).eval(),
+                         (ids, torch.ones_like(ids), torch.zeros_like(ids)),
+                         do_constant_folding=False, input_names=names,
+                         dynamic_axes={name: {0: "batch", 1: "sequence"} for name in names})
+
+
+def _overlaps(boxes: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    pairs = []
+    for i, a in enumerate(boxes):
+        for b in boxes[i + 1:]:
+            if a["x0"] < b["x1"] and b["x0"] < a["x1"] and a["y0"] < b["y1"] and b["y0"] < a["y1"]:
+                pairs.append((a["id"], b["id"]))
+    return pairs
+
+
+def test_deep_transformer_report_reads_at_a_glance(browser: Any, tmp_path: Path) -> None:
+    """BERT with 12 encoder layers (186 layers in the report) at 1280 px: one point per block,
+    no two plot labels overlap, names never wrap a character per line, per-layer detail folds."""
+    from diagnostics import diagnose
+
+    report = diagnose(_bert_12_layers_onnx(), config={"samples": 1, "verify_remedies": False,
+                                                      "input_shapes": {
+                                                          "input_ids": [2, 16],
+                                                          "attention_mask": [2, 16],
+                                                          "token_type_ids": [2, 16]}})
+    assert len(report.layers) >= 150
+    path = tmp_path / "bert12.html"
+    path.write_text(render_html(report), encoding="utf-8")
+    page, log = _open(browser, path.as_uri(), path.as_uri())
+    try:
+        _assert_plot_drawn(page)
+        boxes = page.evaluate(_PLOT_TEXT_BOXES)
+        assert len(boxes) >= 14 + 4  # a tick label per block, axis labels, legend entries
+        assert _overlaps(boxes) == []
+        blocks = page.locator("details.block")
+        assert blocks.count() >= 14  # embeddings, 12 encoder layers, pooler
+        _save(_top_screenshot(page), "report-deep-transformer.png")
+        page.evaluate("document.querySelectorAll('details').forEach(d => d.open = true)")
+        line = page.evaluate("parseFloat(getComputedStyle(document.body).lineHeight)")
+        heights = page.evaluate("""() => [...document.querySelectorAll('td.name, .bname')]
+            .map(e => e.getBoundingClientRect().height)""")
+        assert len(heights) >= len(report.layers)
+        assert max(heights) <= 3 * line, max(heights)  # no one-character-per-line wrapping
+        titles = page.locator("td.name[title]").count()
+        assert titles >= len(report.layers)  # the full name is always one hover away
+        _save(page.screenshot(full_page=True), "report-deep-transformer-full.png")
+        if os.environ.get("GRADDOCTOR_UPDATE_SCREENSHOTS") == "1":
+            page.evaluate("document.querySelectorAll('details').forEach(d => d.open = false)")
+            DEEP_SCREENSHOT.write_bytes(_top_screenshot(page))
+    finally:
+        page.context.close()
+    log.assert_clean()
