@@ -272,3 +272,20 @@ class Report(_Model):
             raise RemedyNotRepairableError(
                 "this report holds no model (it was loaded from JSON); re-run diagnose")
         return repaired_onnx(self._repair, remedy_id)
+
+    def repaired_module(self, remedy_id: str) -> Any:
+        """A new ``torch.nn.Module`` with a repairable remedy applied, for reports of a module.
+
+        The diagnosed module is never modified; this returns a copy of it (same class, modes,
+        device and dtype) whose weights are the ones the remedy's verification measured.
+
+        Raises:
+            RemedyNotRepairableError: Unknown remedy, one that changes the architecture, a
+                source that was not an ``nn.Module``, or a report loaded from JSON.
+        """
+        from diagnostics.repair import RemedyNotRepairableError, repaired_module
+
+        if self._repair is None:
+            raise RemedyNotRepairableError(
+                "this report holds no model (it was loaded from JSON); re-run diagnose")
+        return repaired_module(self._repair, remedy_id)
