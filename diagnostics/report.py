@@ -121,6 +121,9 @@ class RuleCheck(_Model):
     threshold: float | None
     fired: bool
     detail: str
+    doc: str | None = Field(
+        None, description="The guide section that explains it: a path the service serves, e.g. "
+        "'/guide/rules#backward_signal_vanishing' (Markdown: docs/guide/rules.md).")
 
 
 class Evidence(_Model):
@@ -182,6 +185,9 @@ class Remedy(_Model):
     repairable: bool = Field(
         False, description="Changes only initializer values: a repaired ONNX can be downloaded."
     )
+    doc: str | None = Field(
+        None, description="The guide section that explains it: a path the service serves, e.g. "
+        "'/guide/rules#backward_signal_vanishing' (Markdown: docs/guide/rules.md).")
 
 
 class Cause(_Model):
@@ -192,6 +198,9 @@ class Cause(_Model):
     title: str
     layers: list[str] = Field(default_factory=list)
     evidence: dict[str, Any] = Field(default_factory=dict)
+    doc: str | None = Field(
+        None, description="The guide section that explains it: a path the service serves, e.g. "
+        "'/guide/rules#backward_signal_vanishing' (Markdown: docs/guide/rules.md).")
 
 
 class SourceReport(_Model):
