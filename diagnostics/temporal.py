@@ -3,8 +3,9 @@
 For the first recurrent layer (RNN, LSTM, GRU) we take ‖∂L/∂x_t‖ for every time step t of its
 input sequence, with the loss on the last step's output only. A healthy memory keeps that norm
 within a factor of the vanishing ratio over the sequence; the number of steps back it stays
-above that factor is the effective horizon (DOMAIN.md §4: gated cells at torch's default init
-decay too, so this is reported for every recurrent model, not judged on the cell type).
+above that factor is the effective horizon (docs/guide/faq.md §My LSTM is flagged
+temporal_vanishing but trains: gated cells at torch's default init decay too, so this is reported
+for every recurrent model, not judged on the cell type).
 """
 
 from __future__ import annotations
