@@ -49,6 +49,14 @@ class Recurrent(nn.Module):
         return self.head(self.cell(x)[0])
 
 
+def with_forget_bias(lstm: nn.LSTM, value: float) -> None:
+    """Forget-gate bias ``value`` (gates in torch's order: input, forget, cell, output)."""
+    hidden = lstm.hidden_size
+    with torch.no_grad():
+        lstm.bias_ih_l0[hidden:2 * hidden].fill_(value)
+        lstm.bias_hh_l0[hidden:2 * hidden].zero_()
+
+
 def flow(name: str, module: nn.Module, inputs: torch.Tensor) -> str:
     report = diagnose(module, inputs=inputs, config=CONFIG)
     (OUT / f"{name}.svg").write_text(gradient_flow_svg(report.layers))
@@ -66,15 +74,18 @@ def main() -> int:
         flow("relu-mlp-large", mlp(12, 128, nn.ReLU, std=3 * (2 / 128) ** 0.5), x),
     ]
     sequence = torch.randn(8, 60, 8)
-    reports = []
-    for cell in (nn.RNN, nn.LSTM):
+    profiles = []
+    for label, cell, forget_bias in (("tanh RNN", nn.RNN, None), ("LSTM", nn.LSTM, None),
+                                     ("LSTM, forget bias 1", nn.LSTM, 1.0)):
         torch.manual_seed(0)
-        report = diagnose(Recurrent(cell), inputs=sequence, config=CONFIG)
-        reports.append(report)
-        lines.append(f"{cell.__name__}: {report.temporal[0].status}, horizon "
-                     f"{report.temporal[0].effective_horizon}")
-    profiles = [r.temporal[0].model_copy(update={"input": f"{name} cell"})
-                for name, r in zip(("tanh RNN", "LSTM"), reports, strict=True)]
+        model = Recurrent(cell)
+        if forget_bias is not None:
+            with_forget_bias(model.cell, forget_bias)
+        report = diagnose(model, inputs=sequence, config=CONFIG)
+        profile = report.temporal[0]
+        profiles.append(profile.model_copy(update={"input": label}))
+        lines.append(f"{label}: {profile.status}, horizon {profile.effective_horizon}, "
+                     f"first/last {profile.first_to_last_ratio:.3g}")
     (OUT / "temporal-rnn-lstm.svg").write_text(temporal_svg(profiles))
     print("\n".join(lines))
     return 0
