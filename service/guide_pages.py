@@ -34,7 +34,7 @@ ORDER = ("index", "concepts", "math", "reading-reports", "rules", "causes", "rem
 PAGE_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,63}")
 FIGURE_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,63}\.(svg|png)")
 CSP = ("default-src 'none'; style-src 'unsafe-inline'; img-src 'self'; base-uri 'none'; "
-       "form-action 'none'; frame-ancestors 'none'")
+       "form-action 'none'")
 FIGURE_CSP = "default-src 'none'; style-src 'unsafe-inline'"
 
 _STYLE = """
@@ -43,7 +43,7 @@ nav{min-width:13rem;padding:1rem;border-right:1px solid #d0d7de;background:#f6f8
     position:sticky;top:0;align-self:flex-start;height:100vh;box-sizing:border-box}
 nav a{display:block;padding:.15rem 0;color:#0969da;text-decoration:none}
 nav a.current{font-weight:600;color:#1f2328}
-main{max-width:52rem;padding:1rem 2rem 4rem;overflow-wrap:anywhere}
+main{max-width:52rem;padding:1rem 2rem 4rem;overflow-wrap:break-word;min-width:0}
 code,pre{font:13px ui-monospace,monospace;background:#f6f8fa}
 pre{padding:.7rem;overflow-x:auto;border-radius:6px}
 table{border-collapse:collapse;margin:1rem 0}td,th{border:1px solid #d0d7de;padding:.3rem .6rem;
@@ -142,7 +142,8 @@ def figure_path(name: str) -> Path | None:
 def _document(name: str, titles: dict[str, str], body: str) -> str:
     nav = "".join(
         f"<a href='{GUIDE_URL}/{'' if page == 'index' else page}'"
-        f"{' class=current' if page == name else ''}>{escape(title)}</a>"
+        f"{' class=current' if page == name else ''}>"
+        f"{'Overview' if page == 'index' else escape(title)}</a>"
         for page, title in titles.items())
     return (
         "<!doctype html><html lang='en'><head><meta charset='utf-8'>"
