@@ -123,7 +123,7 @@ def _snippets(page: str) -> list[str]:
 
 
 @pytest.mark.parametrize("page", [
-    "index.md", pytest.param("pytorch.md", marks=pytest.mark.slow)])
+    "index.md", "remedies.md", pytest.param("pytorch.md", marks=pytest.mark.slow)])
 def test_the_complete_snippets_run(page: str) -> None:
     namespace: dict[str, object] = {}
     for snippet in _snippets(page):
