@@ -35,7 +35,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.instancenorm import _InstanceNorm
 
 from diagnostics.config import NormStats
-from diagnostics.errors import InvalidInputsError, ResourceLimitError
+from diagnostics.errors import InvalidInputsError, ModelLoadError, ResourceLimitError
 from diagnostics.limits import DEFAULT_LIMITS, Limits
 from diagnostics.model import Activation, InputSpec, LayerInfo, LayerKind, LoadedModel, SourceInfo
 from diagnostics.probe import float_tensors, probe_mode
@@ -115,9 +115,13 @@ def load_module(module: nn.Module, inputs: ModuleInputs, *,
         The loaded model (``source.kind == "module"``) and the input tensors in input order.
 
     Raises:
+        ModelLoadError: A TorchScript module (it takes no Python hooks).
         InvalidInputsError: Inputs that are not tensors, or that the module's forward rejects.
         ResourceLimitError: Over ``limits.max_parameters`` or ``limits.max_input_elements``.
     """
+    if isinstance(module, torch.jit.ScriptModule):
+        raise ModelLoadError("TorchScript modules take no Python hooks: pass the Python module "
+                             "(before torch.jit.script/trace), or export it to ONNX")
     given = _split_inputs(module, inputs)
     _check_budgets(module, given.tensors, limits)
     memo: dict[int, Any] = {}

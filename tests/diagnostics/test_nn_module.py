@@ -18,12 +18,13 @@ from torch import nn
 
 from diagnostics import diagnose
 from diagnostics.config import DiagnosisConfig
-from diagnostics.errors import InvalidInputsError
+from diagnostics.errors import InvalidInputsError, ModelLoadError
 from diagnostics.probe import compute_loss
 from diagnostics.repair import RemedyNotRepairableError
 from diagnostics.report import Report, Status
 from tests.model_zoo import BY_NAME, ZooModel, export
 from tests.model_zoo import FAMILIES as ZOO
+from tests.onnx_export import export_legacy
 
 RTOL = 1e-4
 CONFIG = {"samples": 1, "seed": 0, "verify_remedies": False}
@@ -107,6 +108,28 @@ def test_same_report_as_the_exported_file(family: str) -> None:
         np.testing.assert_allclose(profile.grad_norms, _step_norms(model), rtol=RTOL)
 
 
+def test_verified_remedies_match_the_exported_file() -> None:
+    torch.manual_seed(0)
+    net = nn.Sequential(*[layer for _ in range(8)
+                          for layer in (nn.Linear(32, 32), nn.Sigmoid())]).eval()
+    x = torch.randn(16, 32)
+    live = diagnose(net, inputs=x, config={"samples": 1})
+    exported = diagnose(export_legacy(net, (x,), do_constant_folding=False, input_names=["x"]),
+                        inputs={"x": x.numpy()}, config={"samples": 1})
+
+    def verified(report: Report) -> list[tuple]:
+        return [(r.id, r.rank, r.verified.status_after if r.verified else None,
+                 r.verified.evidence_after.get("backward_signal_ratio") if r.verified else None)
+                for r in report.remedies]
+
+    assert live.verdict.status is Status.VANISHING
+    assert sum(1 for r in live.remedies if r.verified) >= 3
+    ours, theirs = verified(live), verified(exported)
+    assert [row[:3] for row in ours] == [row[:3] for row in theirs]
+    for mine, file in zip(ours, theirs, strict=True):
+        assert mine[3] == (None if file[3] is None else pytest.approx(file[3], rel=RTOL)), mine[0]
+
+
 def test_the_callers_module_is_untouched() -> None:
     torch.manual_seed(0)
     module = nn.Sequential(nn.Linear(6, 6), nn.BatchNorm1d(6), nn.ReLU(inplace=True),
@@ -161,6 +184,8 @@ def test_inputs_are_required_and_named_when_wrong() -> None:
         diagnose(nn.Linear(2, 2), inputs=(torch.ones(1, 2), "x"))
     with pytest.raises(InvalidInputsError, match="forward pass failed"):
         diagnose(nn.Linear(2, 2), inputs=torch.ones(1, 3))
+    with pytest.raises(ModelLoadError, match="TorchScript"):
+        diagnose(torch.jit.script(nn.Linear(2, 2)), inputs=torch.ones(1, 2))
 
 
 def test_repaired_module_is_a_fresh_module_that_is_healthy() -> None:
