@@ -3,9 +3,6 @@
     from diagnostics import diagnose
     report = diagnose("model.onnx", config={"samples": 1})
     report.verdict.status   # "healthy" | "vanishing" | "exploding"
-    report = diagnose(torch_module, inputs=example_batch)   # an nn.Module, no export
-
-What each finding means: docs/guide/ (served by the service under /guide/).
 """
 
 from typing import TYPE_CHECKING, Any

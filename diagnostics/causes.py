@@ -13,7 +13,6 @@ import math
 from diagnostics import edits
 from diagnostics.config import DiagnosisConfig, ProbeDtype
 from diagnostics.examination import Examination
-from diagnostics.guide_links import link_causes
 from diagnostics.model import LayerKind, LoadedModel
 from diagnostics.remedies import DEEP_CHAIN, INIT_TOLERANCE, init_plan
 from diagnostics.report import Cause, Flag, Status
@@ -23,9 +22,7 @@ def find_causes(model: LoadedModel, found: Examination, config: DiagnosisConfig)
     """Every cause the evidence shows, most direct first."""
     builders = (_saturation, _dead_units, _initialization, _plain_depth, _recurrent_memory,
                 _low_precision)
-    causes = [cause for build in builders if (cause := build(model, found, config)) is not None]
-    link_causes(causes)
-    return causes
+    return [cause for build in builders if (cause := build(model, found, config)) is not None]
 
 
 def _saturation(model, found, config) -> Cause | None:

@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from diagnostics import temporal
 from diagnostics.aggregate import build_layer_reports
 from diagnostics.config import DiagnosisConfig
-from diagnostics.guide_links import link_rules
 from diagnostics.inputs import SampleBatch
 from diagnostics.model import LoadedModel
 from diagnostics.probe import SampleObservation, probe_mode, run_sample
@@ -61,7 +60,6 @@ def examine(model: LoadedModel, batches: list[SampleBatch], config: DiagnosisCon
     clock = time.perf_counter()
     layers = build_layer_reports(model, observations, config.thresholds)
     verdict, statuses = judge(model, layers, observations, config.thresholds)
-    link_rules(verdict.evidence.rules)  # each rule's guide section, from one table
     for found in profiles:
         flag = {Status.VANISHING: Flag.TEMPORAL_VANISHING,
                 Status.EXPLODING: Flag.TEMPORAL_EXPLODING}.get(found.status)

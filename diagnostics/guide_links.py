@@ -4,14 +4,14 @@ The one table behind every ``doc`` field of a report. A link is the path the ser
 guide under (``/guide/<page>#<anchor>``); the Markdown source of ``<page>`` is
 ``docs/guide/<page>.md``, and every anchor is the id itself, written as that page's heading.
 ``tests/diagnostics/test_guide_links.py`` checks that every id the code can produce is here and
-that every anchor exists.
+that every anchor exists. :func:`link_report` fills a finished report's links.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 
-from diagnostics.report import Cause, Remedy, RuleCheck
+from diagnostics.report import Cause, Remedy, Report, RuleCheck
 
 GUIDE_PATH = "/guide"
 
@@ -36,6 +36,17 @@ def doc_link(kind: str, identifier: str) -> str | None:
     """The guide path for a ``rule``, ``cause`` or ``remedy`` id, or None if it has no section."""
     target = LINKS.get(kind, {}).get(identifier)
     return f"{GUIDE_PATH}/{target}" if target else None
+
+
+def link_report(report: Report) -> None:
+    """Set ``doc`` on every rule check, cause and remedy of a report (in place).
+
+    The one place the links are filled: the pipeline calls it on the finished report, so the
+    code that builds rules, causes and remedies needs to know nothing about the guide.
+    """
+    link_rules(report.verdict.evidence.rules)
+    link_causes(report.causes)
+    link_remedies(report.remedies)
 
 
 def link_rules(rules: Iterable[RuleCheck]) -> None:

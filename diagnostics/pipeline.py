@@ -19,6 +19,7 @@ from diagnostics.errors import (
     ResourceLimitError,
 )
 from diagnostics.examination import Examination, examine
+from diagnostics.guide_links import link_report
 from diagnostics.inputs import InputsSource, SampleBatch, make_batches, read_inputs
 from diagnostics.limits import DEFAULT_LIMITS, Limits
 from diagnostics.loading.nn_module import ModuleInputs
@@ -180,6 +181,7 @@ def diagnose(source: Source | torch.nn.Module, *,
         timings=timings,
         notes=list(model.notes),
     )
+    link_report(report)  # each rule, cause and remedy -> its guide section (docs/guide)
     onnx_bytes = payload if model.source.kind == "onnx" else None
     report._repair = RepairContext(onnx_bytes, model, batches, settings, candidates,
                                    _placement(source))

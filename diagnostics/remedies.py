@@ -17,7 +17,6 @@ from diagnostics import edits, spec_edits, temporal
 from diagnostics.aggregate import is_weight
 from diagnostics.config import DiagnosisConfig
 from diagnostics.examination import Examination
-from diagnostics.guide_links import link_remedies
 from diagnostics.inputs import SampleBatch
 from diagnostics.limits import DEFAULT_LIMITS, Limits
 from diagnostics.model import Activation, LayerKind, LoadedModel
@@ -69,7 +68,6 @@ def propose(model: LoadedModel, found: Examination, config: DiagnosisConfig,
             candidates.append(candidate)
     for rank, candidate in enumerate(candidates, 1):
         candidate.remedy.rank = rank
-    link_remedies(candidate.remedy for candidate in candidates)
     return candidates
 
 

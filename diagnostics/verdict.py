@@ -1,9 +1,8 @@
 """Statistics + thresholds -> a verdict with the evidence it rests on.
 
-The primary signal is the backward-signal profile ‖δ_l‖ = ‖∂L/∂output_l‖ over depth
-(docs/guide/rules.md §backward_signal_exploding): in a positively homogeneous net with
-too-large weights the weight-gradient norms are flat across depth while δ explodes, so a
-first/last weight-gradient ratio alone misses it. The ratio is
+The primary signal is the backward-signal profile ‖δ_l‖ = ‖∂L/∂output_l‖ over depth (DOMAIN.md
+§2): in a positively homogeneous net with too-large weights the weight-gradient norms are flat
+across depth while δ explodes, so a first/last weight-gradient ratio alone misses it. The ratio is
 taken between the deepest and the shallowest layer *with parameters*, so an output Softmax or
 Sigmoid (whose Jacobian scales every gradient equally) does not count as a pathology, and it is
 corrected for width: with fan-in initialization the total norm of δ is preserved layer to layer,
