@@ -277,10 +277,12 @@ def _trace(wrapper: ModuleCall, tensors: tuple[torch.Tensor, ...]) -> _Calls:
 def _layers(wrapper: ModuleCall, calls: _Calls) -> tuple[tuple[LayerInfo, ...],
                                                          dict[str, nn.Parameter], list[str]]:
     called = set(calls.order)
+    containers = {ancestor for path in called for ancestor in _ancestors(path)} & called
     display = {}  # id(parameter) -> state_dict name (first name of a tied tensor)
     for name, param in wrapper.model.named_parameters():
         display.setdefault(id(param), name)
     owned: dict[str, list[nn.Parameter]] = {}
+    held: dict[str, list[nn.Parameter]] = {}  # parameters a container uses in its own forward
     unused = []
     for path, sub in wrapper.named_modules():
         own = list(sub.parameters(recurse=False))
@@ -290,18 +292,21 @@ def _layers(wrapper: ModuleCall, calls: _Calls) -> tuple[tuple[LayerInfo, ...],
         if owner is None:
             unused.extend(display[id(p)] for p in own if id(p) in display)
             continue
-        owned.setdefault(owner, []).extend(own)
-    watched = []
-    for path in calls.order:
-        sub = wrapper.get_submodule(path)
-        kinds, activation = _kinds(sub)
-        if owned.get(path):
-            kinds.add(LayerKind.PARAMETRIC)
-        if kinds:
-            watched.append((path, sub, kinds, activation))
-    depths = _depths(calls, [path for path, *_ in watched])
+        (held if owner in containers else owned).setdefault(owner, []).extend(own)
+    graph = _Graph(calls.roots)
+    watched = _watched(wrapper, calls, owned)
+    # A container's own parameter (a class token, a position embedding, a layer scale) is used
+    # by an op inside its forward, not at its output: it belongs to the watched layer whose
+    # output that op takes, as an exported graph lists it under the node that consumes it.
+    at = {node: path for path in watched for node in calls.nodes[path]}
+    for container, params in held.items():
+        for param in params:
+            target = graph.producer_of_input(param, at) or container
+            owned.setdefault(target, []).append(param)
+    watched = _watched(wrapper, calls, owned)
+    depths = _depths(calls, graph, list(watched))
     layers, parameters = [], {}
-    for path, sub, kinds, activation in watched:
+    for path, (sub, kinds, activation) in watched.items():
         params = owned.get(path, [])
         names = tuple(dict.fromkeys(display[id(p)] for p in params))
         for param in params:
@@ -314,6 +319,64 @@ def _layers(wrapper: ModuleCall, calls: _Calls) -> tuple[tuple[LayerInfo, ...],
     used = set(parameters)
     unused = [name for name in dict.fromkeys(unused) if name not in used]
     return tuple(layers), parameters, unused
+
+
+def _watched(wrapper: ModuleCall, calls: _Calls, owned: dict[str, list[nn.Parameter]]
+             ) -> dict[str, tuple[nn.Module, set[LayerKind], Activation | None]]:
+    """Called modules worth watching, in call order: with parameters, activations, norms."""
+    watched = {}
+    for path in calls.order:
+        sub = wrapper.get_submodule(path)
+        kinds, activation = _kinds(sub)
+        if owned.get(path):
+            kinds.add(LayerKind.PARAMETRIC)
+        if kinds:
+            watched[path] = (sub, kinds, activation)
+    return watched
+
+
+def _ancestors(path: str) -> list[str]:
+    parts = path.split(".")
+    return [".".join(parts[:end]) for end in range(1, len(parts))]
+
+
+class _Graph:
+    """The autograd graph of the traced pass, walked once from the outputs."""
+
+    def __init__(self, roots: list[Any]) -> None:
+        self.roots = roots
+        self.consumers: dict[Any, int] = {}
+        self.users: dict[int, list[Any]] = {}  # id(parameter) -> nodes that take it as input
+        seen, stack = set(roots), list(roots)
+        while stack:
+            node = stack.pop()
+            for parent, _ in node.next_functions:
+                if parent is None:
+                    continue
+                self.consumers[parent] = self.consumers.get(parent, 0) + 1
+                variable = getattr(parent, "variable", None)
+                if variable is not None:
+                    self.users.setdefault(id(variable), []).append(node)
+                if parent not in seen:
+                    seen.add(parent)
+                    stack.append(parent)
+
+    def producer_of_input(self, param: nn.Parameter, at: dict[Any, str]) -> str | None:
+        """The watched layer nearest upstream of the ops that use ``param`` (breadth first)."""
+        frontier = list(self.users.get(id(param), []))
+        seen = set(frontier)
+        while frontier:
+            following = []
+            for node in frontier:
+                for parent, _ in node.next_functions:
+                    if parent is None or parent in seen:
+                        continue
+                    if parent in at:
+                        return at[parent]
+                    seen.add(parent)
+                    following.append(parent)
+            frontier = following
+        return None
 
 
 def _called_ancestor(path: str, called: set[str]) -> str | None:
@@ -336,7 +399,7 @@ def _kinds(sub: nn.Module) -> tuple[set[LayerKind], Activation | None]:
     return kinds, activation
 
 
-def _depths(calls: _Calls, watched: list[str]) -> dict[Any, int]:
+def _depths(calls: _Calls, graph: _Graph, watched: list[str]) -> dict[Any, int]:
     """Longest count of watched outputs between each autograd node and a model output.
 
     Kahn's algorithm from the output nodes backwards along ``next_functions``: a node's
@@ -344,17 +407,7 @@ def _depths(calls: _Calls, watched: list[str]) -> dict[Any, int]:
     output of a watched layer.
     """
     marks = {node for path in watched for node in calls.nodes[path]}
-    consumers: dict[Any, int] = {}
-    seen, stack = set(calls.roots), list(calls.roots)
-    while stack:
-        node = stack.pop()
-        for parent, _ in node.next_functions:
-            if parent is None:
-                continue
-            consumers[parent] = consumers.get(parent, 0) + 1
-            if parent not in seen:
-                seen.add(parent)
-                stack.append(parent)
+    consumers = dict(graph.consumers)
     distance = dict.fromkeys(calls.roots, 0)
     ready = [node for node in dict.fromkeys(calls.roots) if consumers.get(node, 0) == 0]
     while ready:

@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import ast
 import re
+import typing
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
+from pydantic import BaseModel
 
 from diagnostics import diagnose, guide_links
-from diagnostics.report import Cause, Remedy, RuleCheck
+from diagnostics.report import Cause, Remedy, Report, RuleCheck
 from service.guide_pages import GUIDE_URL, guide_dir, load_guide
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -128,3 +130,29 @@ def test_the_complete_snippets_run(page: str) -> None:
     namespace: dict[str, object] = {}
     for snippet in _snippets(page):
         exec(compile(snippet, page, "exec"), namespace)  # our own documentation
+
+
+def _field_names(model: type[BaseModel], seen: set[type]) -> set[str]:
+    """Every field name of a report model and of the report models it contains."""
+    if model in seen:
+        return set()
+    seen.add(model)
+    names = set(model.model_fields)
+    for field in model.model_fields.values():
+        for inner in _models_in(field.annotation):
+            names |= _field_names(inner, seen)
+    return names
+
+
+def _models_in(annotation: object) -> list[type[BaseModel]]:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation] if annotation.__module__ == "diagnostics.report" else []
+    return [m for arg in typing.get_args(annotation) for m in _models_in(arg)]
+
+
+def test_every_report_field_is_explained() -> None:
+    text = (GUIDE / "reading-reports.md").read_text(encoding="utf-8")
+    text += (GUIDE / "remedies.md").read_text(encoding="utf-8")
+    names = _field_names(Report, set()) - {"config"}  # the configuration has its own table
+    missing = sorted(name for name in names if f"`{name}`" not in text)
+    assert not missing, f"report fields the guide does not explain: {missing}"
