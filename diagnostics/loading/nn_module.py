@@ -301,7 +301,8 @@ def _layers(wrapper: ModuleCall, calls: _Calls) -> tuple[tuple[LayerInfo, ...],
     at = {node: path for path in watched for node in calls.nodes[path]}
     for container, params in held.items():
         for param in params:
-            target = graph.producer_of_input(param, at) or container
+            target = graph.producer_of_input(param, at) or graph.consumer_of_output(param, at) \
+                or container
             owned.setdefault(target, []).append(param)
     watched = _watched(wrapper, calls, owned)
     depths = _depths(calls, graph, list(watched))
@@ -346,6 +347,7 @@ class _Graph:
     def __init__(self, roots: list[Any]) -> None:
         self.roots = roots
         self.consumers: dict[Any, int] = {}
+        self.following: dict[Any, list[Any]] = {}  # node -> the nodes that take its output
         self.users: dict[int, list[Any]] = {}  # id(parameter) -> nodes that take it as input
         seen, stack = set(roots), list(roots)
         while stack:
@@ -354,6 +356,7 @@ class _Graph:
                 if parent is None:
                     continue
                 self.consumers[parent] = self.consumers.get(parent, 0) + 1
+                self.following.setdefault(parent, []).append(node)
                 variable = getattr(parent, "variable", None)
                 if variable is not None:
                     self.users.setdefault(id(variable), []).append(node)
@@ -375,6 +378,23 @@ class _Graph:
                         return at[parent]
                     seen.add(parent)
                     following.append(parent)
+            frontier = following
+        return None
+
+    def consumer_of_output(self, param: nn.Parameter, at: dict[Any, str]) -> str | None:
+        """The watched layer nearest downstream of the ops that use ``param`` (a parameter used
+        on no layer's output, like a class token that is expanded and concatenated)."""
+        frontier = list(self.users.get(id(param), []))
+        seen = set(frontier)
+        while frontier:
+            following = []
+            for node in frontier:
+                if node in at:
+                    return at[node]
+                for child in self.following.get(node, []):
+                    if child not in seen:
+                        seen.add(child)
+                        following.append(child)
             frontier = following
         return None
 
