@@ -18,6 +18,7 @@ RUN mkdir diagnostics service && touch diagnostics/__init__.py service/__init__.
     && pip install . && pip uninstall -y graddoctor
 COPY diagnostics ./diagnostics
 COPY service ./service
+COPY docs/guide ./docs/guide
 RUN pip install --no-deps .
 
 USER graddoctor

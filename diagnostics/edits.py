@@ -95,7 +95,10 @@ INPUT_MEANS = {Activation.SIGMOID: 0.5, Activation.HARDSIGMOID: 0.5}
 
 def recommended_init(activation: Activation | str | None, fan_in: int, fan_out: int,
                      slope: float = 0.01) -> tuple[str, float]:
-    """(scheme, std) for weights feeding ``activation`` (DOMAIN.md §4)."""
+    """(scheme, std) for weights feeding ``activation``.
+
+    The derivation: docs/guide/math.md §Variance propagation and initialization.
+    """
     if activation in (Activation.LEAKY_RELU, Activation.PRELU):
         slope = 0.25 if activation is Activation.PRELU else slope
         return "kaiming_normal", math.sqrt(2.0 / ((1 + slope**2) * fan_in))

@@ -14,12 +14,15 @@ from diagnostics.config import Device, DiagnosisConfig, ProbeDtype, resolve_conf
 from diagnostics.errors import (
     DiagnosticsError,
     InvalidConfigError,
+    InvalidInputsError,
     ModelLoadError,
     ResourceLimitError,
 )
 from diagnostics.examination import Examination, examine
+from diagnostics.guide_links import link_report
 from diagnostics.inputs import InputsSource, SampleBatch, make_batches, read_inputs
 from diagnostics.limits import DEFAULT_LIMITS, Limits
+from diagnostics.loading.nn_module import ModuleInputs
 from diagnostics.model import LoadedModel
 from diagnostics.remedies import Candidate, propose
 from diagnostics.repair import RepairContext
@@ -95,16 +98,35 @@ def _load(payload: bytes | dict, name: str | None, limits: Limits, seed: int,
     return load_model(payload, name=name, limits=limits, seed=seed, data_dir=data_dir), None
 
 
-def diagnose(source: Source, *, inputs: InputsSource | None = None,
+def _load_module(module: torch.nn.Module, inputs: Any, config: DiagnosisConfig,
+                 limits: Limits) -> tuple[LoadedModel, list[SampleBatch]]:
+    """A live module and its inputs: the same batch for every sample, as provided inputs are."""
+    from diagnostics.loading.nn_module import load_module
+
+    if inputs is None:
+        raise InvalidInputsError(
+            "diagnosing an nn.Module needs its inputs: a tensor, a tuple of tensors or a dict of "
+            "keyword arguments (diagnose(module, inputs=...))")
+    model, tensors = load_module(module, inputs, limits=limits)
+    tensors = tuple(tensor.detach() for tensor in tensors)
+    return model, [SampleBatch(config.seed + index, tensors) for index in range(config.samples)]
+
+
+def diagnose(source: Source | torch.nn.Module, *,
+             inputs: InputsSource | ModuleInputs | None = None,
              config: DiagnosisConfig | dict[str, Any] | None = None,
              limits: Limits | None = None, progress: Progress | None = None,
              data_dir: str | Path | None = None) -> Report:
     """Diagnose a model's gradients from sample forward+backward passes.
 
     Args:
-        source: ONNX model (path or bytes) or architecture spec (dict, or path to a .json file).
+        source: ONNX model (path or bytes), architecture spec (dict, or path to a .json file),
+            or a live ``torch.nn.Module`` (deep-copied, never modified; parameter names are its
+            ``state_dict`` names).
         inputs: Sample inputs: path to an .npz, its bytes, or a mapping name -> array. Without
-            them inputs are synthesized from ``config.seed``.
+            them inputs are synthesized from ``config.seed``. For an ``nn.Module`` they are
+            required: a tensor, a tuple of tensors (positional arguments) or a dict of keyword
+            arguments (non-tensor values are passed as they are); every sample uses them.
         config: A :class:`DiagnosisConfig` or a dict of its fields.
         limits: Size budgets (the service passes its own); defaults to ``DEFAULT_LIMITS``.
         progress: Called with a short message at each stage (the CLI shows it). Repeated
@@ -129,14 +151,21 @@ def diagnose(source: Source, *, inputs: InputsSource | None = None,
 
     say("loading the model")
     clock = time.perf_counter()
-    payload, name = read_source(source, limits)
-    folder = data_dir if data_dir is not None else model_folder(source)
-    model, spec_document = _load(payload, name, limits, settings.seed, folder)
+    payload: bytes | dict | None = None
+    folder: str | Path | None = None
+    if isinstance(source, torch.nn.Module):
+        model, batches = _load_module(source, inputs, settings, limits)
+        spec_document = None
+    else:
+        payload, name = read_source(source, limits)
+        folder = data_dir if data_dir is not None else model_folder(source)
+        model, spec_document = _load(payload, name, limits, settings.seed, folder)
     timings.load_s = time.perf_counter() - clock
 
     clock = time.perf_counter()
-    provided = read_inputs(inputs, limits) if inputs is not None else None
-    batches = make_batches(model, settings, limits, provided)
+    if payload is not None:
+        provided = read_inputs(inputs, limits) if inputs is not None else None
+        batches = make_batches(model, settings, limits, provided)
     device = _device(settings)
     model, batches = _place(model, batches, device, settings.dtype)
     timings.inputs_s = time.perf_counter() - clock
@@ -173,9 +202,10 @@ def diagnose(source: Source, *, inputs: InputsSource | None = None,
         timings=timings,
         notes=list(model.notes),
     )
+    link_report(report)  # each rule, cause and remedy -> its guide section (docs/guide)
     onnx_bytes = payload if model.source.kind == "onnx" else None
     report._repair = RepairContext(onnx_bytes, model, batches, settings, candidates,
-                                   data_dir=folder)
+                                   data_dir=folder, original=_placement(source))
     timings.total_s = time.perf_counter() - started
     return report
 
@@ -237,6 +267,15 @@ def _place(model: LoadedModel, batches: list[SampleBatch], device: torch.device,
         return tensor.to(target) if target is not None and tensor.is_floating_point() else tensor
 
     return model, [SampleBatch(b.seed, tuple(move(t) for t in b.tensors)) for b in batches]
+
+
+def _placement(source: object) -> tuple[torch.device, torch.dtype] | None:
+    """An nn.Module's device and float dtype (from its first float parameter), to restore on a
+    repaired copy."""
+    if not isinstance(source, torch.nn.Module):
+        return None
+    first = next((p for p in source.parameters() if p.is_floating_point()), None)
+    return (first.device, first.dtype) if first is not None else None
 
 
 def _finite(value: float) -> bool:

@@ -14,7 +14,9 @@ from typing import Any
 
 import numpy as np
 import onnx
+import torch
 from onnx import numpy_helper
+from torch import nn
 
 from diagnostics import edits
 from diagnostics.config import DiagnosisConfig
@@ -41,6 +43,8 @@ class RepairContext:
     config: DiagnosisConfig
     candidates: list[Candidate]
     data_dir: Path | None = None  # where the source's external data files are
+    # An nn.Module source's (device, float dtype), which the probe may have changed.
+    original: tuple[torch.device, torch.dtype] | None = None
 
 
 def repaired_onnx(context: RepairContext, remedy_id: str) -> bytes:
@@ -50,22 +54,16 @@ def repaired_onnx(context: RepairContext, remedy_id: str) -> bytes:
         RemedyNotRepairableError: Unknown remedy id, a remedy that edits the architecture, or a
             model that did not come from an ONNX file.
     """
-    candidate = next((c for c in context.candidates if c.remedy.id == remedy_id), None)
-    if candidate is None:
-        known = ", ".join(c.remedy.id for c in context.candidates) or "none"
+    candidate = _repairable(context, remedy_id)
+    if context.model.source.kind == "module":
         raise RemedyNotRepairableError(
-            f"no remedy {remedy_id!r} in this report (remedies: {known})", remedy=remedy_id)
-    if not candidate.remedy.repairable or candidate.edit is None:
-        raise RemedyNotRepairableError(
-            f"remedy {remedy_id!r} changes the architecture or the training setup, not only "
-            "initializer values; apply it in your model code", remedy=remedy_id)
+            "this report is of an nn.Module: report.repaired_module(remedy_id) returns the "
+            "repaired module", remedy=remedy_id)
     if context.source_bytes is None or context.model.source.kind != "onnx":
         raise RemedyNotRepairableError(
             "repaired models are written for ONNX sources; for a spec, set the init shown in the "
             "remedy's params", remedy=remedy_id)
-    copy = edits.copy_model(context.model)
-    with probe_mode(copy.module, context.config.norm_stats):
-        copy = candidate.edit(copy, context.batches)
+    copy = _edited_copy(context, candidate)
     model = onnx.load_from_string(context.source_bytes)
     by_name = {init.name: init for init in model.graph.initializer}
     for name, param in copy.parameters.items():
@@ -99,6 +97,49 @@ def _one_file(model: onnx.ModelProto, data_dir: Path | None, remedy_id: str) -> 
             f"the repaired model is over protobuf's 2 GB limit for one file; apply remedy "
             f"{remedy_id!r} in your model code", remedy=remedy_id)
     return model.SerializeToString()
+
+
+def repaired_module(context: RepairContext, remedy_id: str) -> nn.Module:
+    """A new copy of the diagnosed ``nn.Module`` with the remedy's weights.
+
+    The copy has the class, structure, train/eval modes, ``requires_grad`` flags and in-place
+    flags of the caller's module, on its device and in its dtype; only the weights the remedy
+    re-initializes differ (the ones its verification measured).
+
+    Raises:
+        RemedyNotRepairableError: Unknown remedy id, a remedy that edits the architecture, or a
+            model that did not come from an ``nn.Module``.
+    """
+    from diagnostics.loading.nn_module import unwrap
+
+    candidate = _repairable(context, remedy_id)
+    if context.model.source.kind != "module":
+        raise RemedyNotRepairableError(
+            "repaired_module is for reports of an nn.Module; use repaired_model for ONNX sources",
+            remedy=remedy_id)
+    module = unwrap(_edited_copy(context, candidate))
+    if context.original is not None:
+        module.to(device=context.original[0], dtype=context.original[1])
+    return module
+
+
+def _repairable(context: RepairContext, remedy_id: str) -> Candidate:
+    candidate = next((c for c in context.candidates if c.remedy.id == remedy_id), None)
+    if candidate is None:
+        known = ", ".join(c.remedy.id for c in context.candidates) or "none"
+        raise RemedyNotRepairableError(
+            f"no remedy {remedy_id!r} in this report (remedies: {known})", remedy=remedy_id)
+    if not candidate.remedy.repairable or candidate.edit is None:
+        raise RemedyNotRepairableError(
+            f"remedy {remedy_id!r} changes the architecture or the training setup, not only "
+            "initializer values; apply it in your model code", remedy=remedy_id)
+    return candidate
+
+
+def _edited_copy(context: RepairContext, candidate: Candidate) -> LoadedModel:
+    copy = edits.copy_model(context.model)
+    with probe_mode(copy.module, context.config.norm_stats):
+        return candidate.edit(copy, context.batches)
 
 
 def write_repaired_model(report: Any, remedy_id: str, _source: str | Path, output: str | Path,

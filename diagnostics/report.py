@@ -126,6 +126,9 @@ class RuleCheck(_Model):
     threshold: float | None
     fired: bool
     detail: str
+    doc: str | None = Field(
+        None, description="The guide section that explains it: a path the service serves, e.g. "
+        "'/guide/rules#backward_signal_vanishing' (Markdown: docs/guide/rules.md).")
 
 
 class Evidence(_Model):
@@ -219,6 +222,9 @@ class Remedy(_Model):
     repairable: bool = Field(
         False, description="Changes only initializer values: a repaired ONNX can be downloaded."
     )
+    doc: str | None = Field(
+        None, description="The guide section that explains it: a path the service serves, e.g. "
+        "'/guide/rules#backward_signal_vanishing' (Markdown: docs/guide/rules.md).")
 
 
 class Cause(_Model):
@@ -229,6 +235,9 @@ class Cause(_Model):
     title: str
     layers: list[str] = Field(default_factory=list)
     evidence: dict[str, Any] = Field(default_factory=dict)
+    doc: str | None = Field(
+        None, description="The guide section that explains it: a path the service serves, e.g. "
+        "'/guide/rules#backward_signal_vanishing' (Markdown: docs/guide/rules.md).")
 
 
 class SourceReport(_Model):
@@ -309,3 +318,20 @@ class Report(_Model):
             raise RemedyNotRepairableError(
                 "this report holds no model (it was loaded from JSON); re-run diagnose")
         return repaired_onnx(self._repair, remedy_id)
+
+    def repaired_module(self, remedy_id: str) -> Any:
+        """A new ``torch.nn.Module`` with a repairable remedy applied, for reports of a module.
+
+        The diagnosed module is never modified; this returns a copy of it (same class, modes,
+        device and dtype) whose weights are the ones the remedy's verification measured.
+
+        Raises:
+            RemedyNotRepairableError: Unknown remedy, one that changes the architecture, a
+                source that was not an ``nn.Module``, or a report loaded from JSON.
+        """
+        from diagnostics.repair import RemedyNotRepairableError, repaired_module
+
+        if self._repair is None:
+            raise RemedyNotRepairableError(
+                "this report holds no model (it was loaded from JSON); re-run diagnose")
+        return repaired_module(self._repair, remedy_id)

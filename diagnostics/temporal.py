@@ -3,8 +3,9 @@
 For the first recurrent layer (RNN, LSTM, GRU) we take ‖∂L/∂x_t‖ for every time step t of its
 input sequence, with the loss on the last step's output only. A healthy memory keeps that norm
 within a factor of the vanishing ratio over the sequence; the number of steps back it stays
-above that factor is the effective horizon (DOMAIN.md §4: gated cells at torch's default init
-decay too, so this is reported for every recurrent model, not judged on the cell type).
+above that factor is the effective horizon (docs/guide/faq.md §My LSTM is flagged
+temporal_vanishing but trains: gated cells at torch's default init decay too, so this is reported
+for every recurrent model, not judged on the cell type).
 """
 
 from __future__ import annotations
@@ -85,12 +86,15 @@ def step_norms(model: LoadedModel, batch: SampleBatch, config: DiagnosisConfig,
 def _last_step(outputs: object, length: int, axis: int) -> list[torch.Tensor]:
     # Outputs that still carry the time axis are cut to their last step; the others (a
     # classifier on the final state) already are "the last step's output".
+    # An exported batch-first model runs a time-major recurrent node between Transposes, so an
+    # output's time axis need not be the node's: take the one axis of the sequence's length.
     selected = []
     for tensor in float_tensors(outputs):
         if tensor.dim() > axis and tensor.shape[axis] == length:
             selected.append(tensor.select(axis, length - 1))
-        else:
-            selected.append(tensor)
+            continue
+        matching = [dim for dim in range(tensor.dim()) if tensor.shape[dim] == length]
+        selected.append(tensor.select(matching[0], length - 1) if len(matching) == 1 else tensor)
     return selected
 
 

@@ -16,7 +16,7 @@ from service import maintenance
 from service.blobs import BlobStore
 from service.errors import install_error_handlers
 from service.jobs import JobService, Runner
-from service.routes import diagnoses, health, reports
+from service.routes import diagnoses, guide, health, reports
 from service.settings import Settings, get_settings
 from service.store import Store
 
@@ -88,6 +88,6 @@ def create_app(settings: Settings | None = None, *, runner: Runner | None = None
     app.state.settings = settings
     app.state.jobs = jobs
     install_error_handlers(app)
-    for module in (diagnoses, reports, health):
+    for module in (diagnoses, reports, health, guide):
         app.include_router(module.router)
     return app

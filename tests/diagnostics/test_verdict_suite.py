@@ -1,5 +1,5 @@
 """The labelled verdict suite: architectures whose gradient health is known from the physics
-(DOMAIN.md), diagnosed through the public library call on architecture specs.
+(docs/guide/math.md), diagnosed through the public library call on architecture specs.
 
 Grow it when a model is misjudged: add the case first, then fix the rule for the physics, never
 for the case.
