@@ -80,7 +80,11 @@ def data_path(folder: Path, name: str, what: str = "data file") -> Path:
     """Where the data file ``name`` goes under ``folder`` (created), checked."""
     relative = checked_name(name, what)
     target = folder.joinpath(*(part for part in relative.parts if part != "."))
-    target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except (FileExistsError, NotADirectoryError):  # "a" given as a file, then "a/b"
+        raise InvalidArchiveError(f"{what} {name[:120]!r} needs a folder where a file of the "
+                                  "same name was given", field="data", name=name[:120]) from None
     if target.exists():
         raise InvalidArchiveError(f"{what} {name[:120]!r} is given twice", field="data",
                                   name=name[:120])

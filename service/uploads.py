@@ -337,7 +337,6 @@ class _FormWriter:
         if self.archive is not None and self.data_files:
             raise InvalidRequestError("data: send the data files inside the archive or as "
                                       "'data' parts, not both", field="data")
-        (self.staging / DATA_DIR).mkdir(exist_ok=True, mode=0o700)
         if "inputs" in self.seen:
             with open(self.staging / INPUTS_FILE, "rb") as handle:
                 if handle.read(4) != b"PK\x03\x04":

@@ -39,9 +39,9 @@ def _zoo(family: str) -> ZooModel:
     return BY_NAME[family].build()
 
 
-def _export_to(model: ZooModel, folder: Path) -> Path:
+def _export_to(model: ZooModel, folder: Path, *, optimize: bool = False) -> Path:
     """``torch.onnx.export(..., dynamo=True)`` to a file with torch's defaults for the data
-    (external), optimizer off so initializers keep their ``state_dict`` names."""
+    (external); optimizer off by default so initializers keep their ``state_dict`` names."""
     shapes = None
     if model.dynamic_axes:
         dims: dict[str, torch.export.Dim] = {}
@@ -52,16 +52,16 @@ def _export_to(model: ZooModel, folder: Path) -> Path:
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
         torch.onnx.export(model.module, model.args, str(path), dynamo=True,
-                          opset_version=DYNAMO_OPSET, optimize=False,
+                          opset_version=DYNAMO_OPSET, optimize=optimize,
                           input_names=list(model.input_names), dynamic_shapes=shapes)
     return path
 
 
 @functools.cache
-def _exported(family: str, root: Path) -> Path:
-    folder = root / family
+def _exported(family: str, root: Path, optimize: bool = False) -> Path:
+    folder = root / f"{family}-{'optimized' if optimize else 'plain'}"
     folder.mkdir()
-    return _export_to(_zoo(family), folder)
+    return _export_to(_zoo(family), folder, optimize=optimize)
 
 
 @pytest.fixture(scope="module")
@@ -90,6 +90,33 @@ def _parity(family: str, root: Path) -> None:
 @pytest.mark.parametrize("family", FAST)
 def test_default_dynamo_export_matches_one_file(family: str, export_root: Path) -> None:
     _parity(family, export_root)
+
+
+def _optimized_parity(family: str, root: Path) -> None:
+    """All of torch's defaults (its optimizer folds and renames weights, so the native names
+    no longer apply): the same gradients as the file with its data embedded."""
+    path = _exported(family, root, optimize=True)
+    assert (path.parent / "model.onnx.data").is_file()
+    zoo = _zoo(family)
+    external = load_onnx(path.read_bytes(), data_dir=path.parent)
+    got = loaded_grad_norms(external, zoo.args)
+    want = loaded_grad_norms(load_onnx(_one_file(path)), zoo.args)
+    assert got.keys() == want.keys()
+    assert got
+    for name in want:
+        assert got[name] == pytest.approx(want[name], rel=1e-6, abs=1e-12), name
+
+
+@pytest.mark.parametrize("family", ["resnet18"])
+def test_all_defaults_dynamo_export_matches_one_file(family: str, export_root: Path) -> None:
+    _optimized_parity(family, export_root)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["tied_mlp", "bert", *SLOW])
+def test_all_defaults_dynamo_export_matches_one_file_slow(family: str,
+                                                          export_root: Path) -> None:
+    _optimized_parity(family, export_root)
 
 
 @pytest.mark.slow

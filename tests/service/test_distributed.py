@@ -84,6 +84,22 @@ def test_jobs_run_on_celery_workers(cluster: Cluster) -> None:
         assert client.get("/readyz").json()["checks"] == {"store": "ok", "queue": "ok"}
 
 
+def test_external_data_job_runs_on_celery_workers(cluster: Cluster) -> None:
+    """The data files uploaded with the model reach the Celery worker (shared data dir)."""
+    from tests.service.hostile import external_mlp, zip_archive
+
+    model, data = external_mlp()
+    with cluster.api.client() as client:
+        parts = client.post("/v1/diagnoses", params={"wait": 60, "reuse": "false"},
+                            files=[("model", ("m.onnx", model, "application/onnx")),
+                                   ("data", ("mlp.onnx.data", data, "application/octet-stream"))])
+        assert parts.json()["status"] == "succeeded", dump(parts.json())
+        archive = zip_archive({"m.onnx": model, "mlp.onnx.data": data})
+        zipped = client.post("/v1/diagnoses", params={"wait": 60, "reuse": "false"},
+                             files={"model": ("m.zip", archive, "application/zip")})
+        assert zipped.json()["status"] == "succeeded", dump(zipped.json())
+
+
 def test_killed_worker_child_job_is_redelivered_and_finishes(cluster: Cluster) -> None:
     job = _spec_job(cluster, SLOW_SPEC, {**SLOW_CONFIG, "samples": 2})
     pid = worker_pid(cluster.api.data_dir, job["id"], cluster.pg_url)
