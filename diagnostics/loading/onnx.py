@@ -52,6 +52,7 @@ from diagnostics.loading.onnx_graph import (
     materialize_identity_initializers,
     normalize_default_domain,
     scalar_constants,
+    weight_only_nodes,
 )
 from diagnostics.loading.onnx_params import BoundParameters, bind_parameters
 from diagnostics.model import LayerInfo, LayerKind, LoadedModel, SourceInfo
@@ -213,12 +214,16 @@ def _layers(graph: GraphProto, display: dict[str, str],
 def _node_parameters(graph: GraphProto, bound: BoundParameters) -> list[tuple[str, ...]]:
     """Per node, the parameters it uses.
 
-    Its own initializer inputs, weights reaching it through weight views (``Transpose(W)``),
-    and untraceable parameters of its module.
+    Its own initializer inputs, weights reaching it through weight views (``Transpose(W)``) or
+    weight preparation (:func:`weight_only_nodes`: the legacy exporter's gate reordering of an
+    LSTM's weights), and untraceable parameters of its module. Views and weight-only nodes hand
+    their weights on and own none, unless their output is a graph output nobody else reads.
     """
+    outputs = {value.name for value in graph.output}
+    weight_only = weight_only_nodes(graph)
     through: dict[str, tuple[str, ...]] = {}
     result: list[tuple[str, ...]] = []
-    for node in graph.node:
+    for node, only in zip(graph.node, weight_only, strict=True):
         names: list[str] = []
         for index, value in enumerate(node.input):
             if value in bound.parameters:
@@ -228,6 +233,9 @@ def _node_parameters(graph: GraphProto, bound: BoundParameters) -> list[tuple[st
             if index == 0 and node.op_type in _WEIGHT_VIEWS and names:
                 through.update(dict.fromkeys(node.output, tuple(names)))
                 names = []
+        if only and names and outputs.isdisjoint(node.output):
+            through.update(dict.fromkeys(node.output, tuple(dict.fromkeys(names))))
+            names = []
         names.extend(bound.extra_by_node.get(node.name, ()))
         result.append(tuple(dict.fromkeys(names)))
     return result

@@ -426,6 +426,34 @@ def _captured_names(node: NodeProto) -> Iterator[str]:
                          + list(attribute.graphs))
 
 
+# Ops whose output depends on their input's shape only, never on its values.
+_SHAPE_READERS = frozenset({"Shape", "Size"})
+
+
+def weight_only_nodes(graph: GraphProto) -> list[bool]:
+    """Per node: whether its values come from initializers and constants alone (weight preparation).
+
+    Exporters prepare weights inside the graph: both PyTorch exporters reorder an LSTM's gates
+    with ``Slice``/``Concat`` of ``weight_ih`` (the legacy one wraps them in ``Unsqueeze``); a
+    static ``Expand`` tiles a class token. Such nodes see no data, so they are not layers: the
+    weights they read belong to the node that meets the data. Shapes are not data (dynamo
+    computes the slice bounds from ``Shape`` of a zero state sized by the batch): ``Shape`` and
+    ``Size`` of a data tensor give structure, not values. A node with a subgraph (Loop, If, Scan)
+    is never weight-only.
+    """
+    data = {value.name for value in real_inputs(graph)}
+    result: list[bool] = []
+    for node in graph.node:
+        has_subgraph = any(attribute.HasField("g") or attribute.graphs
+                           for attribute in node.attribute)
+        reads_data = node.op_type not in _SHAPE_READERS and any(
+            name in data for name in node.input if name)
+        if has_subgraph or reads_data:
+            data.update(node.output)
+        result.append(not (has_subgraph or reads_data))
+    return result
+
+
 def vocab_sizes(graph: GraphProto) -> dict[str, int]:
     """For inputs used as ``Gather`` indices into an initializer table: the table's row count.
 
