@@ -35,6 +35,7 @@ from diagnostics.loading.onnx_checks import (
     check_budgets,
     check_external_data,
     check_supported_ops,
+    complete_output_types,
     one_line,
     opset_versions,
     parse_model,
@@ -54,6 +55,7 @@ from diagnostics.loading.onnx_graph import (
     scalar_constants,
     weight_only_nodes,
 )
+from diagnostics.loading.onnx_outputs import keep_float_outputs
 from diagnostics.loading.onnx_params import BoundParameters, bind_parameters
 from diagnostics.model import LayerInfo, LayerKind, LoadedModel, SourceInfo
 
@@ -97,8 +99,9 @@ def load_onnx(data: bytes, *, name: str | None = None,
     normalize_default_domain(model)
     check_external_data(model, limits)
     check_budgets(model, limits, extra_parameters=identity_copy_elements(model.graph))
+    load_notes = _complete_outputs(model)
     check_supported_ops(model)
-    inferred = validate_and_infer(model, limits)
+    inferred = validate_and_infer(model, limits, notes=load_notes)
     check_outputs_computed(model.graph)
 
     display = assign_safe_names(model.graph)
@@ -117,8 +120,26 @@ def load_onnx(data: bytes, *, name: str | None = None,
         layers=_layers(model.graph, display, bound),
         parameters=bound.parameters,
         source=_source(model, data, name),
-        notes=_notes(model.graph, copies, bound),
+        notes=(*load_notes, *_notes(model.graph, copies, bound)),
     )
+
+
+def _complete_outputs(model: ModelProto) -> list[str]:
+    """Outputs the probe can use, declared: float tensors only, each with a type and shape.
+
+    Returns:
+        Notes on what was changed (outputs left out, types filled in).
+    """
+    notes = []
+    completed = complete_output_types(model)
+    if completed:
+        notes.append(
+            f"Graph outputs declared without a type or shape ({', '.join(map(repr, completed))}) "
+            f"were given the ones shape inference finds.")
+    pruned = keep_float_outputs(model).note()
+    if pruned:
+        notes.append(pruned)
+    return notes
 
 
 def _convert(model: ModelProto, display: dict[str, str]) -> fx.GraphModule:

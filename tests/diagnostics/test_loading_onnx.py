@@ -697,3 +697,74 @@ def test_output_that_is_an_input_is_a_clear_load_error() -> None:
     model.graph.output.append(_value("x", [2, 4]))
     with pytest.raises(ModelLoadError, match="graph output 'x' is not computed"):
         load_onnx(_bytes(model))
+
+
+# --- metadata the probe does not need; outputs it cannot use ------------------------------------
+
+
+@pytest.mark.parametrize("strip", ["shape", "type"])
+def test_output_declared_without_shape_or_type_is_completed(strip: str) -> None:
+    model = _small_model()
+    output = model.graph.output[0]
+    if strip == "shape":
+        output.type.tensor_type.ClearField("shape")
+    else:
+        output.ClearField("type")
+    loaded = load_onnx(_bytes(model))
+    assert loaded.output_names == ("y",)
+    assert any("'y'" in note and "shape inference" in note for note in loaded.notes)
+
+
+def test_stale_value_info_is_dropped_and_noted() -> None:
+    model = _small_model()
+    model.graph.value_info.append(_value("h", [4, 2]))  # contradicts MatMul's [2, 4]
+    loaded = load_onnx(_bytes(model))
+    x = torch.randn(2, 4)
+    assert loaded.module(x).shape == (2, 4)
+    assert any("value_info" in note for note in loaded.notes)
+
+
+def test_real_shape_errors_stay_errors_with_or_without_annotations() -> None:
+    model = _small_model()
+    model.graph.initializer[0].CopyFrom(_weight("W", 3, 4))  # [2, 4] @ [3, 4]: impossible
+    model.graph.value_info.append(_value("h", [2, 4]))
+    with pytest.raises(ModelLoadError, match="ONNX shape inference") as caught:
+        load_onnx(_bytes(model))
+    assert "\n" not in caught.value.detail
+
+
+def _classifier(outputs: list[str]) -> onnx.ModelProto:
+    # x -> MatMul -> Softmax (probabilities) -> ArgMax (label) -> Cast; an int64 label output
+    nodes = [helper.make_node("MatMul", ["x", "W"], ["logits"], name="mm"),
+             helper.make_node("Softmax", ["logits"], ["probabilities"], name="softmax", axis=1),
+             helper.make_node("ArgMax", ["probabilities"], ["label"], name="argmax", axis=1,
+                              keepdims=0)]
+    shapes = {"probabilities": _value("probabilities", [2, 3]),
+              "label": _value("label", [2], TensorProto.INT64)}
+    return _model(nodes, [_value("x", [2, 4])], [shapes[name] for name in outputs],
+                  [_weight("W", 4, 3)])
+
+
+def test_integer_output_is_left_out_and_named() -> None:
+    loaded = load_onnx(_bytes(_classifier(["label", "probabilities"])))
+    assert loaded.output_names == ("probabilities",)
+    assert [layer.name for layer in loaded.layers] == ["mm", "softmax"], "ArgMax removed"
+    (note,) = [note for note in loaded.notes if "left out" in note]
+    assert "'label'" in note
+    assert "ArgMax" in note
+    assert "fed them" not in note
+
+
+def test_only_integer_outputs_promote_the_float_tensor_feeding_them() -> None:
+    loaded = load_onnx(_bytes(_classifier(["label"])))
+    assert loaded.output_names == ("probabilities",)
+    x = torch.randn(2, 4)
+    assert torch.allclose(loaded.module(x).sum(dim=1), torch.ones(2))
+    assert any("'probabilities'" in note for note in loaded.notes)
+
+
+def test_no_float_computation_at_all_is_a_clear_error() -> None:
+    nodes = [helper.make_node("Shape", ["x"], ["s"], name="shape")]
+    model = _model(nodes, [_value("x", [2, 4])], [_value("s", [2], TensorProto.INT64)])
+    with pytest.raises(ModelLoadError, match="no graph output is a float tensor"):
+        load_onnx(_bytes(model))
