@@ -53,6 +53,7 @@ from diagnostics.loading.onnx_graph import (
     materialize_identity_initializers,
     normalize_default_domain,
     scalar_constants,
+    tie_identity_initializers,
     weight_only_nodes,
 )
 from diagnostics.loading.onnx_outputs import keep_float_outputs
@@ -105,6 +106,7 @@ def load_onnx(data: bytes, *, name: str | None = None,
     check_outputs_computed(model.graph)
 
     display = assign_safe_names(model.graph)
+    tied = tie_identity_initializers(model.graph)
     copies = materialize_identity_initializers(model.graph)
     inputs = input_specs(model.graph, inferred.graph)
     module = _convert(model, display)
@@ -120,7 +122,7 @@ def load_onnx(data: bytes, *, name: str | None = None,
         layers=_layers(model.graph, display, bound),
         parameters=bound.parameters,
         source=_source(model, data, name),
-        notes=(*load_notes, *_notes(model.graph, copies, bound)),
+        notes=(*load_notes, *_notes(model.graph, copies, bound), *_tied_notes(tied)),
     )
 
 
@@ -262,6 +264,21 @@ def _node_parameters(graph: GraphProto, bound: BoundParameters) -> list[tuple[st
     return result
 
 
+def _tied_notes(tied: dict[str, list[str]]) -> tuple[str, ...]:
+    if not tied:
+        return ()
+    shown = "; ".join(f"{source!r} (also {', '.join(map(repr, copies))})"
+                      for source, copies in list(tied.items())[:5])
+    more = f"; and {len(tied) - 5} more" if len(tied) > 5 else ""
+    count = sum(len(copies) for copies in tied.values())
+    return (
+        f"{count} initializers were stored by the exporter as Identity copies of a tensor with "
+        f"non-constant values, which are not equal by coincidence: tied weights (shared layers, "
+        f"tied embeddings). Each tensor is one parameter, named as stored, whose gradient is "
+        f"the sum over all its uses: {shown}{more}.",
+    )
+
+
 def _source(model: ModelProto, data: bytes, name: str | None) -> SourceInfo:
     producer = f"{model.producer_name} {model.producer_version}".strip()
     return SourceInfo(
@@ -281,8 +298,9 @@ def _notes(graph: GraphProto, copies: Sequence[str], bound: BoundParameters) -> 
     if copies:
         notes.append(
             f"{len(copies)} initializers were stored by the exporter as Identity copies of "
-            f"another with equal values (deduplication); each is reported as its own parameter "
-            f"under its own name, as in the original model."
+            f"another with equal constant values (deduplication of tensors initialized alike, "
+            f"such as BatchNorm's ones and zeros); each is reported as its own parameter under "
+            f"its own name, as in the original model."
         )
     generated = [name for name in bound.parameters if _GENERATED_NAME.match(name)]
     if generated:

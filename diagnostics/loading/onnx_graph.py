@@ -106,6 +106,76 @@ def identity_initializer_sources(graph: GraphProto) -> dict[str, str]:
     return sources
 
 
+def tie_identity_initializers(graph: GraphProto) -> dict[str, list[str]]:
+    """Make ``Identity(initializer)`` copies of non-constant tensors uses of the initializer itself.
+
+    Exporters that deduplicate initializers by value (optimum's ALBERT, whose layers share one
+    set of weights; tied embeddings) store one tensor and emit Identity nodes named after the
+    other uses. Random, non-constant values are not equal by coincidence: the copies are one
+    weight, so every use reads the stored tensor and its gradient is the sum over the uses.
+    Constant-valued tensors (BatchNorm's ones and zeros, zero biases) are equal only because
+    they were initialized alike; :func:`materialize_identity_initializers` keeps them apart.
+    Identity nodes whose output is a graph output are kept.
+
+    Returns:
+        Stored initializer -> the copy names now reading it, in graph order.
+    """
+    sources = identity_initializer_sources(graph)
+    outputs = {value.name for value in graph.output}
+    by_name = {init.name: init for init in graph.initializer}
+    constant: dict[str, bool] = {}
+    aliases: dict[str, str] = {}
+    for node in graph.node:
+        target = node.output[0] if node.op_type == "Identity" and node.output else None
+        if target not in sources or target in outputs or target in by_name:
+            continue
+        source = sources[target]
+        if by_name[source].data_type not in FLOAT_TYPES:
+            continue
+        if source not in constant:
+            constant[source] = _constant_valued(by_name[source])
+        if not constant[source]:
+            aliases[target] = source
+    if not aliases:
+        return {}
+    kept = [node for node in graph.node
+            if not (node.op_type == "Identity" and node.output and node.output[0] in aliases)]
+    del graph.node[:]
+    graph.node.extend(kept)
+    _rename_uses(graph, aliases)
+    tied: dict[str, list[str]] = {}
+    for target, source in aliases.items():
+        tied.setdefault(source, []).append(target)
+    return tied
+
+
+def _constant_valued(tensor: TensorProto) -> bool:
+    """Whether every element is the same (one element counts as constant: nothing to tell)."""
+    if element_count(tensor.dims) <= 1:
+        return True
+    if tensor.raw_data:
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)
+        values = np.frombuffer(tensor.raw_data, dtype=dtype)  # no copy of the weight
+    else:
+        values = numpy_helper.to_array(tensor).reshape(-1)
+    return bool((values == values[0]).all()) if values.size else True
+
+
+def _rename_uses(graph: GraphProto, names: dict[str, str]) -> None:
+    """Rewrite node inputs (subgraphs' too: they may read outer values) through ``names``."""
+    stack = [graph]
+    while stack:
+        current = stack.pop()
+        for node in current.node:
+            for index, name in enumerate(node.input):
+                if name in names:
+                    node.input[index] = names[name]
+            for attribute in node.attribute:
+                if attribute.HasField("g"):
+                    stack.append(attribute.g)
+                stack.extend(attribute.graphs)
+
+
 def materialize_identity_initializers(graph: GraphProto) -> list[str]:
     """Turn each ``Identity(initializer)`` node into an initializer of its own, named by its output.
 

@@ -15,8 +15,10 @@ import math
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 import torch
+from onnx import numpy_helper
 
 from diagnostics import diagnose
 from diagnostics.loading.onnx import load_onnx
@@ -162,3 +164,71 @@ def test_sklearn_classifier_loss_uses_the_probabilities() -> None:
     report = diagnose((FIXTURES / "sklearn_mlp_classifier.onnx").read_bytes(),
                       config={"samples": 1, "verify_remedies": False})
     assert report.layers
+
+
+# --- tied weights stored as Identity copies (optimum's ALBERT) ---------------------------------
+
+
+class _ProjectedAlbert(torch.nn.Module):
+    """ALBERT's hidden states through a random projection: mean(y²) of a LayerNorm output with
+    unit gain is constant (DOMAIN.md §2b), so the projection gives every weight a real gradient."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from transformers import AlbertConfig, AlbertModel
+
+        config = AlbertConfig(vocab_size=64, embedding_size=16, hidden_size=32,
+                              num_hidden_layers=3, num_attention_heads=2, intermediate_size=37,
+                              max_position_embeddings=32)
+        self.albert = AlbertModel(config)
+        self.projection = torch.nn.Parameter(torch.randn(32, 5))
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        hidden = self.albert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return hidden @ self.projection
+
+
+def _native_source(tensor: torch.Tensor, natives: dict[str, torch.Tensor]) -> str | None:
+    """The one native parameter stored as ``tensor`` (as is, or transposed by constant folding)."""
+    found = [name for name, param in natives.items()
+             if (param.shape == tensor.shape and torch.equal(param, tensor))
+             or (param.dim() == 2 and param.T.shape == tensor.shape
+                 and torch.equal(param.T, tensor))]
+    return found[0] if len(found) == 1 else None
+
+
+def test_albert_shared_layers_are_one_parameter_with_the_total_gradient() -> None:
+    # The legacy exporter with its default constant folding stores ALBERT's shared layers as
+    # optimum does: one folded (transposed) tensor per weight, Identity copies for the other
+    # layers' uses. Native ALBERT has one Parameter per shared weight: the reference.
+    from tests.onnx_export import export_legacy, native_grad_norms
+
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        native = _ProjectedAlbert().eval()
+        args = (torch.randint(0, 64, (2, 8)), torch.ones(2, 8, dtype=torch.long))
+    data = export_legacy(native, args, input_names=["input_ids", "attention_mask"])
+    graph = onnx.load_from_string(data).graph
+    stored = {init.name for init in graph.initializer}
+    copies = [node for node in graph.node if node.op_type == "Identity" and node.input[0] in stored]
+    assert copies, "the export has the Identity deduplication under test"
+
+    loaded = load_onnx(data)
+    (note,) = [note for note in loaded.notes if "tied weights" in note]
+    want = native_grad_norms(native, args)
+    got = loaded_grad_norms(loaded, args)
+    natives = {name: param.detach() for name, param in native.named_parameters()
+               if not bool((param == param.reshape(-1)[0]).all())}  # constants are ambiguous
+    compared = 0
+    for name, param in loaded.parameters.items():
+        source = _native_source(param.detach(), natives)
+        if source is None:
+            continue
+        compared += 1
+        assert got[name] == pytest.approx(want[source], rel=1e-3), (name, source)
+    shared = [name for name in natives if ".albert_layers.0." in name and "weight" in name]
+    assert compared >= len(shared) + 2
+    values = {init.name: numpy_helper.to_array(init) for init in graph.initializer}
+    random_copies = {node.output[0] for node in copies if np.unique(values[node.input[0]]).size > 1}
+    assert random_copies, "shared layers' weights are among the copies"
+    assert not random_copies & set(loaded.parameters), "each copy reads the stored tensor"

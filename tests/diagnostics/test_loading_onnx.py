@@ -400,19 +400,41 @@ def test_gemm_without_transb_trains_the_tensor_in_the_file() -> None:
     assert got["C"] == pytest.approx(float(c.grad.norm()), rel=RTOL)
 
 
-def test_identity_copies_become_their_own_parameters() -> None:
-    # The legacy exporter's value deduplication: conv2's kernel is stored as Identity(W1).
+def _identity_dedup(kernel: TensorProto) -> onnx.ModelProto:
+    # An exporter's value deduplication: conv2's kernel is stored as Identity(W1).
     nodes = [
         helper.make_node("Identity", ["W1"], ["W2"], name="dedup"),
         helper.make_node("Conv", ["x", "W1"], ["h"], name="conv1", pads=[1, 1, 1, 1]),
         helper.make_node("Conv", ["h", "W2"], ["y"], name="conv2", pads=[1, 1, 1, 1]),
     ]
-    model = _model(nodes, [_value("x", [1, 2, 5, 5])], [_value("y", [1, 2, 5, 5])],
-                   [_weight("W1", 2, 2, 3, 3)])
-    loaded = load_onnx(_bytes(model))
+    return _model(nodes, [_value("x", [1, 2, 5, 5])], [_value("y", [1, 2, 5, 5])], [kernel])
+
+
+def test_identity_copies_of_constants_become_their_own_parameters() -> None:
+    # Equal only because initialized alike (BatchNorm's ones): two weights, as in the model.
+    ones = numpy_helper.from_array(np.ones((2, 2, 3, 3), np.float32), "W1")
+    loaded = load_onnx(_bytes(_identity_dedup(ones)))
     assert list(loaded.parameters) == ["W1", "W2"]
     assert loaded.parameters["W1"] is not loaded.parameters["W2"]
     assert [layer.parameters for layer in loaded.layers] == [("W1",), ("W2",)]
+    assert any("constant values" in note for note in loaded.notes)
+
+
+def test_identity_copies_of_random_values_are_one_tied_parameter() -> None:
+    # Random values equal by construction: one weight (ALBERT's shared layers), summed gradient.
+    model = _identity_dedup(_weight("W1", 2, 2, 3, 3))
+    loaded = load_onnx(_bytes(model))
+    assert list(loaded.parameters) == ["W1"]
+    assert [layer.parameters for layer in loaded.layers] == [("W1",), ("W1",)]
+    (note,) = [note for note in loaded.notes if "tied" in note]
+    assert "'W1' (also 'W2')" in note
+
+    w = torch.from_numpy(numpy_helper.to_array(model.graph.initializer[0]).copy())
+    w.requires_grad_(True)
+    x = torch.randn(1, 2, 5, 5)
+    F.conv2d(F.conv2d(x, w, padding=1), w, padding=1).pow(2).mean().backward()
+    got = loaded_grad_norms(loaded, (x,))
+    assert got["W1"] == pytest.approx(float(w.grad.norm()), rel=RTOL)
 
 
 def test_outputs_come_back_in_graph_order() -> None:
