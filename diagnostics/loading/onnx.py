@@ -45,6 +45,7 @@ from diagnostics.loading.onnx_graph import (
     NORMALIZATIONS,
     activation_of,
     assign_safe_names,
+    captured_names,
     check_outputs_computed,
     default_opset,
     identity_copy_elements,
@@ -248,7 +249,8 @@ def _node_parameters(graph: GraphProto, bound: BoundParameters) -> list[tuple[st
     result: list[tuple[str, ...]] = []
     for node, only in zip(graph.node, weight_only, strict=True):
         names: list[str] = []
-        for index, value in enumerate(node.input):
+        reads = (*node.input, *(name for name in captured_names(node) if name not in node.input))
+        for index, value in enumerate(reads):
             if value in bound.parameters:
                 names.append(value)
             elif value in through:

@@ -483,6 +483,31 @@ def _consumers(graph: GraphProto) -> dict[str, list[int]]:
     return users
 
 
+def captured_names(node: NodeProto) -> list[str]:
+    """Outer values a node's subgraphs (Loop, If, Scan bodies) read by name, in order, once.
+
+    Names defined inside a subgraph (its inputs, initializers, node outputs) are not outer
+    values, so only what the body captures from the enclosing graph is listed.
+    """
+    found: dict[str, None] = {}
+    stack = [(g, frozenset()) for attribute in node.attribute
+             for g in ([attribute.g] if attribute.HasField("g") else []) + list(attribute.graphs)]
+    while stack:
+        graph, outer_local = stack.pop()
+        local = set(outer_local) | {value.name for value in graph.input} | {
+            init.name for init in graph.initializer}
+        for inner in graph.node:
+            for name in inner.input:
+                if name and name not in local:
+                    found.setdefault(name)
+            for attribute in inner.attribute:
+                for sub in ([attribute.g] if attribute.HasField("g") else []) + list(
+                        attribute.graphs):
+                    stack.append((sub, frozenset(local)))
+            local.update(inner.output)
+    return list(found)
+
+
 def _captured_names(node: NodeProto) -> Iterator[str]:
     """Names a node's subgraphs read (a superset of the outer values they capture)."""
     stack = [g for attribute in node.attribute

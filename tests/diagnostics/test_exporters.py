@@ -42,6 +42,15 @@ WEIGHTS: dict[str, dict[str, tuple[tuple[str, ...], float]]] = {
         "B0__32": (("lstm/lstm_cell/bias",), math.sqrt(2)),
         **{k.format(n="_1"): v for k, v in KERAS_HEAD.items()},
     },
+    "keras_gru": {  # a Loop over one GRU step; the weights are loop-carried, as Keras has them
+        "functional_1_1/gru_1/gru_cell_1/Cast/ReadVariableOp/resource:0":
+            (("gru/gru_cell/kernel",), 1.0),
+        "functional_1_1/gru_1/gru_cell_1/Cast_1/ReadVariableOp/resource:0":
+            (("gru/gru_cell/recurrent_kernel",), 1.0),
+        "functional_1_1/gru_1/gru_cell_1/split/ReadVariableOp/resource:0":
+            (("gru/gru_cell/bias",), 1.0),
+        **{k.format(n="_1_1"): v for k, v in KERAS_HEAD.items()},
+    },
     "keras_bilstm": {
         "W__340": (("bilstm/forward_lstm/lstm_cell/kernel",
                     "bilstm/backward_lstm/lstm_cell/kernel"), 1.0),
@@ -96,11 +105,12 @@ def test_forward_and_gradients_match_the_framework(name: str) -> None:
         assert got[onnx_name] == pytest.approx(want, rel=1e-3), onnx_name
 
 
-@pytest.mark.parametrize("name", ["keras_lstm", "keras_bilstm"])
-def test_keras_recurrent_layers_have_a_temporal_profile(name: str) -> None:
+@pytest.mark.parametrize(("name", "op"), [("keras_lstm", "LSTM"), ("keras_bilstm", "LSTM"),
+                                          ("keras_gru", "Loop")])
+def test_keras_recurrent_layers_have_a_temporal_profile(name: str, op: str) -> None:
     loaded = _loaded(name)
-    (recurrent,) = [layer for layer in loaded.layers if layer.op_type == "LSTM"]
-    assert set(recurrent.parameters) == {n for n in WEIGHTS[name] if n[0] in "WRB"}
+    (recurrent,) = [layer for layer in loaded.layers if layer.op_type == op]
+    assert set(recurrent.parameters) == {n for n in WEIGHTS[name] if "head_1" not in n}
     report = diagnose((FIXTURES / f"{name}.onnx").read_bytes(),
                       config={"samples": 1, "verify_remedies": False})
     (profile,) = report.temporal
@@ -215,6 +225,7 @@ def test_albert_shared_layers_are_one_parameter_with_the_total_gradient() -> Non
 
     loaded = load_onnx(data)
     (note,) = [note for note in loaded.notes if "tied weights" in note]
+    assert "gradient is the sum over all its uses" in note
     want = native_grad_norms(native, args)
     got = loaded_grad_norms(loaded, args)
     natives = {name: param.detach() for name, param in native.named_parameters()

@@ -35,7 +35,7 @@ from diagnostics.loading.ops.opset_aliases import TYPE_ONLY_VERSIONS
 from tests.onnx_export import export_dynamo, export_legacy, loaded_grad_norms, mean_square
 
 # Our converter families; the ``std_*`` modules belong to the conformance work.
-OWN_MODULES = ("activations", "casts", "fixes", "layer_norm", "pad", "pooling", "recurrent",
+OWN_MODULES = ("activations", "casts", "fixes", "layer_norm", "loop", "pad", "pooling", "recurrent",
                "reduce", "resize", "rotary", "sequences", "shape_ops", "tensor_ops")
 _PREFIX = "diagnostics.loading.ops."
 OWN_OPS = frozenset(
@@ -83,8 +83,10 @@ GRADCHECK_CASES = (
 
 def _case_modules() -> list[str]:
     names = {op.lower(): op for op in OWN_OPS}
-    return [info.name for info in pkgutil.iter_modules(onnx_cases.__path__)
-            if info.name.replace("_", "").removesuffix("op") in names]
+    stems = {info.name: info.name.replace("_", "") for info in pkgutil.iter_modules(
+        onnx_cases.__path__)}
+    return [name for name, stem in stems.items()
+            if stem in names or stem.removesuffix("op") in names]  # "loop" is no "lo" + "op"
 
 
 def _node_cases() -> dict[str, object]:
