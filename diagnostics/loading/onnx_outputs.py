@@ -63,10 +63,12 @@ def keep_float_outputs(model: ModelProto) -> PrunedOutputs:
     ``ZipMap`` and ``ArgMax``). Edits ``model`` in place.
 
     Returns:
-        What changed (nothing for a model whose outputs are all float tensors).
+        What changed: nothing for a model whose outputs are all float tensors, or where no
+        output is one and no node computes a float tensor on the way to them (a single
+        integer op, a comparison: the model is left as it is).
 
     Raises:
-        ModelLoadError: no output is a float tensor and none feeds the dropped ones.
+        ModelLoadError: shape inference fails while looking for the float sources.
     """
     graph = model.graph
     dropped = [value for value in graph.output if not is_float_tensor(value)]
@@ -77,10 +79,7 @@ def keep_float_outputs(model: ModelProto) -> PrunedOutputs:
     if not kept:
         promoted = _float_sources(model, [value.name for value in dropped])
         if not promoted:
-            raise ModelLoadError(
-                f"no graph output is a float tensor and none is computed from one "
-                f"({', '.join(repr(value.name) for value in dropped)}): nothing to take a "
-                f"gradient of")
+            return PrunedOutputs()  # no float computation to probe: left to the later checks
     del graph.output[:]
     graph.output.extend(kept or promoted)
     removed = _remove_dead_nodes(graph)

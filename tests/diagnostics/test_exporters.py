@@ -243,3 +243,28 @@ def test_albert_shared_layers_are_one_parameter_with_the_total_gradient() -> Non
     random_copies = {node.output[0] for node in copies if np.unique(values[node.input[0]]).size > 1}
     assert random_copies, "shared layers' weights are among the copies"
     assert not random_copies & set(loaded.parameters), "each copy reads the stored tensor"
+
+
+def test_optimum_albert_tied_weights_have_the_native_total_gradient() -> None:
+    # optimum's own export (make_optimum_fixtures.py): shared layers as Identity copies of one
+    # folded tensor, the decoder tied to the word embeddings through Transpose, and equal
+    # constant-valued LayerNorm/bias tensors deduplicated too.
+    name = "optimum_albert_mlm"
+    loaded, ref = _loaded(name), _reference(name)
+    args = tuple(torch.from_numpy(ref[spec.name]) for spec in loaded.inputs)
+    with torch.no_grad():
+        logits = _first(loaded.module(*args))
+    np.testing.assert_allclose(logits.numpy(), ref["logits"], rtol=RTOL, atol=1e-6)
+    got = loaded_grad_norms(loaded, args)
+    references = {key.removeprefix("grad_norm:"): float(value)
+                  for key, value in ref.items() if key.startswith("grad_norm:")}
+    assert len(references) == 11
+    for initializer, want in references.items():
+        assert got[initializer] == pytest.approx(want, rel=1e-4), initializer
+    tied = [note for note in loaded.notes if "tied weights" in note]
+    constant = [note for note in loaded.notes if "equal constant values" in note]
+    assert tied
+    assert constant, "LayerNorm ones and zero biases stay separate parameters"
+    users = [layer for layer in loaded.layers
+             if "albert.embeddings.word_embeddings.weight" in layer.parameters]
+    assert len(users) == 2, "the embedding lookup and the tied decoder"

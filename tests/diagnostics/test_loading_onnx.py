@@ -785,8 +785,9 @@ def test_only_integer_outputs_promote_the_float_tensor_feeding_them() -> None:
     assert any("'probabilities'" in note for note in loaded.notes)
 
 
-def test_no_float_computation_at_all_is_a_clear_error() -> None:
-    nodes = [helper.make_node("Shape", ["x"], ["s"], name="shape")]
-    model = _model(nodes, [_value("x", [2, 4])], [_value("s", [2], TensorProto.INT64)])
-    with pytest.raises(ModelLoadError, match="no graph output is a float tensor"):
-        load_onnx(_bytes(model))
+def test_integer_only_model_without_float_computation_is_left_as_it_is() -> None:
+    nodes = [helper.make_node("ArgMax", ["x"], ["label"], name="argmax", axis=1, keepdims=0)]
+    model = _model(nodes, [_value("x", [2, 4])], [_value("label", [2], TensorProto.INT64)])
+    loaded = load_onnx(_bytes(model))
+    assert loaded.output_names == ("label",)
+    assert not any("left out" in note for note in loaded.notes)
