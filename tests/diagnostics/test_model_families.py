@@ -197,8 +197,12 @@ def test_diagnose_reports(family: str) -> None:
 RECURRENT = {"lstm": "LSTM", "bilstm": "LSTM", "gru": "GRU", "rnn": "RNN"}
 
 
+# dynamo unrolls nn.RNN into per-step MatMul/Add/Tanh: no recurrent node is left to find.
+UNROLLED = {("rnn", "dynamo")}
+
+
 @pytest.mark.parametrize(("family", "exporter"), [
-    case for case in CASES if case.values[0] in RECURRENT])
+    case for case in CASES if case.values[0] in RECURRENT and tuple(case.values) not in UNROLLED])
 def test_recurrent_nodes_own_their_native_weights(family: str, exporter: str) -> None:
     loaded = _loaded(family, exporter)
     cells = [layer for layer in loaded.layers if layer.op_type == RECURRENT[family]]
