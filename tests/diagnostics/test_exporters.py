@@ -11,8 +11,6 @@ The loss is the mean of squares of the float outputs on both sides.
 from __future__ import annotations
 
 import functools
-import math
-from pathlib import Path
 
 import numpy as np
 import onnx
@@ -23,65 +21,28 @@ from onnx import numpy_helper
 from diagnostics import diagnose
 from diagnostics.loading.onnx import load_onnx
 from diagnostics.model import LoadedModel
+from tests.exporter_fixtures import (
+    SKLEARN,
+    WEIGHTS,
+    expected_grad_norms,
+    model_bytes,
+    reference,
+    sample_args,
+    sklearn_formula,
+)
 from tests.onnx_export import loaded_grad_norms, mean_square
 
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "exporters"
 RTOL = 1e-4
-
-# ONNX initializer -> (framework weight names whose gradients it holds, factor). The factor is
-# 2 ** 0.5 for tf2onnx's recurrent bias B = [Wb, Rb]: Keras has one bias, the file two equal
-# halves (Rb all zero), each getting the gradient Keras's bias gets.
-KERAS_HEAD = {
-    "functional{n}/head_1/Cast/ReadVariableOp:0": (("head/kernel",), 1.0),
-    "functional{n}/head_1/BiasAdd/ReadVariableOp:0": (("head/bias",), 1.0),
-}
-WEIGHTS: dict[str, dict[str, tuple[tuple[str, ...], float]]] = {
-    "keras_lstm": {
-        "W0__30": (("lstm/lstm_cell/kernel",), 1.0),
-        "R0__31": (("lstm/lstm_cell/recurrent_kernel",), 1.0),
-        "B0__32": (("lstm/lstm_cell/bias",), math.sqrt(2)),
-        **{k.format(n="_1"): v for k, v in KERAS_HEAD.items()},
-    },
-    "keras_gru": {  # a Loop over one GRU step; the weights are loop-carried, as Keras has them
-        "functional_1_1/gru_1/gru_cell_1/Cast/ReadVariableOp/resource:0":
-            (("gru/gru_cell/kernel",), 1.0),
-        "functional_1_1/gru_1/gru_cell_1/Cast_1/ReadVariableOp/resource:0":
-            (("gru/gru_cell/recurrent_kernel",), 1.0),
-        "functional_1_1/gru_1/gru_cell_1/split/ReadVariableOp/resource:0":
-            (("gru/gru_cell/bias",), 1.0),
-        **{k.format(n="_1_1"): v for k, v in KERAS_HEAD.items()},
-    },
-    "keras_bilstm": {
-        "W__340": (("bilstm/forward_lstm/lstm_cell/kernel",
-                    "bilstm/backward_lstm/lstm_cell/kernel"), 1.0),
-        "R__341": (("bilstm/forward_lstm/lstm_cell/recurrent_kernel",
-                    "bilstm/backward_lstm/lstm_cell/recurrent_kernel"), 1.0),
-        "B__342": (("bilstm/forward_lstm/lstm_cell/bias",
-                    "bilstm/backward_lstm/lstm_cell/bias"), math.sqrt(2)),
-        **{k.format(n="_2_1"): v for k, v in KERAS_HEAD.items()},
-    },
-    "jax_cnn_bn": {
-        "kernel_oih_0": (("conv1/kernel/.value",), 1.0),
-        "const_1": (("conv1/bias/.value",), 1.0),
-        "const_2": (("bn/scale/.value",), 1.0),
-        "const_3": (("bn/bias/.value",), 1.0),
-        "kernel_oih_1": (("conv2/kernel/.value",), 1.0),
-        "const_7": (("conv2/bias/.value",), 1.0),
-        "const_8": (("head/kernel/.value",), 1.0),
-        "const_9": (("head/bias/.value",), 1.0),
-    },
-}
 FRAMEWORK_FILES = tuple(WEIGHTS)
 
 
 @functools.cache
 def _loaded(name: str) -> LoadedModel:
-    return load_onnx((FIXTURES / f"{name}.onnx").read_bytes(), name=f"{name}.onnx")
+    return load_onnx(model_bytes(name), name=f"{name}.onnx")
 
 
 def _reference(name: str) -> dict[str, np.ndarray]:
-    with np.load(FIXTURES / f"{name}.npz") as data:
-        return {key: data[key] for key in data.files}
+    return reference(name)
 
 
 def _first(outputs: torch.Tensor | tuple) -> torch.Tensor:
@@ -99,10 +60,10 @@ def test_forward_and_gradients_match_the_framework(name: str) -> None:
     np.testing.assert_allclose(x.grad.numpy(), ref["loss_grad_input"], rtol=1e-3, atol=1e-6)
 
     got = loaded_grad_norms(loaded, (torch.from_numpy(ref["input"]),))
-    assert set(got) == set(WEIGHTS[name]), "every weight of the file is a parameter, once"
-    for onnx_name, (framework, factor) in WEIGHTS[name].items():
-        want = factor * math.sqrt(sum(float(ref[f"grad_norm:{w}"]) ** 2 for w in framework))
-        assert got[onnx_name] == pytest.approx(want, rel=1e-3), onnx_name
+    want = expected_grad_norms(name)
+    assert set(got) == set(want), "every weight of the file is a parameter, once"
+    for onnx_name, norm in want.items():
+        assert got[onnx_name] == pytest.approx(norm, rel=1e-3), onnx_name
 
 
 @pytest.mark.parametrize(("name", "op"), [("keras_lstm", "LSTM"), ("keras_bilstm", "LSTM"),
@@ -111,7 +72,7 @@ def test_keras_recurrent_layers_have_a_temporal_profile(name: str, op: str) -> N
     loaded = _loaded(name)
     (recurrent,) = [layer for layer in loaded.layers if layer.op_type == op]
     assert set(recurrent.parameters) == {n for n in WEIGHTS[name] if "head_1" not in n}
-    report = diagnose((FIXTURES / f"{name}.onnx").read_bytes(),
+    report = diagnose(model_bytes(name),
                       config={"samples": 1, "verify_remedies": False})
     (profile,) = report.temporal
     assert profile.input == recurrent.name
@@ -127,37 +88,16 @@ def test_jax_stale_annotations_are_dropped_and_named() -> None:
 # --- scikit-learn: no autodiff, so its MLP formula from the fitted weights is the reference ---
 
 
-def _sklearn_reference(name: str) -> tuple[dict[str, np.ndarray], torch.Tensor,
-                                           dict[str, torch.Tensor]]:
-    ref = _reference(name)
-    weights = {key.removeprefix("weight:"): torch.tensor(value, dtype=torch.float64,
-                                                         requires_grad=True)
-               for key, value in ref.items() if key.startswith("weight:")}
-    h = torch.from_numpy(ref["input"]).double()
-    layers = len([key for key in weights if key.startswith("coefs_")])
-    for i in range(layers):
-        h = h @ weights[f"coefs_{i}"] + weights[f"intercepts_{i}"]
-        if i < layers - 1:
-            h = torch.relu(h)  # MLPClassifier/MLPRegressor's default activation
-    if name.endswith("classifier"):
-        h = torch.softmax(h, dim=1)  # multi-class output: softmax probabilities
-    return ref, h, weights
-
-
-@pytest.mark.parametrize("name", ["sklearn_mlp_classifier", "sklearn_mlp_regressor"])
+@pytest.mark.parametrize("name", SKLEARN)
 def test_sklearn_mlp_gradients_match_its_formula(name: str) -> None:
-    loaded = _loaded(name)
-    ref, output, weights = _sklearn_reference(name)
+    loaded, ref = _loaded(name), _reference(name)
+    output, _ = sklearn_formula(name)
     np.testing.assert_allclose(output.detach().numpy(), ref["output"], rtol=1e-5, atol=1e-6)
-    mean_square(output).backward()
     got = loaded_grad_norms(loaded, (torch.from_numpy(ref["input"]),))
-    # skl2onnx names coefs_i "coefficient{i or ''}" and intercepts_i "intercepts{i or ''}"
-    for i in range(len([k for k in weights if k.startswith("coefs_")])):
-        suffix = str(i) if i else ""
-        for onnx_name, native in ((f"coefficient{suffix}", f"coefs_{i}"),
-                                  (f"intercepts{suffix}", f"intercepts_{i}")):
-            want = float(weights[native].grad.norm())
-            assert got[onnx_name] == pytest.approx(want, rel=1e-4), onnx_name
+    want = expected_grad_norms(name)
+    assert set(got) == set(want)
+    for onnx_name, norm in want.items():
+        assert got[onnx_name] == pytest.approx(norm, rel=1e-4), onnx_name
 
 
 def test_sklearn_classifier_loss_uses_the_probabilities() -> None:
@@ -171,7 +111,7 @@ def test_sklearn_classifier_loss_uses_the_probabilities() -> None:
     with torch.no_grad():
         probabilities = _first(loaded.module(torch.from_numpy(ref["input"])))
     np.testing.assert_allclose(probabilities.numpy(), ref["ort_output"], rtol=1e-5, atol=1e-6)
-    report = diagnose((FIXTURES / "sklearn_mlp_classifier.onnx").read_bytes(),
+    report = diagnose(model_bytes("sklearn_mlp_classifier"),
                       config={"samples": 1, "verify_remedies": False})
     assert report.layers
 
@@ -251,13 +191,12 @@ def test_optimum_albert_tied_weights_have_the_native_total_gradient() -> None:
     # constant-valued LayerNorm/bias tensors deduplicated too.
     name = "optimum_albert_mlm"
     loaded, ref = _loaded(name), _reference(name)
-    args = tuple(torch.from_numpy(ref[spec.name]) for spec in loaded.inputs)
+    args = sample_args(name, loaded)
     with torch.no_grad():
         logits = _first(loaded.module(*args))
     np.testing.assert_allclose(logits.numpy(), ref["logits"], rtol=RTOL, atol=1e-6)
     got = loaded_grad_norms(loaded, args)
-    references = {key.removeprefix("grad_norm:"): float(value)
-                  for key, value in ref.items() if key.startswith("grad_norm:")}
+    references = expected_grad_norms(name)
     assert len(references) == 11
     for initializer, want in references.items():
         assert got[initializer] == pytest.approx(want, rel=1e-4), initializer
