@@ -4,9 +4,9 @@ Classic-ML exporters end a differentiable network with ops that turn its float o
 labels, maps and sequences (skl2onnx's ``ArgMax`` -> ``ArrayFeatureExtractor`` label and
 ``ZipMap`` list of ``{class: probability}`` maps, in the ``ai.onnx.ml`` domain). No gradient
 flows into a label or a map, and those ops have no torch counterpart, so refusing the model for
-them helps nobody. Such outputs are left out of the loss: their nodes are removed (when no float
-output needs them) and, when that leaves no float output at all, the float tensors that fed them
-(the class probabilities) become the outputs. The caller reports what was left out.
+them helps nobody. Such outputs are left out: their nodes are removed (when no other output
+needs them) and, when that leaves no float output at all, the float tensors that fed them (the
+class probabilities) become the outputs. The caller reports what was left out.
 """
 
 from __future__ import annotations
@@ -15,9 +15,10 @@ from dataclasses import dataclass
 
 import onnx
 from onnx import GraphProto, ModelProto, ValueInfoProto
+from onnx2torch.node_converters.registry import get_converter
 
 from diagnostics.errors import ModelLoadError
-from diagnostics.loading.onnx_checks import FLOAT_TYPES, one_line
+from diagnostics.loading.onnx_checks import FLOAT_TYPES, one_line, opset_versions
 
 
 @dataclass(frozen=True)
@@ -56,11 +57,14 @@ def is_float_tensor(value: ValueInfoProto) -> bool:
 
 
 def keep_float_outputs(model: ModelProto) -> PrunedOutputs:
-    """Drop the graph outputs that are not float tensors and the nodes only they need.
+    """Drop the non-float outputs that need an op without a converter, and the nodes only they need.
 
-    Where no float output remains, the float tensors computed by a node on the way to the
-    dropped outputs, nearest to them, become the outputs (skl2onnx's probabilities before
-    ``ZipMap`` and ``ArgMax``). Edits ``model`` in place.
+    Non-float outputs we can compute (TopK's indices, a Dropout mask) stay: the probe's loss
+    already ignores them. Those behind an op no torch module exists for (``ZipMap``,
+    ``ArrayFeatureExtractor``) are left out instead of refusing the model. Where no float
+    output remains, the float tensors computed by a node on the way to the dropped outputs,
+    nearest to them, become outputs too (skl2onnx's probabilities before ``ZipMap`` and
+    ``ArgMax``). Edits ``model`` in place.
 
     Returns:
         What changed: nothing for a model whose outputs are all float tensors, or where no
@@ -71,21 +75,40 @@ def keep_float_outputs(model: ModelProto) -> PrunedOutputs:
         ModelLoadError: shape inference fails while looking for the float sources.
     """
     graph = model.graph
-    dropped = [value for value in graph.output if not is_float_tensor(value)]
+    blocked = _needs_unconvertible(model)
+    dropped = [value for value in graph.output
+               if not is_float_tensor(value) and value.name in blocked]
     if not dropped:
         return PrunedOutputs()
-    kept = [value for value in graph.output if is_float_tensor(value)]
+    kept = [value for value in graph.output if value not in dropped]
     promoted: list[ValueInfoProto] = []
-    if not kept:
+    if not any(is_float_tensor(value) for value in kept):
         promoted = _float_sources(model, [value.name for value in dropped])
         if not promoted:
-            return PrunedOutputs()  # no float computation to probe: left to the later checks
+            return PrunedOutputs()  # no float computation to probe: left to the op check
     del graph.output[:]
-    graph.output.extend(kept or promoted)
+    graph.output.extend([*kept, *promoted])
     removed = _remove_dead_nodes(graph)
     return PrunedOutputs(tuple(value.name for value in dropped),
                          tuple(value.name for value in promoted),
                          tuple(dict.fromkeys(removed)))
+
+
+def _needs_unconvertible(model: ModelProto) -> set[str]:
+    """Values whose computation needs a top-level node without a converter (``ZipMap``)."""
+    opsets = opset_versions(model)
+    blocked: set[str] = set()
+    for node in model.graph.node:
+        domain = "" if node.domain == "ai.onnx" else node.domain
+        try:
+            get_converter(operation_type=node.op_type, version=opsets.get(domain, 1),
+                          domain=domain)
+            missing = False
+        except NotImplementedError:
+            missing = True
+        if missing or any(name in blocked for name in node.input):
+            blocked.update(node.output)
+    return blocked
 
 
 def _float_sources(model: ModelProto, names: list[str]) -> list[ValueInfoProto]:

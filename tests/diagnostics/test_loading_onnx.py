@@ -756,28 +756,33 @@ def test_real_shape_errors_stay_errors_with_or_without_annotations() -> None:
 
 
 def _classifier(outputs: list[str]) -> onnx.ModelProto:
-    # x -> MatMul -> Softmax (probabilities) -> ArgMax (label) -> Cast; an int64 label output
+    # x -> MatMul -> Softmax (probabilities) -> ArgMax -> ArrayFeatureExtractor(classes): an
+    # int64 label behind an ai.onnx.ml op that has no torch counterpart, as skl2onnx writes it
     nodes = [helper.make_node("MatMul", ["x", "W"], ["logits"], name="mm"),
              helper.make_node("Softmax", ["logits"], ["probabilities"], name="softmax", axis=1),
-             helper.make_node("ArgMax", ["probabilities"], ["label"], name="argmax", axis=1,
-                              keepdims=0)]
+             helper.make_node("ArgMax", ["probabilities"], ["index"], name="argmax", axis=1),
+             helper.make_node("ArrayFeatureExtractor", ["classes", "index"], ["label"],
+                              name="pick", domain="ai.onnx.ml")]
     shapes = {"probabilities": _value("probabilities", [2, 3]),
-              "label": _value("label", [2], TensorProto.INT64)}
+              "label": _value("label", [2, 1], TensorProto.INT64),
+              "index": _value("index", [2, 1], TensorProto.INT64)}
+    classes = numpy_helper.from_array(np.array([3, 5, 7], dtype=np.int64), "classes")
     return _model(nodes, [_value("x", [2, 4])], [shapes[name] for name in outputs],
-                  [_weight("W", 4, 3)])
+                  [_weight("W", 4, 3), classes],
+                  extra_opsets=[helper.make_opsetid("ai.onnx.ml", 3)])
 
 
-def test_integer_output_is_left_out_and_named() -> None:
+def test_label_behind_an_unconvertible_op_is_left_out_and_named() -> None:
     loaded = load_onnx(_bytes(_classifier(["label", "probabilities"])))
     assert loaded.output_names == ("probabilities",)
-    assert [layer.name for layer in loaded.layers] == ["mm", "softmax"], "ArgMax removed"
+    assert [layer.name for layer in loaded.layers] == ["mm", "softmax"]
     (note,) = [note for note in loaded.notes if "left out" in note]
     assert "'label'" in note
-    assert "ArgMax" in note
+    assert "ArrayFeatureExtractor" in note
     assert "fed them" not in note
 
 
-def test_only_integer_outputs_promote_the_float_tensor_feeding_them() -> None:
+def test_only_unconvertible_outputs_promote_the_float_tensor_feeding_them() -> None:
     loaded = load_onnx(_bytes(_classifier(["label"])))
     assert loaded.output_names == ("probabilities",)
     x = torch.randn(2, 4)
@@ -785,9 +790,19 @@ def test_only_integer_outputs_promote_the_float_tensor_feeding_them() -> None:
     assert any("'probabilities'" in note for note in loaded.notes)
 
 
-def test_integer_only_model_without_float_computation_is_left_as_it_is() -> None:
-    nodes = [helper.make_node("ArgMax", ["x"], ["label"], name="argmax", axis=1, keepdims=0)]
-    model = _model(nodes, [_value("x", [2, 4])], [_value("label", [2], TensorProto.INT64)])
+def test_integer_outputs_we_can_compute_stay() -> None:
+    # ArgMax has a converter: its output stays (the probe's loss ignores integer outputs).
+    model = _classifier(["index", "probabilities"])
+    del model.graph.node[3]  # no ArrayFeatureExtractor
     loaded = load_onnx(_bytes(model))
-    assert loaded.output_names == ("label",)
+    assert loaded.output_names == ("index", "probabilities")
     assert not any("left out" in note for note in loaded.notes)
+
+
+def test_unconvertible_op_a_float_output_needs_is_still_refused() -> None:
+    model = _classifier(["probabilities"])
+    model.graph.node[1].op_type = "Normalizer"  # ai.onnx.ml op in the float path
+    model.graph.node[1].domain = "ai.onnx.ml"
+    del model.graph.node[1].attribute[:]
+    with pytest.raises(UnsupportedOperatorError, match="Normalizer"):
+        load_onnx(_bytes(model))
