@@ -30,6 +30,10 @@ from torch import fx, nn
 from diagnostics.loading.onnx_graph import assign_safe_names, captured_names
 from diagnostics.loading.ops.registry import converter
 
+# A file can ask for 2^63 iterations, or loop on a condition that never turns false; the probe
+# must end. Recurrences over sequences that long are not diagnosed one step at a time anyway.
+MAX_ITERATIONS = 100_000
+
 
 class OnnxLoop(nn.Module, OnnxToTorchModule):
     """``Loop(M, cond, v_initial...)`` with its body converted to a torch module."""
@@ -70,6 +74,10 @@ class OnnxLoop(nn.Module, OnnxToTorchModule):
         scans: list[list[torch.Tensor]] = []
         iteration = 0
         while keep and (trip is None or iteration < trip):
+            if iteration == MAX_ITERATIONS:
+                raise RuntimeError(
+                    f"Loop runs past {MAX_ITERATIONS} iterations (trip count "
+                    f"{'none' if trip is None else trip}); refusing to unroll it further")
             results = self.body(torch.tensor(iteration, dtype=torch.int64),
                                 torch.tensor(keep), *values, *captured)
             results = results if isinstance(results, tuple) else (results,)
