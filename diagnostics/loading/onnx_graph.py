@@ -153,6 +153,8 @@ def _constant_valued(tensor: TensorProto) -> bool:
     """Whether every element is the same (one element counts as constant: nothing to tell)."""
     if element_count(tensor.dims) <= 1:
         return True
+    if tensor.data_location == TensorProto.EXTERNAL:
+        return True  # values not in the proto: never read here; kept separate, as before
     if tensor.raw_data:
         dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)
         values = np.frombuffer(tensor.raw_data, dtype=dtype)  # no copy of the weight
