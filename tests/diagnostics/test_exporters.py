@@ -147,6 +147,7 @@ def _native_source(tensor: torch.Tensor, natives: dict[str, torch.Tensor]) -> st
     return found[0] if len(found) == 1 else None
 
 
+@pytest.mark.slow  # exports with the legacy exporter (~12 s); the optimum file below is the CI case
 def test_albert_shared_layers_are_one_parameter_with_the_total_gradient() -> None:
     # The legacy exporter with its default constant folding stores ALBERT's shared layers as
     # optimum does: one folded (transposed) tensor per weight, Identity copies for the other
