@@ -31,16 +31,25 @@ class TemporalTarget:
     layer: str
     module_path: str
     time_axis: int
+    argument: int = 0  # which forward argument of the module is the sequence
 
 
 def find_target(model: LoadedModel) -> TemporalTarget | None:
-    """The first recurrent layer and the time axis of its input, or None."""
+    """The first recurrent layer and the time axis of its input, or None.
+
+    Recurrent layers are RNN/LSTM/GRU nodes and modules, and loops that read a sequence one
+    step per iteration (tf2onnx's Keras GRU: a ``Loop`` whose module names the argument in
+    ``sequence_argument``).
+    """
     for layer in model.layers:
+        module = model.module.get_submodule(layer.module_path)
+        argument = getattr(module, "sequence_argument", None)
         if layer.op_type in RECURRENT_OPS:
-            module = model.module.get_submodule(layer.module_path)
             batch_first = bool(getattr(module, "batch_first", False)) or \
                 getattr(module, "layout", 0) == 1
             return TemporalTarget(layer.name, layer.module_path, 1 if batch_first else 0)
+        if argument is not None:
+            return TemporalTarget(layer.name, layer.module_path, int(module.layout), argument)
     return None
 
 
@@ -60,12 +69,12 @@ def step_norms(model: LoadedModel, batch: SampleBatch, config: DiagnosisConfig,
         captured["norms"] = [float(v) for v in torch.linalg.vector_norm(wide, dim=1)]
 
     def pre_hook(_module: nn.Module, args: tuple) -> tuple:
-        x = args[0]
+        x = args[target.argument]
         if not x.requires_grad:
             x = x.detach().requires_grad_(True)
         captured["length"] = int(x.shape[target.time_axis])
         x.register_hook(record)
-        return (x, *args[1:])
+        return (*args[:target.argument], x, *args[target.argument + 1:])
 
     handle = module.register_forward_pre_hook(pre_hook)
     try:

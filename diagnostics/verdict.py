@@ -92,12 +92,27 @@ def width_corrected_ratio(norm_deep: float, norm_shallow: float, numel_deep: int
     return SignalRatio(robust, raw)
 
 
+# Table lookups: their output scale is whatever the table was initialized to, and a
+# normalization after them divides the gradient by it, so ‖δ‖ at a lookup says nothing about
+# the Jacobians of the hidden stack (BERT's embeddings at std 0.002 would read as "exploding").
+_LOOKUPS = frozenset({"Gather", "Embedding"})
+_TABLES = _LOOKUPS | {"Add"}
+
+
 def readout_indices(model: LoadedModel) -> list[int]:
-    """The layers with a weight matrix or kernel nearest the outputs (smallest depth)."""
-    weighted = [i for i, layer in enumerate(model.layers) if _weight_names(model, i)]
+    """The layers with a weight matrix or kernel nearest the outputs (smallest depth).
+
+    None when a normalization sits between them and the outputs: the model then returns a
+    normalized hidden state, and its last weight layer is a hidden layer, not a readout.
+    """
+    weighted = [i for i, layer in enumerate(model.layers)
+                if _weight_names(model, i) and layer.op_type not in _LOOKUPS]
     if not weighted:
         return []
     nearest = min(model.layers[i].depth for i in weighted)
+    if any(LayerKind.NORMALIZATION in layer.kinds and layer.depth < nearest
+           for layer in model.layers):
+        return []
     return [i for i in weighted if model.layers[i].depth == nearest]
 
 
@@ -117,6 +132,7 @@ def _endpoints(model: LoadedModel, layers: list[LayerReport],
     candidates = [
         i for i, layer in enumerate(layers)
         if LayerKind.PARAMETRIC in model.layers[i].kinds and layer.depth > above
+        and model.layers[i].op_type not in _LOOKUPS
         and _measured(layer) is not None and layer.output_numel
     ]
     if len(candidates) < 2:
@@ -282,6 +298,12 @@ def _relative_steps(model: LoadedModel, layers: list[LayerReport], config: Diagn
     """lr·‖g‖ / max(‖W‖, fan-in norm) for every weight; flag layers whose step is too large."""
     best: tuple[float, str] | None = None
     for index, layer in enumerate(layers):
+        if model.layers[index].op_type in _TABLES:
+            # Lookup tables and added tensors (position/token-type embeddings): a row moves only
+            # where it is used, by the sum over every position that used it, and the
+            # normalization after them makes the step scale-invariant, so a whole-table step
+            # is no measure of what one update does to the function.
+            continue
         for param in layer.parameters:
             grad = param.grad_norm.median
             if not is_weight(param) or grad is None or param.name not in model.parameters:

@@ -2,8 +2,11 @@
 
 For every family of ``tests/model_zoo.py`` and both PyTorch exporters, export (random weights,
 nothing downloaded), load with GradDoctor's ONNX loader, run forward + backward, and compare
-each initializer's gradient norm with the native module's (rtol 1e-4, float32). Writes the
-Markdown table to ``docs/model-coverage.md`` (the README embeds it) and prints it.
+each initializer's gradient norm with the native module's (rtol 1e-4, float32); recurrent
+families also get their temporal profile from ``diagnose``. A second table does the same for
+the committed files of other exporters (``tests/fixtures/exporters``: Keras/tf2onnx, jax2onnx,
+skl2onnx, optimum) against their independent references (``tests/exporter_fixtures.py``).
+Writes the Markdown to ``docs/model-coverage.md`` (the README embeds it) and prints it.
 
 Usage::
 
@@ -16,6 +19,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import math
 import os
 import sys
 import time
@@ -25,14 +29,25 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
+import numpy as np
+import torch
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach the hub, whatever the zoo does
 
+from diagnostics import diagnose  # noqa: E402
 from diagnostics.config import NormStats  # noqa: E402
 from diagnostics.errors import DiagnosticsError  # noqa: E402
 from diagnostics.loading.onnx import load_onnx  # noqa: E402
 from diagnostics.probe import probe_mode  # noqa: E402
+from tests.exporter_fixtures import (  # noqa: E402
+    FILES,
+    expected_grad_norms,
+    model_bytes,
+    reference_output,
+    sample_args,
+)
 from tests.model_zoo import (  # noqa: E402
     DYNAMO_OPSET,
     EXPORTERS,
@@ -59,6 +74,23 @@ class Row:
     gradients: bool | None = None
     detail: str = ""
     seconds: float = 0.0
+    temporal: str = SKIP
+
+
+RECURRENT_FAMILIES = {"lstm", "bilstm", "gru", "rnn"}
+FILE_RTOL = 1e-3  # float32 recurrences against another framework's float32 autodiff
+
+
+def _temporal(data: bytes, config: dict) -> str:
+    """Steps of the temporal profile ``diagnose`` reports, or why there is none."""
+    try:
+        report = diagnose(data, config={"samples": 1, "verify_remedies": False, **config})
+    except Exception as exc:
+        return f"{NO} ({_one_line(exc, 60)})"
+    if not report.temporal:
+        return NO
+    profile = report.temporal[0]
+    return f"{YES} {len(profile.grad_norms)} steps, horizon {profile.effective_horizon}"
 
 
 def _one_line(exc: BaseException, limit: int = 160) -> str:
@@ -106,6 +138,55 @@ def measure(family, exporter: str) -> Row:
             row.gradients = check.ok
             row.detail = (f"{check.describe()} (eval and batch statistics)" if check.ok
                           else f"batch statistics: {check.describe()}")
+    if row.converts and family.name in RECURRENT_FAMILIES:
+        shapes = {name: list(arg.shape) for name, arg in zip(model.input_names, model.args,
+                                                             strict=True)}
+        row.temporal = _temporal(data, {"input_shapes": shapes})
+    row.seconds = time.perf_counter() - started
+    return row
+
+
+def measure_file(name: str) -> Row:
+    """Load one committed file of another exporter and compare with its reference."""
+    exporter, title = FILES[name]
+    row = Row(title, exporter)
+    started = time.perf_counter()
+    data = model_bytes(name)
+    try:
+        loaded = load_onnx(data, name=f"{name}.onnx")
+        row.converts = True
+    except Exception as exc:
+        row.converts = False
+        row.detail = f"conversion fails ({_one_line(exc)})"
+    if row.converts:
+        try:
+            args = sample_args(name, loaded)
+            got = loaded_grad_norms(loaded, args)
+            row.backward = True
+        except Exception as exc:
+            row.backward = False
+            row.detail = f"forward/backward fails ({_one_line(exc)})"
+    if row.backward:
+        with torch.no_grad():
+            output = loaded.module(*args)
+        output = output if isinstance(output, torch.Tensor) else output[0]
+        forward = float(np.abs(output.numpy() - reference_output(name)).max())
+        want = expected_grad_norms(name)
+        worst = max(abs(got.get(key, math.inf) - value) / max(value, 1e-30)
+                    for key, value in want.items())
+        row.gradients = set(want) <= set(got) and worst <= FILE_RTOL
+        extra = sorted(set(got) - set(want))
+        row.detail = (f"{len(want)} of {len(got)} weights compared, worst relative deviation "
+                      f"{worst:.1e}; forward max |Δ| {forward:.1e}"
+                      + (f"; {len(extra)} constant-valued weights (LayerNorm ones, zero biases) "
+                         f"have no unique native match and are not compared" if extra else ""))
+        notes = [note.split(":")[0].split(";")[0] for note in loaded.notes
+                 if "left out" in note or "value_info" in note or "tied weights" in note]
+        if notes:
+            row.detail += "; " + "; ".join(note.rstrip(".") for note in notes)
+    if row.converts and any(layer.op_type in {"LSTM", "GRU", "RNN", "Loop"}
+                            for layer in loaded.layers):
+        row.temporal = _temporal(data, {})
     row.seconds = time.perf_counter() - started
     return row
 
@@ -114,7 +195,7 @@ def _cell(value: bool | None) -> str:
     return SKIP if value is None else (YES if value else NO)
 
 
-def render(rows: list[Row]) -> str:
+def render(rows: list[Row], file_rows: list[Row] | None = None) -> str:
     """The Markdown page: how the table was made, the table, and a summary."""
     versions = ", ".join(f"{package} {metadata.version(package)}" for package in
                          ("torch", "torchvision", "transformers", "onnx", "onnx2torch"))
@@ -138,17 +219,42 @@ def render(rows: list[Row]) -> str:
         "",
         f"Versions: {versions}.",
         "",
-        "| Model family | Exporter | Converts | Backward runs | Gradients match | Details |",
-        "|---|---|:-:|:-:|:-:|---|",
+        "| Model family | Exporter | Converts | Backward runs | Gradients match | "
+        "Temporal profile | Details |",
+        "|---|---|:-:|:-:|:-:|:-:|---|",
     ]
-    for row in rows:
-        detail = row.detail.replace("|", "\\|")
-        lines.append(f"| {row.family} | {row.exporter} | {_cell(row.converts)} | "
-                     f"{_cell(row.backward)} | {_cell(row.gradients)} | {detail} |")
+    lines += [_line(row) for row in rows]
     passed = sum(1 for row in rows if row.gradients)
     lines += ["", f"{passed} of {len(rows)} family × exporter pairs convert and match native "
               "gradients.", ""]
+    if file_rows:
+        lines += [
+            "## Other exporters",
+            "",
+            "Files made by `tests/fixtures/exporters/make_fixtures.py` (Keras, JAX, "
+            "scikit-learn) and `make_optimum_fixtures.py` (optimum) in venvs of their own, "
+            "committed with their references: the framework's own forward output and gradients "
+            "(TensorFlow's GradientTape, `jax.grad`, PyTorch for optimum's ALBERT) or, for "
+            "scikit-learn, its MLP formula from the fitted weights in float64. Each "
+            "initializer's gradient norm is compared with the weight(s) it stores (rtol "
+            f"{FILE_RTOL:g}); `tests/diagnostics/test_exporters.py` runs the same checks.",
+            "",
+            "| Model | Exporter | Converts | Backward runs | Gradients match | "
+            "Temporal profile | Details |",
+            "|---|---|:-:|:-:|:-:|:-:|---|",
+            *[_line(row) for row in file_rows],
+            "",
+            f"{sum(1 for row in file_rows if row.gradients)} of {len(file_rows)} files convert "
+            "and match their reference gradients.",
+            "",
+        ]
     return "\n".join(lines)
+
+
+def _line(row: Row) -> str:
+    detail = row.detail.replace("|", "\\|")
+    return (f"| {row.family} | {row.exporter} | {_cell(row.converts)} | {_cell(row.backward)} | "
+            f"{_cell(row.gradients)} | {row.temporal} | {detail} |")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -159,6 +265,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="comma-separated: legacy,dynamo")
     parser.add_argument("--output", default=str(ROOT / "docs" / "model-coverage.md"),
                         help="Markdown file to write, or - to print only")
+    parser.add_argument("--no-files", action="store_true",
+                        help="skip the other exporters' committed files")
     args = parser.parse_args(argv)
     # onnx2torch's Slice indexes with a list (deprecated, still correct): noise in the log.
     warnings.filterwarnings("ignore", category=UserWarning, module="onnx2torch")
@@ -177,7 +285,13 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append(Row(family.title, exporter, detail="coverage script error"))
             print(f"{family.name:>20} {exporter:<7} {rows[-1].seconds:6.1f}s "
                   f"{_cell(rows[-1].gradients)} {rows[-1].detail}", file=sys.stderr)
-    page = render(rows)
+    file_rows = []
+    if not args.no_files:
+        for name in FILES:
+            file_rows.append(measure_file(name))
+            print(f"{name:>28} {file_rows[-1].seconds:6.1f}s {_cell(file_rows[-1].gradients)} "
+                  f"{file_rows[-1].detail}", file=sys.stderr)
+    page = render(rows, file_rows)
     if args.output != "-":
         Path(args.output).write_text(page, encoding="utf-8")
     print(page)

@@ -189,19 +189,22 @@ def unet() -> ZooModel:
 class RecurrentClassifier(nn.Module):
     """A 2-layer recurrent stack (LSTM, GRU or tanh RNN) with a Linear head on every step."""
 
-    def __init__(self, cell: type[nn.RNNBase], features: int = 8, hidden: int = 16) -> None:
+    def __init__(self, cell: type[nn.RNNBase], features: int = 8, hidden: int = 16, *,
+                 bidirectional: bool = False) -> None:
         super().__init__()
-        self.rnn = cell(features, hidden, num_layers=2, batch_first=True)
-        self.head = nn.Linear(hidden, 4)
+        self.rnn = cell(features, hidden, num_layers=2, batch_first=True,
+                        bidirectional=bidirectional)
+        self.head = nn.Linear(hidden * (2 if bidirectional else 1), 4)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(N, T, features) -> (N, T, 4)."""
         return self.head(self.rnn(x)[0])
 
 
-def _recurrent(cell: type[nn.RNNBase]) -> ZooModel:
+def _recurrent(cell: type[nn.RNNBase], *, bidirectional: bool = False) -> ZooModel:
     # Batch and time dynamic, as sequence models are exported for variable-length input.
-    return ZooModel(RecurrentClassifier(cell), (torch.randn(2, 12, 8),), ("input",),
+    return ZooModel(RecurrentClassifier(cell, bidirectional=bidirectional),
+                    (torch.randn(2, 12, 8),), ("input",),
                     {"input": {0: "batch", 1: "time"}}, same_name)
 
 
@@ -209,6 +212,12 @@ def _recurrent(cell: type[nn.RNNBase]) -> ZooModel:
 def lstm() -> ZooModel:
     """2-layer ``nn.LSTM`` + Linear head, batch-first, 12 steps (batch and time dynamic)."""
     return _recurrent(nn.LSTM)
+
+
+@_seeded
+def bilstm() -> ZooModel:
+    """2-layer bidirectional ``nn.LSTM`` + Linear head, batch-first, 12 steps."""
+    return _recurrent(nn.LSTM, bidirectional=True)
 
 
 @_seeded
@@ -346,6 +355,7 @@ FAMILIES: tuple[Family, ...] = (
     Family("vit", "ViT, 2 layers (torchvision)", vit, healthy=True),
     Family("unet", "UNet, ConvTranspose + bilinear", unet),
     Family("lstm", "LSTM, 2 layers", lstm),
+    Family("bilstm", "Bidirectional LSTM, 2 layers", bilstm, slow=True),
     Family("gru", "GRU, 2 layers", gru, slow=True),
     Family("rnn", "RNN (tanh), 2 layers", rnn, slow=True),
     Family("audio_cnn", "1-D conv audio net", audio_cnn, slow=True),

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import operator
-import re
 import types
 from collections.abc import Sequence
 from pathlib import Path
@@ -37,6 +36,7 @@ from diagnostics.loading.external_data import prepare_external_data
 from diagnostics.loading.onnx_checks import (
     check_budgets,
     check_supported_ops,
+    complete_output_types,
     one_line,
     opset_versions,
     parse_model,
@@ -44,9 +44,11 @@ from diagnostics.loading.onnx_checks import (
 )
 from diagnostics.loading.onnx_folding import FOLDING_ADVICE, folded_batchnorm_nodes
 from diagnostics.loading.onnx_graph import (
+    GENERATED_NAME,
     NORMALIZATIONS,
     activation_of,
     assign_safe_names,
+    captured_names,
     check_outputs_computed,
     default_opset,
     identity_copy_elements,
@@ -55,7 +57,10 @@ from diagnostics.loading.onnx_graph import (
     materialize_identity_initializers,
     normalize_default_domain,
     scalar_constants,
+    tie_identity_initializers,
+    weight_only_nodes,
 )
+from diagnostics.loading.onnx_outputs import keep_float_outputs
 from diagnostics.loading.onnx_params import BoundParameters, bind_parameters
 from diagnostics.model import LayerInfo, LayerKind, LoadedModel, SourceInfo
 
@@ -64,9 +69,6 @@ from diagnostics.model import LayerInfo, LayerKind, LoadedModel, SourceInfo
 _WEIGHT_VIEWS = frozenset(
     {"Identity", "Cast", "CastLike", "Transpose", "Reshape", "Unsqueeze", "Squeeze", "Flatten"}
 )
-# Initializer names the exporters invent for folded constants: legacy ``onnx::MatMul_40``,
-# dynamo ``val_12``.
-_GENERATED_NAME = re.compile(r"^(onnx::|val_\d+$)")
 
 
 def load_onnx(data: bytes, *, name: str | None = None, limits: Limits = DEFAULT_LIMITS,
@@ -97,12 +99,15 @@ def load_onnx(data: bytes, *, name: str | None = None, limits: Limits = DEFAULT_
     normalize_default_domain(model)
     check_budgets(model, limits, extra_parameters=identity_copy_elements(model.graph))
     external = prepare_external_data(model, data_dir, limits)
+    load_notes = _complete_outputs(model)
     check_supported_ops(model)
-    inferred = external.restore(validate_and_infer(external.checkable(model), limits), model)
+    inferred = external.restore(
+        validate_and_infer(external.checkable(model), limits, notes=load_notes), model)
     check_outputs_computed(model.graph)
 
     display = assign_safe_names(model.graph)
     folded = tuple(display[name] for name in folded_batchnorm_nodes(model.graph))
+    tied = tie_identity_initializers(model.graph)
     copies = materialize_identity_initializers(model.graph)
     inputs = input_specs(model.graph, inferred.graph)
     with external.reading():  # each external weight read once, straight into its tensor
@@ -119,9 +124,27 @@ def load_onnx(data: bytes, *, name: str | None = None, limits: Limits = DEFAULT_
         layers=_layers(model.graph, display, bound),
         parameters=bound.parameters,
         source=_source(model, data, name),
-        notes=_notes(model.graph, copies, bound, folded),
+        notes=(*load_notes, *_notes(model.graph, copies, bound, folded), *_tied_notes(tied)),
         folded_normalization=folded,
     )
+
+
+def _complete_outputs(model: ModelProto) -> list[str]:
+    """Outputs the probe can use, declared: float tensors only, each with a type and shape.
+
+    Returns:
+        Notes on what was changed (outputs left out, types filled in).
+    """
+    notes = []
+    completed = complete_output_types(model)
+    if completed:
+        notes.append(
+            f"Graph outputs declared without a type or shape ({', '.join(map(repr, completed))}) "
+            f"were given the ones shape inference finds.")
+    pruned = keep_float_outputs(model).note()
+    if pruned:
+        notes.append(pruned)
+    return notes
 
 
 def _convert(model: ModelProto, display: dict[str, str]) -> fx.GraphModule:
@@ -217,14 +240,19 @@ def _layers(graph: GraphProto, display: dict[str, str],
 def _node_parameters(graph: GraphProto, bound: BoundParameters) -> list[tuple[str, ...]]:
     """Per node, the parameters it uses.
 
-    Its own initializer inputs, weights reaching it through weight views (``Transpose(W)``),
-    and untraceable parameters of its module.
+    Its own initializer inputs, weights reaching it through weight views (``Transpose(W)``) or
+    weight preparation (:func:`weight_only_nodes`: the legacy exporter's gate reordering of an
+    LSTM's weights), and untraceable parameters of its module. Views and weight-only nodes hand
+    their weights on and own none, unless their output is a graph output nobody else reads.
     """
+    outputs = {value.name for value in graph.output}
+    weight_only = weight_only_nodes(graph)
     through: dict[str, tuple[str, ...]] = {}
     result: list[tuple[str, ...]] = []
-    for node in graph.node:
+    for node, only in zip(graph.node, weight_only, strict=True):
         names: list[str] = []
-        for index, value in enumerate(node.input):
+        reads = (*node.input, *(name for name in captured_names(node) if name not in node.input))
+        for index, value in enumerate(reads):
             if value in bound.parameters:
                 names.append(value)
             elif value in through:
@@ -232,9 +260,27 @@ def _node_parameters(graph: GraphProto, bound: BoundParameters) -> list[tuple[st
             if index == 0 and node.op_type in _WEIGHT_VIEWS and names:
                 through.update(dict.fromkeys(node.output, tuple(names)))
                 names = []
+        if only and names and outputs.isdisjoint(node.output):
+            through.update(dict.fromkeys(node.output, tuple(dict.fromkeys(names))))
+            names = []
         names.extend(bound.extra_by_node.get(node.name, ()))
         result.append(tuple(dict.fromkeys(names)))
     return result
+
+
+def _tied_notes(tied: dict[str, list[str]]) -> tuple[str, ...]:
+    if not tied:
+        return ()
+    shown = "; ".join(f"{source!r} (also {', '.join(map(repr, copies))})"
+                      for source, copies in list(tied.items())[:5])
+    more = f"; and {len(tied) - 5} more" if len(tied) > 5 else ""
+    count = sum(len(copies) for copies in tied.values())
+    return (
+        f"{count} initializers were stored by the exporter as Identity copies of a tensor with "
+        f"non-constant values, which are not equal by coincidence: tied weights (shared layers, "
+        f"tied embeddings). Each tensor is one parameter, named as stored, whose gradient is "
+        f"the sum over all its uses: {shown}{more}.",
+    )
 
 
 def _source(model: ModelProto, data: bytes, name: str | None) -> SourceInfo:
@@ -259,10 +305,11 @@ def _notes(graph: GraphProto, copies: Sequence[str], bound: BoundParameters,
     if copies:
         notes.append(
             f"{len(copies)} initializers were stored by the exporter as Identity copies of "
-            f"another with equal values (deduplication); each is reported as its own parameter "
-            f"under its own name, as in the original model."
+            f"another with equal constant values (deduplication of tensors initialized alike, "
+            f"such as BatchNorm's ones and zeros); each is reported as its own parameter under "
+            f"its own name, as in the original model."
         )
-    generated = [name for name in bound.parameters if _GENERATED_NAME.match(name)]
+    generated = [name for name in bound.parameters if GENERATED_NAME.match(name)]
     if generated:
         notes.append(
             f"{len(generated)} weights carry names the exporter generated (e.g. "

@@ -287,12 +287,62 @@ def _unsupported_detail(op_type: str, domain: str, opset: int, node_name: str) -
             f"node {node_name!r} is not supported")
 
 
-def validate_and_infer(model: ModelProto, limits: Limits) -> ModelProto:
+def complete_output_types(model: ModelProto) -> list[str]:
+    """Give graph outputs declared without a type or shape the type shape inference finds.
+
+    onnx's checker refuses a graph output without a declared shape although onnxruntime runs
+    the model: the declaration is metadata the probe does not need. Inference runs (lenient, on
+    a copy) only when some output lacks one.
+
+    Returns:
+        The names of the outputs completed.
+
+    Raises:
+        ModelLoadError: naming an output whose type inference cannot find either.
+    """
+    missing = [value for value in model.graph.output if not _declares_shape(value)]
+    if not missing:
+        return []
+    probe = ModelProto()
+    probe.CopyFrom(model)
+    for value in probe.graph.output:
+        if not _declares_shape(value):
+            value.ClearField("type")
+    try:
+        inferred = onnx.shape_inference.infer_shapes(probe, data_prop=True)
+    except Exception as exc:  # a real error: the checker below gives the user its message
+        raise ModelLoadError(f"ONNX shape inference: {one_line(exc)}") from None
+    found = {value.name: value for value in (*inferred.graph.value_info, *inferred.graph.output)
+             if _declares_shape(value)}
+    for value in missing:
+        if value.name not in found:
+            raise ModelLoadError(
+                f"graph output {value.name!r} declares no type or shape and shape inference "
+                f"cannot find one", output=value.name)
+        value.type.CopyFrom(found[value.name].type)
+    return [value.name for value in missing]
+
+
+def _declares_shape(value: ValueInfoProto) -> bool:
+    if value.type.HasField("tensor_type"):
+        tensor_type = value.type.tensor_type
+        return tensor_type.elem_type != onnx.TensorProto.UNDEFINED and tensor_type.HasField("shape")
+    return value.type.WhichOneof("value") is not None  # sequences, maps: checked as declared
+
+
+def validate_and_infer(model: ModelProto, limits: Limits,
+                       notes: list[str] | None = None) -> ModelProto:
     """Run onnx's checker, then strict shape inference with data propagation.
 
     Strict inference with ``check_type`` is what ``check_model(full_check=True)`` runs; calling it
     ourselves adds data propagation (so ConstantOfShape/Expand/Tile outputs get concrete shapes to
     budget) without inferring twice.
+
+    Intermediate ``value_info`` annotations are hints, not part of the computation; exporters
+    leave stale ones (jax2onnx annotates NCHW tensors with their NHWC shapes) that onnxruntime
+    ignores. When strict inference fails and succeeds without them, they are dropped from
+    ``model`` (re-inferred) and the fact is added to ``notes``; a model that still fails
+    without them is refused with the original message.
 
     Returns:
         The model with inferred ``value_info``.
@@ -306,12 +356,35 @@ def validate_and_infer(model: ModelProto, limits: Limits) -> ModelProto:
     except Exception as exc:  # ValidationError, or C++ errors surfaced as other types
         raise ModelLoadError(f"ONNX checker: {one_line(exc)}") from None
     try:
-        inferred = onnx.shape_inference.infer_shapes(
-            model, check_type=True, strict_mode=True, data_prop=True
-        )
+        inferred = _infer_strict(model)
     except Exception as exc:  # InferenceError, or a C++ error surfaced as RuntimeError
-        raise ModelLoadError(f"ONNX shape inference: {one_line(exc)}") from None
+        inferred = _infer_without_annotations(model, notes)
+        if inferred is None:
+            raise ModelLoadError(f"ONNX shape inference: {one_line(exc)}") from None
     check_declared_sizes(inferred, limits, inferred=True)
+    return inferred
+
+
+def _infer_strict(model: ModelProto) -> ModelProto:
+    return onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True,
+                                             data_prop=True)
+
+
+def _infer_without_annotations(model: ModelProto, notes: list[str] | None) -> ModelProto | None:
+    stale = list(model.graph.value_info)
+    if not stale:
+        return None
+    del model.graph.value_info[:]
+    try:
+        inferred = _infer_strict(model)
+    except Exception:  # not the annotations' fault: restore them, refuse with the first error
+        model.graph.value_info.extend(stale)
+        return None
+    if notes is not None:
+        notes.append(
+            f"The file's intermediate shape annotations (value_info) contradict its own graph "
+            f"(stale ones, e.g. NHWC shapes on NCHW tensors); all {len(stale)} were dropped and "
+            f"the shapes re-inferred from the graph, as onnxruntime does.")
     return inferred
 
 

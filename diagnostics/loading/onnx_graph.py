@@ -106,6 +106,88 @@ def identity_initializer_sources(graph: GraphProto) -> dict[str, str]:
     return sources
 
 
+# Initializer names the exporters invent for folded constants: legacy ``onnx::MatMul_40``,
+# dynamo ``val_12``.
+GENERATED_NAME = re.compile(r"^(onnx::|val_\d+$)")
+
+
+def tie_identity_initializers(graph: GraphProto) -> dict[str, list[str]]:
+    """Make ``Identity(initializer)`` copies of non-constant tensors uses of the initializer itself.
+
+    Exporters that deduplicate initializers by value (optimum's ALBERT, whose layers share one
+    set of weights; tied embeddings) store one tensor and emit Identity nodes named after the
+    other uses. Random, non-constant values are not equal by coincidence: the copies are one
+    weight, so every use reads the stored tensor and its gradient is the sum over the uses —
+    when the copy's name is one the exporter generated (``onnx::MatMul_466``: a folded copy of
+    the shared weight). A copy that carries a name of its own (``encoder.layers.1.linear1.
+    weight``) was a distinct parameter of the source model that merely starts equal:
+    ``nn.TransformerEncoder`` deep-copies its layer, so its layers are equal at initialization
+    and untied; it stays its own parameter.
+    Constant-valued tensors (BatchNorm's ones and zeros, zero biases) are equal only because
+    they were initialized alike; :func:`materialize_identity_initializers` keeps them apart.
+    Identity nodes whose output is a graph output are kept.
+
+    Returns:
+        Stored initializer -> the copy names now reading it, in graph order.
+    """
+    sources = identity_initializer_sources(graph)
+    outputs = {value.name for value in graph.output}
+    by_name = {init.name: init for init in graph.initializer}
+    constant: dict[str, bool] = {}
+    aliases: dict[str, str] = {}
+    for node in graph.node:
+        target = node.output[0] if node.op_type == "Identity" and node.output else None
+        if target not in sources or target in outputs or target in by_name:
+            continue
+        source = sources[target]
+        if by_name[source].data_type not in FLOAT_TYPES:
+            continue
+        if source not in constant:
+            constant[source] = _constant_valued(by_name[source])
+        if not constant[source] and GENERATED_NAME.match(target):
+            aliases[target] = source
+    if not aliases:
+        return {}
+    kept = [node for node in graph.node
+            if not (node.op_type == "Identity" and node.output and node.output[0] in aliases)]
+    del graph.node[:]
+    graph.node.extend(kept)
+    _rename_uses(graph, aliases)
+    tied: dict[str, list[str]] = {}
+    for target, source in aliases.items():
+        tied.setdefault(source, []).append(target)
+    return tied
+
+
+def _constant_valued(tensor: TensorProto) -> bool:
+    """Whether every element is the same (one element counts as constant: nothing to tell)."""
+    if element_count(tensor.dims) <= 1:
+        return True
+    if tensor.data_location == TensorProto.EXTERNAL:
+        return True  # values not in the proto: never read here; kept separate, as before
+    if tensor.raw_data:
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)
+        values = np.frombuffer(tensor.raw_data, dtype=dtype)  # no copy of the weight
+    else:
+        values = numpy_helper.to_array(tensor).reshape(-1)
+    return bool((values == values[0]).all()) if values.size else True
+
+
+def _rename_uses(graph: GraphProto, names: dict[str, str]) -> None:
+    """Rewrite node inputs (subgraphs' too: they may read outer values) through ``names``."""
+    stack = [graph]
+    while stack:
+        current = stack.pop()
+        for node in current.node:
+            for index, name in enumerate(node.input):
+                if name in names:
+                    node.input[index] = names[name]
+            for attribute in node.attribute:
+                if attribute.HasField("g"):
+                    stack.append(attribute.g)
+                stack.extend(attribute.graphs)
+
+
 def materialize_identity_initializers(graph: GraphProto) -> list[str]:
     """Turn each ``Identity(initializer)`` node into an initializer of its own, named by its output.
 
@@ -413,6 +495,31 @@ def _consumers(graph: GraphProto) -> dict[str, list[int]]:
     return users
 
 
+def captured_names(node: NodeProto) -> list[str]:
+    """Outer values a node's subgraphs (Loop, If, Scan bodies) read by name, in order, once.
+
+    Names defined inside a subgraph (its inputs, initializers, node outputs) are not outer
+    values, so only what the body captures from the enclosing graph is listed.
+    """
+    found: dict[str, None] = {}
+    stack = [(g, frozenset()) for attribute in node.attribute
+             for g in ([attribute.g] if attribute.HasField("g") else []) + list(attribute.graphs)]
+    while stack:
+        graph, outer_local = stack.pop()
+        local = set(outer_local) | {value.name for value in graph.input} | {
+            init.name for init in graph.initializer}
+        for inner in graph.node:
+            for name in inner.input:
+                if name and name not in local:
+                    found.setdefault(name)
+            for attribute in inner.attribute:
+                for sub in ([attribute.g] if attribute.HasField("g") else []) + list(
+                        attribute.graphs):
+                    stack.append((sub, frozenset(local)))
+            local.update(inner.output)
+    return list(found)
+
+
 def _captured_names(node: NodeProto) -> Iterator[str]:
     """Names a node's subgraphs read (a superset of the outer values they capture)."""
     stack = [g for attribute in node.attribute
@@ -424,6 +531,34 @@ def _captured_names(node: NodeProto) -> Iterator[str]:
             stack.extend(g for attribute in inner.attribute
                          for g in ([attribute.g] if attribute.HasField("g") else [])
                          + list(attribute.graphs))
+
+
+# Ops whose output depends on their input's shape only, never on its values.
+_SHAPE_READERS = frozenset({"Shape", "Size"})
+
+
+def weight_only_nodes(graph: GraphProto) -> list[bool]:
+    """Per node: whether its values come from initializers and constants alone (weight preparation).
+
+    Exporters prepare weights inside the graph: both PyTorch exporters reorder an LSTM's gates
+    with ``Slice``/``Concat`` of ``weight_ih`` (the legacy one wraps them in ``Unsqueeze``); a
+    static ``Expand`` tiles a class token. Such nodes see no data, so they are not layers: the
+    weights they read belong to the node that meets the data. Shapes are not data (dynamo
+    computes the slice bounds from ``Shape`` of a zero state sized by the batch): ``Shape`` and
+    ``Size`` of a data tensor give structure, not values. A node with a subgraph (Loop, If, Scan)
+    is never weight-only.
+    """
+    data = {value.name for value in real_inputs(graph)}
+    result: list[bool] = []
+    for node in graph.node:
+        has_subgraph = any(attribute.HasField("g") or attribute.graphs
+                           for attribute in node.attribute)
+        reads_data = node.op_type not in _SHAPE_READERS and any(
+            name in data for name in node.input if name)
+        if has_subgraph or reads_data:
+            data.update(node.output)
+        result.append(not (has_subgraph or reads_data))
+    return result
 
 
 def vocab_sizes(graph: GraphProto) -> dict[str, int]:

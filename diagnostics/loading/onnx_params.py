@@ -95,6 +95,7 @@ class _Binder:
         self.initializers = {init.name: init for init in graph.initializer}
         self.canonical: dict[str, nn.Parameter] = {}
         self.result = BoundParameters()
+        self._subgraph_reads: dict[str, set[str]] = {}
 
     def tensor(self, name: str) -> torch.Tensor:
         # External weights come back shared with the converter's copy (read once), not anew.
@@ -224,7 +225,17 @@ class _Binder:
             for index, value in enumerate(node.input):
                 if value == name and _differentiable(node, index, self.opsets):
                     return True
+            if name in self.subgraph_reads(node):  # a Loop body reading a weight by name
+                return True
         return False
+
+    def subgraph_reads(self, node: NodeProto) -> set[str]:
+        if node.name not in self._subgraph_reads:
+            module = self.gm.get_submodule(node.name)
+            self._subgraph_reads[node.name] = (
+                set(module.onnx_mapping.inputs) - set(node.input)
+                if any(a.HasField("g") or a.graphs for a in node.attribute) else set())
+        return self._subgraph_reads[node.name]
 
     # --- result -------------------------------------------------------------------------------
 

@@ -400,19 +400,41 @@ def test_gemm_without_transb_trains_the_tensor_in_the_file() -> None:
     assert got["C"] == pytest.approx(float(c.grad.norm()), rel=RTOL)
 
 
-def test_identity_copies_become_their_own_parameters() -> None:
-    # The legacy exporter's value deduplication: conv2's kernel is stored as Identity(W1).
+def _identity_dedup(kernel: TensorProto) -> onnx.ModelProto:
+    # An exporter's value deduplication: conv2's kernel is stored as Identity(W1).
     nodes = [
         helper.make_node("Identity", ["W1"], ["W2"], name="dedup"),
         helper.make_node("Conv", ["x", "W1"], ["h"], name="conv1", pads=[1, 1, 1, 1]),
         helper.make_node("Conv", ["h", "W2"], ["y"], name="conv2", pads=[1, 1, 1, 1]),
     ]
-    model = _model(nodes, [_value("x", [1, 2, 5, 5])], [_value("y", [1, 2, 5, 5])],
-                   [_weight("W1", 2, 2, 3, 3)])
-    loaded = load_onnx(_bytes(model))
+    return _model(nodes, [_value("x", [1, 2, 5, 5])], [_value("y", [1, 2, 5, 5])], [kernel])
+
+
+def test_identity_copies_of_constants_become_their_own_parameters() -> None:
+    # Equal only because initialized alike (BatchNorm's ones): two weights, as in the model.
+    ones = numpy_helper.from_array(np.ones((2, 2, 3, 3), np.float32), "W1")
+    loaded = load_onnx(_bytes(_identity_dedup(ones)))
     assert list(loaded.parameters) == ["W1", "W2"]
     assert loaded.parameters["W1"] is not loaded.parameters["W2"]
     assert [layer.parameters for layer in loaded.layers] == [("W1",), ("W2",)]
+    assert any("constant values" in note for note in loaded.notes)
+
+
+def test_identity_copies_of_random_values_are_one_tied_parameter() -> None:
+    # Random values equal by construction: one weight (ALBERT's shared layers), summed gradient.
+    model = _identity_dedup(_weight("W1", 2, 2, 3, 3))
+    loaded = load_onnx(_bytes(model))
+    assert list(loaded.parameters) == ["W1"]
+    assert [layer.parameters for layer in loaded.layers] == [("W1",), ("W1",)]
+    (note,) = [note for note in loaded.notes if "tied" in note]
+    assert "'W1' (also 'W2')" in note
+
+    w = torch.from_numpy(numpy_helper.to_array(model.graph.initializer[0]).copy())
+    w.requires_grad_(True)
+    x = torch.randn(1, 2, 5, 5)
+    F.conv2d(F.conv2d(x, w, padding=1), w, padding=1).pow(2).mean().backward()
+    got = loaded_grad_norms(loaded, (x,))
+    assert got["W1"] == pytest.approx(float(w.grad.norm()), rel=RTOL)
 
 
 def test_outputs_come_back_in_graph_order() -> None:
@@ -696,4 +718,91 @@ def test_output_that_is_an_input_is_a_clear_load_error() -> None:
     model = _small_model()
     model.graph.output.append(_value("x", [2, 4]))
     with pytest.raises(ModelLoadError, match="graph output 'x' is not computed"):
+        load_onnx(_bytes(model))
+
+
+# --- metadata the probe does not need; outputs it cannot use ------------------------------------
+
+
+@pytest.mark.parametrize("strip", ["shape", "type"])
+def test_output_declared_without_shape_or_type_is_completed(strip: str) -> None:
+    model = _small_model()
+    output = model.graph.output[0]
+    if strip == "shape":
+        output.type.tensor_type.ClearField("shape")
+    else:
+        output.ClearField("type")
+    loaded = load_onnx(_bytes(model))
+    assert loaded.output_names == ("y",)
+    assert any("'y'" in note and "shape inference" in note for note in loaded.notes)
+
+
+def test_stale_value_info_is_dropped_and_noted() -> None:
+    model = _small_model()
+    model.graph.value_info.append(_value("h", [4, 2]))  # contradicts MatMul's [2, 4]
+    loaded = load_onnx(_bytes(model))
+    x = torch.randn(2, 4)
+    assert loaded.module(x).shape == (2, 4)
+    assert any("value_info" in note for note in loaded.notes)
+
+
+def test_real_shape_errors_stay_errors_with_or_without_annotations() -> None:
+    model = _small_model()
+    model.graph.initializer[0].CopyFrom(_weight("W", 3, 4))  # [2, 4] @ [3, 4]: impossible
+    model.graph.value_info.append(_value("h", [2, 4]))
+    with pytest.raises(ModelLoadError, match="ONNX shape inference") as caught:
+        load_onnx(_bytes(model))
+    assert "\n" not in caught.value.detail
+
+
+def _classifier(outputs: list[str]) -> onnx.ModelProto:
+    # x -> MatMul -> Softmax (probabilities) -> ArgMax -> ArrayFeatureExtractor(classes): an
+    # int64 label behind an ai.onnx.ml op that has no torch counterpart, as skl2onnx writes it
+    nodes = [helper.make_node("MatMul", ["x", "W"], ["logits"], name="mm"),
+             helper.make_node("Softmax", ["logits"], ["probabilities"], name="softmax", axis=1),
+             helper.make_node("ArgMax", ["probabilities"], ["index"], name="argmax", axis=1),
+             helper.make_node("ArrayFeatureExtractor", ["classes", "index"], ["label"],
+                              name="pick", domain="ai.onnx.ml")]
+    shapes = {"probabilities": _value("probabilities", [2, 3]),
+              "label": _value("label", [2, 1], TensorProto.INT64),
+              "index": _value("index", [2, 1], TensorProto.INT64)}
+    classes = numpy_helper.from_array(np.array([3, 5, 7], dtype=np.int64), "classes")
+    return _model(nodes, [_value("x", [2, 4])], [shapes[name] for name in outputs],
+                  [_weight("W", 4, 3), classes],
+                  extra_opsets=[helper.make_opsetid("ai.onnx.ml", 3)])
+
+
+def test_label_behind_an_unconvertible_op_is_left_out_and_named() -> None:
+    loaded = load_onnx(_bytes(_classifier(["label", "probabilities"])))
+    assert loaded.output_names == ("probabilities",)
+    assert [layer.name for layer in loaded.layers] == ["mm", "softmax"]
+    (note,) = [note for note in loaded.notes if "left out" in note]
+    assert "'label'" in note
+    assert "ArrayFeatureExtractor" in note
+    assert "fed them" not in note
+
+
+def test_only_unconvertible_outputs_promote_the_float_tensor_feeding_them() -> None:
+    loaded = load_onnx(_bytes(_classifier(["label"])))
+    assert loaded.output_names == ("probabilities",)
+    x = torch.randn(2, 4)
+    assert torch.allclose(loaded.module(x).sum(dim=1), torch.ones(2))
+    assert any("'probabilities'" in note for note in loaded.notes)
+
+
+def test_integer_outputs_we_can_compute_stay() -> None:
+    # ArgMax has a converter: its output stays (the probe's loss ignores integer outputs).
+    model = _classifier(["index", "probabilities"])
+    del model.graph.node[3]  # no ArrayFeatureExtractor
+    loaded = load_onnx(_bytes(model))
+    assert loaded.output_names == ("index", "probabilities")
+    assert not any("left out" in note for note in loaded.notes)
+
+
+def test_unconvertible_op_a_float_output_needs_is_still_refused() -> None:
+    model = _classifier(["probabilities"])
+    model.graph.node[1].op_type = "Normalizer"  # ai.onnx.ml op in the float path
+    model.graph.node[1].domain = "ai.onnx.ml"
+    del model.graph.node[1].attribute[:]
+    with pytest.raises(UnsupportedOperatorError, match="Normalizer"):
         load_onnx(_bytes(model))

@@ -57,6 +57,7 @@ BLOCKED: dict[tuple[str, str], tuple[str, ...]] = {}
 ASKED_AXES: dict[str, tuple[str, int]] = {
     "audio_cnn": ("input", 2),
     "lstm": ("input", 1),
+    "bilstm": ("input", 1),
     "gru": ("input", 1),
     "rnn": ("input", 1),
 }
@@ -186,6 +187,31 @@ def test_diagnose_reports(family: str) -> None:
         assert set(map(tuple, report.samples.input_shapes.values())) == {(8, 64)}
     if BY_NAME[family].healthy:
         assert report.verdict.status is Status.HEALTHY, report.verdict
+    if family in RECURRENT:
+        (profile,) = report.temporal
+        assert len(profile.grad_norms) == 12
+
+
+# Families whose recurrent layers both exporters wrap in weight preparation (the gates
+# reordered by Slice/Concat of the weights, Unsqueeze for the direction axis).
+RECURRENT = {"lstm": "LSTM", "bilstm": "LSTM", "gru": "GRU", "rnn": "RNN"}
+
+
+# dynamo unrolls nn.RNN into per-step MatMul/Add/Tanh: no recurrent node is left to find.
+UNROLLED = {("rnn", "dynamo")}
+
+
+@pytest.mark.parametrize(("family", "exporter"), [
+    case for case in CASES if case.values[0] in RECURRENT and tuple(case.values) not in UNROLLED])
+def test_recurrent_nodes_own_their_native_weights(family: str, exporter: str) -> None:
+    loaded = _loaded(family, exporter)
+    cells = [layer for layer in loaded.layers if layer.op_type == RECURRENT[family]]
+    assert len(cells) == 2, "one node per stacked layer"
+    native = {name for name, _ in _zoo(family).module.named_parameters() if name.startswith("rnn.")}
+    assert {name for cell in cells for name in cell.parameters} == native
+    assert all(name.endswith(("_l0", "_l0_reverse")) for name in cells[0].parameters)
+    preparation = {"Slice", "Concat", "Unsqueeze", "Squeeze", "Split", "Gather"}
+    assert not [layer.name for layer in loaded.layers if layer.op_type in preparation]
 
 
 @pytest.mark.parametrize(("family", "exporter"), [

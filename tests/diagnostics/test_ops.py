@@ -35,7 +35,7 @@ from diagnostics.loading.ops.opset_aliases import TYPE_ONLY_VERSIONS
 from tests.onnx_export import export_dynamo, export_legacy, loaded_grad_norms, mean_square
 
 # Our converter families; the ``std_*`` modules belong to the conformance work.
-OWN_MODULES = ("activations", "casts", "fixes", "layer_norm", "pad", "pooling", "recurrent",
+OWN_MODULES = ("activations", "casts", "fixes", "layer_norm", "loop", "pad", "pooling", "recurrent",
                "reduce", "resize", "rotary", "sequences", "shape_ops", "tensor_ops")
 _PREFIX = "diagnostics.loading.ops."
 OWN_OPS = frozenset(
@@ -83,8 +83,10 @@ GRADCHECK_CASES = (
 
 def _case_modules() -> list[str]:
     names = {op.lower(): op for op in OWN_OPS}
-    return [info.name for info in pkgutil.iter_modules(onnx_cases.__path__)
-            if info.name.replace("_", "").removesuffix("op") in names]
+    stems = {info.name: info.name.replace("_", "") for info in pkgutil.iter_modules(
+        onnx_cases.__path__)}
+    return [name for name, stem in stems.items()
+            if stem in names or stem.removesuffix("op") in names]  # "loop" is no "lo" + "op"
 
 
 def _node_cases() -> dict[str, object]:
@@ -457,3 +459,37 @@ def test_replaced_stock_converters_are_ours() -> None:
         key = next(k for k in _CONVERTER_REGISTRY if k.operation_type == op
                    and k.version == version and k.domain == "")
         assert _CONVERTER_REGISTRY[key].__module__ == _PREFIX + module, (op, version)
+
+
+def _counting_loop(trip: int) -> onnx.ModelProto:
+    # y_final = x + trip (the body adds 1 to the carried value; no scan outputs)
+    one = numpy_helper.from_array(np.array(1.0, dtype=np.float32), "one")
+    body = helper.make_graph(
+        [helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+         helper.make_node("Add", ["v_in", "one"], ["v_out"])],
+        "body",
+        [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+         helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("v_in", TensorProto.FLOAT, [2])],
+        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("v_out", TensorProto.FLOAT, [2])],
+        [one])
+    trip_count = numpy_helper.from_array(np.array(trip, dtype=np.int64), "trip")
+    cond = numpy_helper.from_array(np.array(True), "cond")
+    node = helper.make_node("Loop", ["trip", "cond", "x"], ["y"], name="loop", body=body)
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
+                                                                          [2])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])],
+                              [trip_count, cond])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_loop_runs_its_trip_count_and_refuses_a_runaway_count() -> None:
+    from diagnostics.loading.ops.loop import MAX_ITERATIONS
+
+    x = torch.tensor([0.5, -1.0])
+    loaded = load_onnx(_counting_loop(7).SerializeToString())
+    torch.testing.assert_close(loaded.module(x), x + 7)
+    runaway = load_onnx(_counting_loop(2**62).SerializeToString())
+    with pytest.raises(RuntimeError, match=f"past {MAX_ITERATIONS} iterations"):
+        runaway.module(x)

@@ -255,3 +255,42 @@ class TestTemporal:
     def test_a_short_sequence_the_rnn_spans_is_healthy(self):
         report = diagnose(self._recurrent("RNN", 8), config=QUICK)
         assert report.verdict.status == "healthy", report.verdict.summary
+
+
+class TestTransformerEndpoints:
+    @staticmethod
+    def _export(model: nn.Module, ids: torch.Tensor) -> bytes:
+        class Hidden(nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.model = model
+
+            def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+                return self.model(input_ids=input_ids).last_hidden_state
+
+        return export_legacy(Hidden().eval(), (ids,), input_names=["input_ids"])
+
+    def test_small_embeddings_below_a_layernorm_are_not_an_explosion(self):
+        # The embedding output's scale is the table's (std 0.002 here); the LayerNorm after it
+        # divides the gradient by it. A lookup is no step of the hidden stack's Jacobian chain.
+        transformers = pytest.importorskip("transformers")
+        torch.manual_seed(0)
+        config = transformers.BertConfig(hidden_size=64, num_hidden_layers=4,
+                                         num_attention_heads=4, intermediate_size=128,
+                                         vocab_size=100, initializer_range=0.002)
+        data = self._export(transformers.BertModel(config), torch.randint(0, 100, (2, 12)))
+        report = diagnose(data, config=QUICK)
+        assert report.verdict.status == "healthy", report.verdict.summary
+        assert "Gather" not in (report.verdict.evidence.deepest_layer or "")
+
+    def test_a_normalized_hidden_state_has_no_readout(self):
+        # GPT-2 scales every c_proj down by 1/√(2·n_layer): the last one is no "small head".
+        transformers = pytest.importorskip("transformers")
+        torch.manual_seed(0)
+        config = transformers.GPT2Config(n_embd=64, n_layer=4, n_head=4, vocab_size=100,
+                                         n_positions=32)
+        data = self._export(transformers.GPT2Model(config), torch.randint(0, 100, (2, 12)))
+        report = diagnose(data, config=QUICK)
+        assert report.verdict.status == "healthy", report.verdict.summary
+        assert report.verdict.evidence.readout_layers == []
+        assert not any(cause.id == "small_readout" for cause in report.causes)
