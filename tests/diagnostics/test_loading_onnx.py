@@ -400,12 +400,12 @@ def test_gemm_without_transb_trains_the_tensor_in_the_file() -> None:
     assert got["C"] == pytest.approx(float(c.grad.norm()), rel=RTOL)
 
 
-def _identity_dedup(kernel: TensorProto) -> onnx.ModelProto:
+def _identity_dedup(kernel: TensorProto, copy: str = "W2") -> onnx.ModelProto:
     # An exporter's value deduplication: conv2's kernel is stored as Identity(W1).
     nodes = [
-        helper.make_node("Identity", ["W1"], ["W2"], name="dedup"),
+        helper.make_node("Identity", ["W1"], [copy], name="dedup"),
         helper.make_node("Conv", ["x", "W1"], ["h"], name="conv1", pads=[1, 1, 1, 1]),
-        helper.make_node("Conv", ["h", "W2"], ["y"], name="conv2", pads=[1, 1, 1, 1]),
+        helper.make_node("Conv", ["h", copy], ["y"], name="conv2", pads=[1, 1, 1, 1]),
     ]
     return _model(nodes, [_value("x", [1, 2, 5, 5])], [_value("y", [1, 2, 5, 5])], [kernel])
 
@@ -420,14 +420,15 @@ def test_identity_copies_of_constants_become_their_own_parameters() -> None:
     assert any("constant values" in note for note in loaded.notes)
 
 
-def test_identity_copies_of_random_values_are_one_tied_parameter() -> None:
-    # Random values equal by construction: one weight (ALBERT's shared layers), summed gradient.
-    model = _identity_dedup(_weight("W1", 2, 2, 3, 3))
+def test_generated_identity_copies_of_random_values_are_one_tied_parameter() -> None:
+    # Random values equal by construction, the copy named by the exporter (a folded copy of
+    # ALBERT's shared weight): one weight, summed gradient.
+    model = _identity_dedup(_weight("W1", 2, 2, 3, 3), copy="onnx::Conv_7")
     loaded = load_onnx(_bytes(model))
     assert list(loaded.parameters) == ["W1"]
     assert [layer.parameters for layer in loaded.layers] == [("W1",), ("W1",)]
     (note,) = [note for note in loaded.notes if "tied" in note]
-    assert "'W1' (also 'W2')" in note
+    assert "'W1' (also 'onnx::Conv_7')" in note
 
     w = torch.from_numpy(numpy_helper.to_array(model.graph.initializer[0]).copy())
     w.requires_grad_(True)
@@ -435,6 +436,15 @@ def test_identity_copies_of_random_values_are_one_tied_parameter() -> None:
     F.conv2d(F.conv2d(x, w, padding=1), w, padding=1).pow(2).mean().backward()
     got = loaded_grad_norms(loaded, (x,))
     assert got["W1"] == pytest.approx(float(w.grad.norm()), rel=RTOL)
+
+
+def test_named_identity_copies_of_random_values_stay_their_own_parameters() -> None:
+    # A copy with a name of its own was a distinct parameter that starts equal: the layers of
+    # nn.TransformerEncoder are deep copies of one layer, equal at initialization and untied.
+    loaded = load_onnx(_bytes(_identity_dedup(_weight("W1", 2, 2, 3, 3))))
+    assert list(loaded.parameters) == ["W1", "W2"]
+    assert loaded.parameters["W1"] is not loaded.parameters["W2"]
+    assert not [note for note in loaded.notes if "tied" in note]
 
 
 def test_outputs_come_back_in_graph_order() -> None:
