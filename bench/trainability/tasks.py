@@ -1,13 +1,15 @@
 """The synthetic tasks the benchmark trains on, each with its loss and its trivial baseline.
 
-- ``teacher-vector``: x ~ N(0, 1), ``[B, 32]``; the label is the argmax of a fixed random teacher,
-  a 2-layer tanh MLP (32 -> 64 -> 4 classes, logits scaled so that the classes are sharp).
+- ``teacher-vector``: x ~ N(0, 1), ``[B, 32]``; the label is the argmax of a fixed random linear
+  teacher (32 -> 4 classes, logits scaled so that the classes are sharp).
 - ``teacher-image``: x ~ N(0, 1), ``[B, 3, 8, 8]``; the label is the argmax of a fixed random
   linear teacher on the 2x2-average-pooled image (48 features -> 4 classes): local structure a
-  small CNN can pick up within the step budget (a nonlinear teacher on all 192 pixels was too
-  hard for even a healthy 4-layer CNN in 300 steps).
+  small CNN can pick up.
 - Both: cross-entropy; trivial baseline: the entropy of the class prior, the loss of always
-  predicting the class frequencies.
+  predicting the class frequencies. A linear teacher is learnable by any net whose signal gets
+  through, within the step budget: with a nonlinear teacher (a 2-layer tanh MLP) even
+  well-initialized 20-layer MLPs and 4-layer CNNs only reached 0.7–0.8× the trivial loss in 300
+  steps, which would have made them "ambiguous" for the task's difficulty, not their gradients.
 - ``adding``: the adding problem (Hochreiter & Schmidhuber 1997). x[:, t, 0] ~ U(0, 1), x[:, t, 1]
   marks two positions (one in the first half of the sequence, one in the second); the target is
   the sum of the two marked values. Loss: MSE of the last step's output. Trivial baseline: the
@@ -29,7 +31,6 @@ from torch.nn import functional as F
 from bench.trainability.models import BenchModel
 
 TEACHER_SEED = 1234
-_TEACHER_HIDDEN = 64
 _TEACHER_SHARPNESS = 3.0
 _BASELINE_SAMPLES = 20_000
 
@@ -92,20 +93,14 @@ def teacher_features(x: torch.Tensor) -> torch.Tensor:
     return x.flatten(1)
 
 
-def _teacher(features: int, *, hidden: bool) -> nn.Module:
+def _teacher(features: int) -> nn.Module:
     generator = torch.Generator().manual_seed(TEACHER_SEED + features)
-    layers: list[nn.Module] = []
-    if hidden:
-        layers += [nn.Linear(features, _TEACHER_HIDDEN), nn.Tanh()]
-    layers.append(nn.Linear(_TEACHER_HIDDEN if hidden else features, 4))
-    gains = iter((5.0 / 3.0, _TEACHER_SHARPNESS) if hidden else (_TEACHER_SHARPNESS,))
+    teacher = nn.Linear(features, 4)
     with torch.no_grad():
-        for layer in layers:
-            if isinstance(layer, nn.Linear):
-                layer.weight.normal_(0.0, next(gains) / math.sqrt(layer.in_features),
-                                     generator=generator)
-                layer.bias.zero_()
-    return nn.Sequential(*layers).eval()
+        teacher.weight.normal_(0.0, _TEACHER_SHARPNESS / math.sqrt(features),
+                               generator=generator)
+        teacher.bias.zero_()
+    return teacher.eval()
 
 
 def make_task(model: BenchModel) -> Task:
@@ -115,8 +110,7 @@ def make_task(model: BenchModel) -> Task:
     if model.task == "adding":
         _x, target = adding_batch(_BASELINE_SAMPLES, shape[1], generator)
         return Task("adding", shape, float(target.var(unbiased=False)))
-    teacher = _teacher(teacher_features(torch.zeros(1, *shape[1:])).shape[1],
-                       hidden=model.task == "teacher-vector")
+    teacher = _teacher(teacher_features(torch.zeros(1, *shape[1:])).shape[1])
     task = Task(model.task, shape, 0.0, teacher)
     _x, labels = task._draw(_BASELINE_SAMPLES, generator)
     prior = torch.bincount(labels, minlength=4).double() / labels.numel()
