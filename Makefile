@@ -5,7 +5,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 
-.PHONY: install serve test test-all test-fast lint bench schema
+.PHONY: install serve test test-all test-fast lint bench schema bench-trainability \
+	bench-trainability-label
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -39,3 +40,12 @@ schema: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/probe_overhead.py
+
+# Trainability benchmark (docs/trainability.md): score GradDoctor and the anchors' one-batch rules
+# against labels made by training each model (cached in bench/trainability/labels.json). A few
+# minutes on one core. `bench-trainability-label` retrains every model (~30 min on one core).
+bench-trainability: $(STAMP)
+	OMP_NUM_THREADS=1 $(BIN)/python -m bench.trainability.score
+
+bench-trainability-label: $(STAMP)
+	OMP_NUM_THREADS=1 $(BIN)/python -m bench.trainability.label --retrain

@@ -1,0 +1,93 @@
+"""The labeller: train every benchmark model over the learning-rate grids and label it.
+
+    python -m bench.trainability.label            # label models missing from labels.json
+    python -m bench.trainability.label --retrain  # recompute every label
+    python -m bench.trainability.label --only mlp-tanh-d20-init1x --retrain
+
+Results go to ``bench/trainability/labels.json`` (committed, so the scorer never retrains):
+per model its family, knobs, spec, the task's baseline, every run's record, the SGD and Adam
+labels (rule in :mod:`bench.trainability.labelling`) and its half of the split. The file is
+rewritten after every model, so an interrupted run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bench.trainability.labelling import ADAM_LRS, SGD_LRS, TRAINED, label_runs
+from bench.trainability.models import BenchModel, all_models
+from bench.trainability.split import stratified_split
+from bench.trainability.tasks import make_task
+from bench.trainability.train import train_run
+
+LABELS_PATH = Path(__file__).with_name("labels.json")
+STEPS = {"teacher-vector": 300, "teacher-image": 300, "adding": 800}
+
+
+def label_model(model: BenchModel) -> dict[str, Any]:
+    """Train ``model`` with SGD (momentum 0.9) and Adam over their grids; label each."""
+    task = make_task(model)
+    steps = STEPS[model.task]
+    stop = TRAINED * task.baseline  # once there, the run's outcome is decided: trained
+    runs = {name: [train_run(model, task, name, lr, steps, stop_below=stop).to_dict()
+                   for lr in grid] for name, grid in (("sgd", SGD_LRS), ("adam", ADAM_LRS))}
+    return {"family": model.family, "task": model.task, "knobs": model.knobs,
+            "baseline": task.baseline, "steps": steps, "runs": runs,
+            "labels": {name: label_runs(group, task.baseline) for name, group in runs.items()},
+            "spec": model.spec}
+
+
+def load_labels(path: Path = LABELS_PATH) -> dict[str, Any]:
+    """The cached labels file (``{"models": {}}`` when there is none yet)."""
+    if not path.exists():
+        return {"models": {}}
+    return json.loads(path.read_text())
+
+
+def save_labels(data: dict[str, Any], path: Path = LABELS_PATH) -> None:
+    """Write the labels with the split recomputed over the labelled models."""
+    split = stratified_split(data["models"])
+    for ident, entry in data["models"].items():
+        entry["split"] = split[ident]
+    data["rule"] = {"sgd_lrs": list(SGD_LRS), "adam_lrs": list(ADAM_LRS), "steps": STEPS,
+                    "doc": "bench/trainability/labelling.py"}
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Label the models that need it; print one progress line per model."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--retrain", action="store_true", help="recompute existing labels")
+    parser.add_argument("--only", nargs="*", default=None, help="model ids to (re)label")
+    parser.add_argument("--output", type=Path, default=LABELS_PATH)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    data = load_labels(args.output)
+    models = [m for m in all_models() if args.only is None or m.id in args.only]
+    started = time.perf_counter()
+    for index, model in enumerate(models, 1):
+        if model.id in data["models"] and not args.retrain:
+            continue
+        clock = time.perf_counter()
+        entry = label_model(model)
+        data["models"][model.id] = entry
+        save_labels(data, args.output)
+        print(f"[{index}/{len(models)}] {model.id}: sgd={entry['labels']['sgd']} "
+              f"adam={entry['labels']['adam']} ({time.perf_counter() - clock:.1f}s, "
+              f"total {time.perf_counter() - started:.0f}s)", flush=True)
+    print(f"done in {time.perf_counter() - started:.0f}s", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

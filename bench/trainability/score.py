@@ -1,0 +1,191 @@
+"""Score GradDoctor's verdict and the anchors' one-batch rules against the training labels.
+
+    python -m bench.trainability.score            # tables per half; writes results + docs
+    python -m bench.trainability.score --details  # also one line per model
+    make bench-trainability
+
+Reads ``bench/trainability/labels.json`` (made by ``python -m bench.trainability.label``, never
+retrained here), diagnoses every model with GradDoctor's default config (one sample, no remedy
+verification) and applies the anchors' rules to one batch of its training loss. Writes the
+per-model rows to ``bench/trainability/results.json`` and the generated section of
+``docs/trainability.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bench.trainability.label import LABELS_PATH, load_labels
+from bench.trainability.metrics import Score, percent, score
+from bench.trainability.models import BenchModel
+from bench.trainability.predictors import predict
+from bench.trainability.split import HALVES
+
+PREDICTORS = ("graddoctor", "autotrainer", "deepdiagnosis", "thedeepchecker")
+OPTIMIZERS = ("sgd", "adam")
+RESULTS_PATH = Path(__file__).with_name("results.json")
+DOCS_PATH = Path(__file__).resolve().parents[2] / "docs" / "trainability.md"
+BEGIN, END = "<!-- BEGIN GENERATED: score.py -->", "<!-- END GENERATED: score.py -->"
+
+
+def bench_model(ident: str, entry: dict[str, Any]) -> BenchModel:
+    """The model as it was labelled (its spec is stored with its labels)."""
+    return BenchModel(ident, entry["family"], entry["task"], entry["spec"], entry["knobs"])
+
+
+def collect_rows(labels: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per labelled model: labels, split, every predictor's call and the evidence."""
+    rows = []
+    for ident, entry in sorted(labels["models"].items()):
+        calls, evidence = predict(bench_model(ident, entry))
+        rows.append({"id": ident, "family": entry["family"], "split": entry["split"],
+                     "labels": entry["labels"], "calls": calls, "evidence": evidence})
+    return rows
+
+
+def scores(rows: list[dict[str, Any]]) -> dict[tuple[str, str, str], Score]:
+    """``(half, optimizer, predictor) -> Score``; half ``all`` pools both."""
+    out = {}
+    for half in (*HALVES, "all"):
+        chosen = [row for row in rows if half == "all" or row["split"] == half]
+        for optimizer in OPTIMIZERS:
+            for predictor in PREDICTORS:
+                out[(half, optimizer, predictor)] = score(
+                    [(row["labels"][optimizer], row["calls"][predictor]) for row in chosen])
+    return out
+
+
+def summary_table(found: dict[tuple[str, str, str], Score], half: str) -> list[str]:
+    """Markdown: accuracy and per-class precision/recall of each predictor on one half."""
+    lines = ["| predictor | SGD accuracy | Adam accuracy | SGD P/R healthy | SGD P/R vanishing "
+             "| SGD P/R exploding | Adam P/R healthy | Adam P/R vanishing | Adam P/R exploding |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for predictor in PREDICTORS:
+        sgd, adam = found[(half, "sgd", predictor)], found[(half, "adam", predictor)]
+        cells = [f"{percent(s.accuracy)} ({s.correct}/{s.n})" for s in (sgd, adam)]
+        for s in (sgd, adam):
+            cells += [f"{percent(s.precision(c))} / {percent(s.recall(c))}"
+                      for c in ("healthy", "vanishing", "exploding")]
+        lines.append(f"| {predictor} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def confusion_table(result: Score) -> list[str]:
+    """Markdown confusion matrix: rows are training labels, columns predictions."""
+    lines = ["| label \\ predicted | " + " | ".join(result.columns) + " |",
+             "|---" * (len(result.columns) + 1) + "|"]
+    for label, row in result.confusion.items():
+        lines.append(f"| {label} | " + " | ".join(str(row[c]) for c in result.columns) + " |")
+    return lines
+
+
+def label_counts(rows: list[dict[str, Any]]) -> list[str]:
+    """Markdown: how many models carry each label, per half and optimizer."""
+    classes = ("healthy", "vanishing", "exploding", "ambiguous")
+    lines = ["| half | optimizer | " + " | ".join(classes) + " | models |",
+             "|---|---|---|---|---|---|---|"]
+    for half in (*HALVES, "all"):
+        chosen = [row for row in rows if half == "all" or row["split"] == half]
+        for optimizer in OPTIMIZERS:
+            counts = [sum(row["labels"][optimizer] == c for row in chosen) for c in classes]
+            lines.append(f"| {half} | {optimizer} | " + " | ".join(map(str, counts))
+                         + f" | {len(chosen)} |")
+    return lines
+
+
+def graddoctor_errors(rows: list[dict[str, Any]]) -> list[str]:
+    """Markdown: the unambiguous cases where GradDoctor's status differs from a label."""
+    lines = ["| model | half | SGD | Adam | GradDoctor | signal ratio | max ‖g‖/‖W‖ | rules fired "
+             "| temporal horizon |", "|---|---|---|---|---|---|---|---|---|"]
+    for row in rows:
+        call, labels = row["calls"]["graddoctor"], row["labels"]
+        if not any(labels[o] in ("healthy", "vanishing", "exploding") and labels[o] != call
+                   for o in OPTIMIZERS):
+            continue
+        ev = row["evidence"]["graddoctor"]
+        temporal = ev.get("temporal")
+        horizon = f"{temporal['effective_horizon']}/{temporal['steps']}" if temporal else "—"
+        lines.append(f"| {row['id']} | {row['split']} | {labels['sgd']} | {labels['adam']} | "
+                     f"{call} | {_num(ev['backward_signal_ratio'])} | "
+                     f"{_num(ev['max_grad_to_weight'])} | "
+                     f"{', '.join(ev['rules_fired']) or '—'} | {horizon} |")
+    return lines
+
+
+def _num(value: float | None) -> str:
+    return "—" if value is None else f"{value:.3g}"
+
+
+def render(rows: list[dict[str, Any]], found: dict[tuple[str, str, str], Score]) -> str:
+    """The generated markdown section."""
+    out = ["### Labels", "", *label_counts(rows), ""]
+    for half in (*HALVES, "all"):
+        out += [f"### Scores on the `{half}` half" if half != "all" else "### Scores on all "
+                "models (for reference; report the held-out half)", "",
+                *summary_table(found, half), ""]
+    for half in HALVES:
+        for optimizer in OPTIMIZERS:
+            out += [f"#### Confusion matrices, `{half}` half, {optimizer.upper()} labels", ""]
+            for predictor in PREDICTORS:
+                out += [f"{predictor}:", "", *confusion_table(found[(half, optimizer,
+                                                                     predictor)]), ""]
+    out += ["### Where GradDoctor disagrees with an unambiguous label", "",
+            *graddoctor_errors(rows), ""]
+    return "\n".join(out)
+
+
+def write_docs(section: str, path: Path = DOCS_PATH) -> None:
+    """Replace the generated section of ``docs/trainability.md`` (kept hand-written around)."""
+    text = path.read_text() if path.exists() else f"{BEGIN}\n{END}\n"
+    head, _, rest = text.partition(BEGIN)
+    _, _, tail = rest.partition(END)
+    path.write_text(f"{head}{BEGIN}\n{section}\n{END}{tail}")
+
+
+def print_details(rows: list[dict[str, Any]]) -> None:
+    """One line per model: labels, calls and GradDoctor's key numbers."""
+    for row in rows:
+        ev = row["evidence"]["graddoctor"]
+        calls = " ".join(f"{p}={row['calls'][p]}" for p in PREDICTORS)
+        print(f"{row['id']:32s} {row['split']:8s} sgd={row['labels']['sgd']:9s} "
+              f"adam={row['labels']['adam']:9s} {calls} ratio={_num(ev['backward_signal_ratio'])}"
+              f" g/W={_num(ev['max_grad_to_weight'])} rules={','.join(ev['rules_fired']) or '-'}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Score every predictor; print the tables; write results.json and the docs section."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--labels", type=Path, default=LABELS_PATH)
+    parser.add_argument("--details", action="store_true", help="print one line per model")
+    parser.add_argument("--no-write", action="store_true",
+                        help="print only; leave results.json and docs/trainability.md alone")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    labels = load_labels(args.labels)
+    if not labels["models"]:
+        print(f"no labels in {args.labels}: run python -m bench.trainability.label first")
+        return 2
+    started = time.perf_counter()
+    rows = collect_rows(labels)
+    found = scores(rows)
+    if args.details:
+        print_details(rows)
+    section = render(rows, found)
+    print(section)
+    print(f"\nscored {len(rows)} models in {time.perf_counter() - started:.0f}s")
+    if not args.no_write:
+        RESULTS_PATH.write_text(json.dumps({"config": "default + samples=1, verify_remedies=False",
+                                            "rows": rows}, indent=1) + "\n")
+        write_docs(section)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
