@@ -79,6 +79,10 @@ def test_labelling_rule_on_hand_made_runs():
     assert label_runs([stalled, stalled, stalled], baseline) == "vanishing"
     assert label_runs([stalled, diverged, stalled], baseline) == "ambiguous"
     assert label_runs([stalled, _run(0.85, final=0.85), stalled], baseline) == "ambiguous"
+    # The adding problem: 0.5 B is reachable with short memory alone, so 0.6 B is not "trained".
+    assert run_outcome(_run(0.6), baseline, "adding") == "stalled"
+    assert run_outcome(_run(0.3), baseline, "adding") == "trained"
+    assert label_runs([_run(0.45), stalled, stalled], baseline, "adding") == "ambiguous"
 
 
 def test_split_is_fixed_and_stratified():
