@@ -54,10 +54,14 @@ def load_labels(path: Path = LABELS_PATH) -> dict[str, Any]:
 
 
 def save_labels(data: dict[str, Any], path: Path = LABELS_PATH) -> None:
-    """Write the labels with the split recomputed over the labelled models."""
+    """Write the labels; a model without a half yet gets one from the stratified split.
+
+    A model keeps its half once it has one, also when it is relabelled: rules tuned on the
+    ``tune`` half must never meet a tuned-on model in ``held-out``.
+    """
     split = stratified_split(data["models"])
     for ident, entry in data["models"].items():
-        entry["split"] = split[ident]
+        entry.setdefault("split", split[ident])
     data["rule"] = {"sgd_lrs": list(SGD_LRS), "adam_lrs": list(ADAM_LRS), "steps": STEPS,
                     "doc": "bench/trainability/labelling.py"}
     tmp = path.with_suffix(".tmp")
@@ -81,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
             continue
         clock = time.perf_counter()
         entry = label_model(model)
+        if "split" in data["models"].get(model.id, {}):
+            entry["split"] = data["models"][model.id]["split"]  # a model keeps its half
         data["models"][model.id] = entry
         save_labels(data, args.output)
         print(f"[{index}/{len(models)}] {model.id}: sgd={entry['labels']['sgd']} "
