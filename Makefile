@@ -43,7 +43,7 @@ bench: $(STAMP)
 
 # Trainability benchmark (docs/trainability.md): score GradDoctor and the anchors' one-batch rules
 # against labels made by training each model (cached in bench/trainability/labels.json). A few
-# minutes on one core. `bench-trainability-label` retrains every model (~30 min on one core).
+# minutes on one core. `bench-trainability-label` retrains every model (~15 min of CPU, one thread).
 bench-trainability: $(STAMP)
 	OMP_NUM_THREADS=1 $(BIN)/python -m bench.trainability.score
 

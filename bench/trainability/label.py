@@ -22,26 +22,27 @@ from typing import Any
 
 import torch
 
-from bench.trainability.labelling import ADAM_LRS, SGD_LRS, TRAINED, label_runs
+from bench.trainability.labelling import ADAM_LRS, SGD_LRS, label_runs, thresholds
 from bench.trainability.models import BenchModel, all_models
 from bench.trainability.split import stratified_split
 from bench.trainability.tasks import make_task
 from bench.trainability.train import train_run
 
 LABELS_PATH = Path(__file__).with_name("labels.json")
-STEPS = {"teacher-vector": 300, "teacher-image": 300, "adding": 800}
+STEPS = {"teacher-vector": 300, "teacher-image": 300, "adding": 1500}
 
 
 def label_model(model: BenchModel) -> dict[str, Any]:
     """Train ``model`` with SGD (momentum 0.9) and Adam over their grids; label each."""
     task = make_task(model)
     steps = STEPS[model.task]
-    stop = TRAINED * task.baseline  # once there, the run's outcome is decided: trained
+    stop = thresholds(model.task)[0] * task.baseline  # there, the outcome is decided: trained
     runs = {name: [train_run(model, task, name, lr, steps, stop_below=stop).to_dict()
                    for lr in grid] for name, grid in (("sgd", SGD_LRS), ("adam", ADAM_LRS))}
     return {"family": model.family, "task": model.task, "knobs": model.knobs,
             "baseline": task.baseline, "steps": steps, "runs": runs,
-            "labels": {name: label_runs(group, task.baseline) for name, group in runs.items()},
+            "labels": {name: label_runs(group, task.baseline, model.task)
+                       for name, group in runs.items()},
             "spec": model.spec}
 
 
@@ -53,10 +54,14 @@ def load_labels(path: Path = LABELS_PATH) -> dict[str, Any]:
 
 
 def save_labels(data: dict[str, Any], path: Path = LABELS_PATH) -> None:
-    """Write the labels with the split recomputed over the labelled models."""
+    """Write the labels; a model without a half yet gets one from the stratified split.
+
+    A model keeps its half once it has one, also when it is relabelled: rules tuned on the
+    ``tune`` half must never meet a tuned-on model in ``held-out``.
+    """
     split = stratified_split(data["models"])
     for ident, entry in data["models"].items():
-        entry["split"] = split[ident]
+        entry.setdefault("split", split[ident])
     data["rule"] = {"sgd_lrs": list(SGD_LRS), "adam_lrs": list(ADAM_LRS), "steps": STEPS,
                     "doc": "bench/trainability/labelling.py"}
     tmp = path.with_suffix(".tmp")
@@ -80,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
             continue
         clock = time.perf_counter()
         entry = label_model(model)
+        if "split" in data["models"].get(model.id, {}):
+            entry["split"] = data["models"][model.id]["split"]  # a model keeps its half
         data["models"][model.id] = entry
         save_labels(data, args.output)
         print(f"[{index}/{len(models)}] {model.id}: sgd={entry['labels']['sgd']} "

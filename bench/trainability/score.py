@@ -30,6 +30,16 @@ from bench.trainability.split import HALVES
 
 PREDICTORS = ("graddoctor", "autotrainer", "deepdiagnosis", "thedeepchecker")
 OPTIMIZERS = ("sgd", "adam")
+# "agreed": the SGD label where SGD and Adam agree, else ambiguous. A single verdict cannot be
+# right under both optimizers on a model they label differently (Adam trains some nets with
+# vanishing gradients that SGD cannot); this label set scores the verdict on the rest.
+LABEL_SETS = (*OPTIMIZERS, "agreed")
+_TITLES = {"sgd": "SGD", "adam": "Adam", "agreed": "agreed"}
+
+
+def agreed_label(labels: dict[str, str]) -> str:
+    """The label both optimizers give, or ``ambiguous`` where they differ."""
+    return labels["sgd"] if labels["sgd"] == labels["adam"] else "ambiguous"
 RESULTS_PATH = Path(__file__).with_name("results.json")
 DOCS_PATH = Path(__file__).resolve().parents[2] / "docs" / "trainability.md"
 BEGIN, END = "<!-- BEGIN GENERATED: score.py -->", "<!-- END GENERATED: score.py -->"
@@ -46,7 +56,8 @@ def collect_rows(labels: dict[str, Any]) -> list[dict[str, Any]]:
     for ident, entry in sorted(labels["models"].items()):
         calls, evidence = predict(bench_model(ident, entry))
         rows.append({"id": ident, "family": entry["family"], "split": entry["split"],
-                     "labels": entry["labels"], "calls": calls, "evidence": evidence})
+                     "labels": {**entry["labels"], "agreed": agreed_label(entry["labels"])},
+                     "calls": calls, "evidence": evidence})
     return rows
 
 
@@ -55,7 +66,7 @@ def scores(rows: list[dict[str, Any]]) -> dict[tuple[str, str, str], Score]:
     out = {}
     for half in (*HALVES, "all"):
         chosen = [row for row in rows if half == "all" or row["split"] == half]
-        for optimizer in OPTIMIZERS:
+        for optimizer in LABEL_SETS:
             for predictor in PREDICTORS:
                 out[(half, optimizer, predictor)] = score(
                     [(row["labels"][optimizer], row["calls"][predictor]) for row in chosen])
@@ -64,13 +75,13 @@ def scores(rows: list[dict[str, Any]]) -> dict[tuple[str, str, str], Score]:
 
 def summary_table(found: dict[tuple[str, str, str], Score], half: str) -> list[str]:
     """Markdown: accuracy and per-class precision/recall of each predictor on one half."""
-    lines = ["| predictor | SGD accuracy | Adam accuracy | SGD P/R healthy | SGD P/R vanishing "
-             "| SGD P/R exploding | Adam P/R healthy | Adam P/R vanishing | Adam P/R exploding |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| predictor | SGD accuracy | Adam accuracy | agreed accuracy | SGD P/R healthy "
+             "| SGD P/R vanishing | SGD P/R exploding | Adam P/R healthy | Adam P/R vanishing "
+             "| Adam P/R exploding |", "|---|---|---|---|---|---|---|---|---|---|"]
     for predictor in PREDICTORS:
-        sgd, adam = found[(half, "sgd", predictor)], found[(half, "adam", predictor)]
-        cells = [f"{percent(s.accuracy)} ({s.correct}/{s.n})" for s in (sgd, adam)]
-        for s in (sgd, adam):
+        results = [found[(half, name, predictor)] for name in LABEL_SETS]
+        cells = [f"{percent(s.accuracy)} ({s.correct}/{s.n})" for s in results]
+        for s in results[:2]:
             cells += [f"{percent(s.precision(c))} / {percent(s.recall(c))}"
                       for c in ("healthy", "vanishing", "exploding")]
         lines.append(f"| {predictor} | " + " | ".join(cells) + " |")
@@ -89,11 +100,11 @@ def confusion_table(result: Score) -> list[str]:
 def label_counts(rows: list[dict[str, Any]]) -> list[str]:
     """Markdown: how many models carry each label, per half and optimizer."""
     classes = ("healthy", "vanishing", "exploding", "ambiguous")
-    lines = ["| half | optimizer | " + " | ".join(classes) + " | models |",
+    lines = ["| half | labels | " + " | ".join(classes) + " | models |",
              "|---|---|---|---|---|---|---|"]
     for half in (*HALVES, "all"):
         chosen = [row for row in rows if half == "all" or row["split"] == half]
-        for optimizer in OPTIMIZERS:
+        for optimizer in LABEL_SETS:
             counts = [sum(row["labels"][optimizer] == c for row in chosen) for c in classes]
             lines.append(f"| {half} | {optimizer} | " + " | ".join(map(str, counts))
                          + f" | {len(chosen)} |")
@@ -131,8 +142,8 @@ def render(rows: list[dict[str, Any]], found: dict[tuple[str, str, str], Score])
                 "models (for reference; report the held-out half)", "",
                 *summary_table(found, half), ""]
     for half in HALVES:
-        for optimizer in OPTIMIZERS:
-            out += [f"#### Confusion matrices, `{half}` half, {optimizer.upper()} labels", ""]
+        for optimizer in LABEL_SETS:
+            out += [f"#### Confusion matrices, `{half}` half, {_TITLES[optimizer]} labels", ""]
             for predictor in PREDICTORS:
                 out += [f"{predictor}:", "", *confusion_table(found[(half, optimizer,
                                                                      predictor)]), ""]

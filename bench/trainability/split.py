@@ -3,6 +3,10 @@
 Models are grouped by (family, SGD label, Adam label); each group is shuffled with a fixed seed
 and dealt alternately to ``tune`` and ``held-out``, the first card of each group going to
 whichever half is currently smaller, so both halves see every family and label mix.
+
+The split is made once, when a model is first labelled, and stored with its labels
+(``labels.json``, ``models.<id>.split``); relabelling a model keeps its half, so rules tuned on
+``tune`` never meet a tuned-on model in ``held-out``.
 """
 
 from __future__ import annotations

@@ -75,15 +75,29 @@ def test_labelling_rule_on_hand_made_runs():
     assert label_runs([stalled, stalled, stalled], baseline) == "vanishing"
     assert label_runs([stalled, diverged, stalled], baseline) == "ambiguous"
     assert label_runs([stalled, _run(0.85, final=0.85), stalled], baseline) == "ambiguous"
+    # The adding problem: 0.5 B is reachable with short memory alone, so 0.6 B is not "trained".
+    assert run_outcome(_run(0.6), baseline, "adding") == "stalled"
+    assert run_outcome(_run(0.3), baseline, "adding") == "trained"
+    assert label_runs([_run(0.45), stalled, stalled], baseline, "adding") == "ambiguous"
 
 
-def test_split_is_fixed_and_stratified():
-    models = LABELS["models"]
+def test_split_is_seeded_and_stratified():
+    models = {f"m{i}": {"family": family, "labels": {"sgd": label, "adam": label}}
+              for i, (family, label) in enumerate(
+                  (family, label) for family in ("mlp", "cnn") for label in
+                  ("healthy", "healthy", "vanishing", "vanishing", "vanishing", "exploding"))}
     split = stratified_split(models)
-    assert split == {ident: entry["split"] for ident, entry in models.items()}
-    groups = {}
-    for ident, entry in models.items():
-        key = (entry["family"], entry["labels"]["sgd"], entry["labels"]["adam"])
-        groups.setdefault(key, []).append(split[ident])
-    for key, halves in groups.items():
-        assert abs(halves.count("tune") - halves.count("held-out")) <= 1, key
+    assert split == stratified_split(models)
+    for family in ("mlp", "cnn"):
+        for label in ("healthy", "vanishing", "exploding"):
+            halves = [split[i] for i, e in models.items()
+                      if e["family"] == family and e["labels"]["sgd"] == label]
+            assert abs(halves.count("tune") - halves.count("held-out")) <= 1
+
+
+def test_stored_split_halves_every_family():
+    models = LABELS["models"]
+    for family in {entry["family"] for entry in models.values()}:
+        halves = [entry["split"] for entry in models.values() if entry["family"] == family]
+        assert set(halves) <= {"tune", "held-out"}
+        assert abs(halves.count("tune") - halves.count("held-out")) <= 1, family
