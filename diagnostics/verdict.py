@@ -96,7 +96,6 @@ def width_corrected_ratio(norm_deep: float, norm_shallow: float, numel_deep: int
 # normalization after them divides the gradient by it, so ‖δ‖ at a lookup says nothing about
 # the Jacobians of the hidden stack (BERT's embeddings at std 0.002 would read as "exploding").
 _LOOKUPS = frozenset({"Gather", "Embedding"})
-_TABLES = _LOOKUPS | {"Add"}
 
 
 def readout_indices(model: LoadedModel) -> list[int]:
@@ -116,6 +115,13 @@ def readout_indices(model: LoadedModel) -> list[int]:
     return [i for i in weighted if model.layers[i].depth == nearest]
 
 
+def _is_table(model: LoadedModel, index: int) -> bool:
+    """A lookup table, or a table added to the signal (position/token-type embeddings)."""
+    layer = model.layers[index]
+    added = layer.op_type == "Add" and bool(_weight_names(model, index))
+    return layer.op_type in _LOOKUPS or added
+
+
 def _weight_names(model: LoadedModel, index: int) -> list[str]:
     return [name for name in model.layers[index].parameters
             if name in model.parameters and model.parameters[name].dim() >= 2]
@@ -132,8 +138,7 @@ def _endpoints(model: LoadedModel, layers: list[LayerReport],
     candidates = [
         i for i, layer in enumerate(layers)
         if LayerKind.PARAMETRIC in model.layers[i].kinds and layer.depth > above
-        and model.layers[i].op_type not in _LOOKUPS
-        and _measured(layer) is not None and layer.output_numel
+        and not _is_table(model, i) and _measured(layer) is not None and layer.output_numel
     ]
     if len(candidates) < 2:
         return None
@@ -201,7 +206,7 @@ def judge(model: LoadedModel, layers: list[LayerReport], samples: list[SampleObs
         ratio = evidence.backward_signal_ratio.median
         if ratio is not None and ratio > 0 and math.isfinite(ratio) and steps:
             evidence.per_layer_gain = ratio ** (1 / steps)
-        _flag_profile(layers, shallow, thresholds)
+        _flag_profile(model, layers, shallow, thresholds)
         evidence.weight_grad_ratio = _weight_grad_ratio(layers, deep, shallow)
     _collect_layer_evidence(layers, samples, evidence)
     _relative_steps(model, layers, config, evidence)
@@ -237,14 +242,18 @@ def _readout_scale(model: LoadedModel, readouts: list[int]) -> float | None:
     return min(scales) if scales else None
 
 
-def _flag_profile(layers: list[LayerReport], shallow: int, thresholds: Thresholds) -> None:
+def _flag_profile(model: LoadedModel, layers: list[LayerReport], shallow: int,
+                  thresholds: Thresholds) -> None:
+    # Only the profile's own subjects are flagged: the hidden layers with parameters. A softmax
+    # or an attention score inside a block scales its gradient down by design.
     top = layers[shallow]
     top_norm = _measured(top)
     if not top_norm:
         return
-    for layer in layers:
+    for index, layer in enumerate(layers):
         norm = _measured(layer)
-        if norm is None or layer.depth <= top.depth or not layer.output_numel:
+        if norm is None or layer.depth <= top.depth or not layer.output_numel or \
+                LayerKind.PARAMETRIC not in model.layers[index].kinds or _is_table(model, index):
             continue
         ratio = width_corrected_ratio(norm, top_norm, layer.output_numel,
                                       top.output_numel or 1).robust
@@ -298,7 +307,7 @@ def _relative_steps(model: LoadedModel, layers: list[LayerReport], config: Diagn
     """lr·‖g‖ / max(‖W‖, fan-in norm) for every weight; flag layers whose step is too large."""
     best: tuple[float, str] | None = None
     for index, layer in enumerate(layers):
-        if model.layers[index].op_type in _TABLES:
+        if _is_table(model, index):
             # Lookup tables and added tensors (position/token-type embeddings): a row moves only
             # where it is used, by the sum over every position that used it, and the
             # normalization after them makes the step scale-invariant, so a whole-table step
@@ -387,8 +396,10 @@ def _rules(evidence: Evidence, thresholds: Thresholds, facts: Facts) -> list[Rul
                   fired=noise is not None and not (
                       exact is not None
                       and exact >= max(noise * _PRECISION_COLLAPSE, _FLOAT32_ROUNDING)),
-                  detail=f"signal below {evidence.rounding_noise_layer} / at it"
-                  + (f" (float64: {exact:.3g})" if exact is not None else "")),
+                  detail=(f"signal below {evidence.rounding_noise_layer} / at it"
+                          + (f" (float64: {exact:.3g})" if exact is not None else ""))
+                  if noise is not None else "signal just below the output layer / at it: not "
+                  "near rounding level, so not re-measured"),
         RuleCheck(rule="folded_batchnorm", value=float(len(evidence.folded_normalization)),
                   threshold=0.0, fired=bool(evidence.folded_normalization),
                   detail="nodes into which the exporter folded a BatchNorm"),
