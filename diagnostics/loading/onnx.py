@@ -18,6 +18,7 @@ The pipeline, in order (each step only after the previous one passed):
 
 from __future__ import annotations
 
+import contextvars
 import hashlib
 import operator
 import re
@@ -93,17 +94,18 @@ def load_onnx(data: bytes, *, name: str | None = None,
         ResourceLimitError: the model is over one of ``limits``.
     """
     model = parse_model(data, limits)
+    respelled = _spells_ai_onnx(model)
     normalize_default_domain(model)
     check_external_data(model, limits)
     check_budgets(model, limits, extra_parameters=identity_copy_elements(model.graph))
     check_supported_ops(model)
-    inferred = validate_and_infer(model, limits)
+    inferred = validate_and_infer(model, limits, serialized=None if respelled else data)
     check_outputs_computed(model.graph)
 
     display = assign_safe_names(model.graph)
     copies = materialize_identity_initializers(model.graph)
     inputs = input_specs(model.graph, inferred.graph)
-    module = _convert(model, display)
+    module = _convert(model, inferred, display)
     bound = bind_parameters(module, model.graph, opset_versions(model), display)
     output_names = tuple(value.name for value in model.graph.output)
     _return_outputs_in_order(module, model.graph)
@@ -120,7 +122,37 @@ def load_onnx(data: bytes, *, name: str | None = None,
     )
 
 
-def _convert(model: ModelProto, display: dict[str, str]) -> fx.GraphModule:
+def _spells_ai_onnx(model: ModelProto) -> bool:
+    """Whether :func:`normalize_default_domain` will change ``model`` (its bytes then differ)."""
+    return any(entry.domain == "ai.onnx" for entry in model.opset_import) or any(
+        node.domain == "ai.onnx" for node in model.graph.node)
+
+
+# onnx2torch.convert starts by running onnx's shape inference on the whole model (serializing
+# it, weights included, and parsing the result back: a second of a ResNet-50's load). The loader
+# has already inferred, strictly, and hands that result on: while _SHAPED holds the model being
+# converted, convert's inference step returns it as it is. Any other caller of onnx2torch in the
+# process (another thread, a script) still gets the library's own inference.
+_SHAPED: contextvars.ContextVar[ModelProto | None] = contextvars.ContextVar("shaped", default=None)
+_library_inference = onnx2torch.converter.safe_shape_inference
+
+
+def _inferred_or_library(model_or_path, **kwargs):
+    if model_or_path is not None and model_or_path is _SHAPED.get():
+        return model_or_path
+    return _library_inference(model_or_path, **kwargs)
+
+
+onnx2torch.converter.safe_shape_inference = _inferred_or_library
+
+
+def _convert(model: ModelProto, inferred: ModelProto, display: dict[str, str]) -> fx.GraphModule:
+    # The converters read value types (a pooling input's rank) from value_info: ours, inferred
+    # before the rewrites, which rename nodes and turn Identity outputs into initializers but
+    # change no value's type.
+    del model.graph.value_info[:]
+    model.graph.value_info.extend(inferred.graph.value_info)
+    token = _SHAPED.set(model)
     try:
         return onnx2torch.convert(model, attach_onnx_mapping=True)
     except Exception as exc:  # converters raise anything from KeyError to RuntimeError
@@ -138,6 +170,8 @@ def _convert(model: ModelProto, display: dict[str, str]) -> fx.GraphModule:
             f"conversion to torch failed{where}: {type(exc).__name__}: {one_line(exc)}",
             node=shown,
         ) from None
+    finally:
+        _SHAPED.reset(token)
 
 
 def _failing_node(exc: BaseException):

@@ -310,32 +310,81 @@ def _unsupported_detail(op_type: str, domain: str, opset: int, node_name: str) -
             f"node {node_name!r} is not supported")
 
 
-def validate_and_infer(model: ModelProto, limits: Limits) -> ModelProto:
+def validate_and_infer(model: ModelProto, limits: Limits, *,
+                       serialized: bytes | None = None) -> ModelProto:
     """Run onnx's checker, then strict shape inference with data propagation.
 
     Strict inference with ``check_type`` is what ``check_model(full_check=True)`` runs; calling it
     ourselves adds data propagation (so ConstantOfShape/Expand/Tile outputs get concrete shapes to
     budget) without inferring twice.
 
+    Both steps run on bytes, and only the checker sees the weights: serializing a large model is
+    the costliest part of either (a ResNet-50 takes longer to serialize than to infer), so the
+    checker reads ``serialized`` (the file's bytes, when ``model`` is still exactly what they
+    decode to) and inference reads a copy without the values of large float initializers
+    (:func:`shapes_only`), which no shape depends on.
+
+    Args:
+        model: The parsed model.
+        limits: The budgets an inferred tensor must fit.
+        serialized: ``model``'s bytes, when the caller has them unchanged; else serialized here.
+
     Returns:
-        The model with inferred ``value_info``.
+        A weightless copy of the model with inferred ``value_info``: read its graph's value
+        types and small constants, never its large float initializers (their dims are kept,
+        their values are not).
 
     Raises:
         ModelLoadError: with the checker's or inference's message on one line.
         ResourceLimitError: an inferred tensor is over ``max_tensor_elements``.
     """
     try:
-        onnx.checker.check_model(model)
+        onnx.checker.check_model(model.SerializeToString() if serialized is None else serialized)
     except Exception as exc:  # ValidationError, or C++ errors surfaced as other types
         raise ModelLoadError(f"ONNX checker: {one_line(exc)}") from None
     try:
         inferred = onnx.shape_inference.infer_shapes(
-            model, check_type=True, strict_mode=True, data_prop=True
+            shapes_only(model), check_type=True, strict_mode=True, data_prop=True
         )
     except Exception as exc:  # InferenceError, or a C++ error surfaced as RuntimeError
         raise ModelLoadError(f"ONNX shape inference: {one_line(exc)}") from None
     check_declared_sizes(inferred, limits, inferred=True)
     return inferred
+
+
+# Float initializers above this many elements lose their values in :func:`shapes_only`. Shape
+# inference reads the values of only a few float inputs (Resize/Upsample scales, Range bounds),
+# all of a handful of elements; integer tensors (shapes, axes, indices) always keep theirs.
+_SHAPE_DATA_ELEMENTS = 1024
+
+
+def shapes_only(model: ModelProto) -> ModelProto:
+    """A copy of ``model`` whose large float initializers keep name, type and dims, no values.
+
+    Built field by field, so the weights are never copied.
+    """
+    light = ModelProto()
+    _copy_fields(model, light, skip="graph")
+    _copy_fields(model.graph, light.graph, skip="initializer")
+    for tensor in model.graph.initializer:
+        if tensor.data_type in FLOAT_TYPES and math.prod(tensor.dims) > _SHAPE_DATA_ELEMENTS:
+            light.graph.initializer.add(name=tensor.name, data_type=tensor.data_type,
+                                        dims=tensor.dims)
+        else:
+            light.graph.initializer.append(tensor)
+    return light
+
+
+def _copy_fields(source, target, skip: str) -> None:
+    for descriptor, value in source.ListFields():
+        if descriptor.name == skip:
+            continue
+        if descriptor.is_repeated:
+            getattr(target, descriptor.name).extend(value)
+        elif descriptor.message_type is not None:
+            getattr(target, descriptor.name).CopyFrom(value)
+        else:
+            setattr(target, descriptor.name, value)
 
 
 def attribute_value(node: NodeProto, name: str):
