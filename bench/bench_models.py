@@ -95,6 +95,26 @@ def model_path(name: str) -> Path:
     return path
 
 
+def _small() -> bytes:
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 32, 3, padding=1),
+                        nn.ReLU(), nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(512, 220),
+                        nn.ReLU(), nn.Linear(220, 10))
+    return _export(net, (torch.randn(1, 3, 32, 32),), ["image"], {"image": {0: "batch"}})
+
+
+def small_model_path() -> Path:
+    """A small CNN (about 0.5 MB) for the CLI's cold start."""
+    path = CACHE / "small-cnn.onnx"
+    if not path.exists():
+        CACHE.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(_small())
+    return path
+
+
 if __name__ == "__main__":
     import sys
 
