@@ -262,7 +262,7 @@ def section_cli(repeats: int) -> list[dict]:
 class Server:
     """``graddoctor serve`` on a free port with a fresh data directory; stopped on exit."""
 
-    def __init__(self, workers: int) -> None:
+    def __init__(self, workers: int, threads: int | None = None) -> None:
         import socket
 
         with socket.socket() as probe:
@@ -270,6 +270,8 @@ class Server:
             self.port = probe.getsockname()[1]
         self.data = tempfile.TemporaryDirectory(prefix="graddoctor-bench-")
         env = dict(_env(), GRADDOCTOR_DATA_DIR=self.data.name, GRADDOCTOR_LOG_LEVEL="warning")
+        if threads:
+            env["GRADDOCTOR_TORCH_THREADS"] = str(threads)
         for key in ("GRADDOCTOR_BROKER_URL", "GRADDOCTOR_DATABASE_URL"):
             env.pop(key, None)
         self.process = subprocess.Popen(
@@ -332,7 +334,9 @@ def section_http(repeats: int) -> list[dict]:
     from diagnostics import diagnose
 
     path = model_path("resnet18")
-    with Server(workers=1) as server:
+    # One torch thread in the worker, as in this process: like against like (a worker's default
+    # share of a 2-core machine is 2 threads, which on a loaded machine only adds contention).
+    with Server(workers=1, threads=1) as server:
         server.submit_file(path, 60)  # warm the worker on this model's kernels
         diagnose(path)
         runs = {"http": lambda: _succeeded(server.submit_file(path, 60)),
