@@ -125,8 +125,8 @@ def _batch(path: Path, overrides: dict):
 def section_floor(models: list[str], repeats: int) -> list[dict]:
     import onnx
     import onnx2torch
-
     from bench_models import MODELS, model_path
+
     from diagnostics import diagnose
     from diagnostics.pipeline import load_model, read_source
 
@@ -137,10 +137,10 @@ def section_floor(models: list[str], repeats: int) -> list[dict]:
         batch = _batch(path, overrides)
         config = {"samples": 1, "verify_remedies": False, **overrides}
         runs = {
-            "floor": lambda: floor_pass(path, batch),
-            "diagnosis": lambda: diagnose(path, config=config),
-            "load+convert": lambda: onnx2torch.convert(onnx.load(str(path))),
-            "loader": lambda: load_model(*read_source(path)[:1], name=path.name),
+            "floor": lambda path=path, batch=batch: floor_pass(path, batch),
+            "diagnosis": lambda path=path, config=config: diagnose(path, config=config),
+            "load+convert": lambda path=path: onnx2torch.convert(onnx.load(str(path))),
+            "loader": lambda path=path: load_model(read_source(path)[0], name=path.name),
         }
         for run in runs.values():
             run()  # warm-up: allocator, kernels, lazy imports
@@ -170,8 +170,8 @@ def memory_child(name: str, kind: str) -> None:
     import onnx  # noqa: F401
     import onnx2torch  # noqa: F401
     import torch
-
     from bench_models import MODELS, model_path
+
     from diagnostics import diagnose
     from diagnostics.inputs import make_batches  # noqa: F401
 
@@ -331,6 +331,7 @@ class Server:
 
 def section_http(repeats: int) -> list[dict]:
     from bench_models import model_path
+
     from diagnostics import diagnose
 
     path = model_path("resnet18")

@@ -83,20 +83,23 @@ def summarize_grad(grad: torch.Tensor, *, fp16_normal_min: float | None = None,
     numel = flat.numel()
     if numel == 0:
         return GradSummary(0.0, 0.0, 0.0, 0.0, 0.0, 0, 0)
-    norm = l2_norm(flat)
-    sample = _spread_sample(flat)
-    zero_fraction = 1.0 - int(torch.count_nonzero(sample)) / sample.numel()
-    underflow = None
-    if fp16_normal_min is not None and math.isfinite(norm):
-        underflow = _underflow_fraction(sample, fp16_normal_min)
+    # Every statistic reads |g|, taken once: its norm, sample (zeros, float16 underflow), sum
+    # and maximum are four reductions, against aminmax + norm + abs + sum + the sample's own
+    # abs before. The magnitudes overwrite the gradient when nothing else can see it
+    # (``owned``): no allocation, no page faults.
+    in_place = owned and not grad._is_view() and flat.data_ptr() == grad.data_ptr()
+    magnitudes = flat.abs_() if in_place else flat.abs()
+    norm = l2_norm(magnitudes)
+    sample = _spread_sample(magnitudes)
+    nonzero = int(torch.count_nonzero(sample))
+    zero_fraction = 1.0 - nonzero / sample.numel()
     if not math.isfinite(norm):
         nan = math.nan
-        return GradSummary(nan, nan, nan, nan, zero_fraction, nonfinite_count(flat), numel)
-    # |g| once, then its sum and maximum: two reductions and one elementwise pass, against
-    # aminmax + abs + sum (an allocation and four passes). The absolute values overwrite the
-    # gradient when nothing else can see it (``owned``): no allocation, no page faults.
-    magnitudes = flat.abs_() if owned and not grad._is_view() and flat.data_ptr() == \
-        grad.data_ptr() else flat.abs()
+        return GradSummary(nan, nan, nan, nan, zero_fraction, nonfinite_count(magnitudes),
+                           numel)
+    underflow = None
+    if fp16_normal_min is not None:
+        underflow = _underflow_fraction(sample, nonzero, fp16_normal_min)
     abs_sum = float(magnitudes.sum())  # measured faster than vector_norm(ord=1) on the CPU
     if not math.isfinite(abs_sum):
         abs_sum = float(magnitudes.to(torch.float64).sum())
@@ -132,12 +135,12 @@ def _spread_sample(flat: torch.Tensor) -> torch.Tensor:
         :, : SAMPLE_LIMIT // _SAMPLE_BLOCKS]
 
 
-def _underflow_fraction(sample: torch.Tensor, normal_min: float) -> float:
-    nonzero = int(torch.count_nonzero(sample))
+def _underflow_fraction(magnitudes: torch.Tensor, nonzero: int, normal_min: float) -> float:
+    """Fraction of the ``nonzero`` non-zero entries of ``magnitudes`` (|g|) below ``normal_min``."""
     if not nonzero:
         return 0.0
-    small = int(torch.count_nonzero(sample.abs() < normal_min)) - (sample.numel() - nonzero)
-    return small / nonzero
+    zeros = magnitudes.numel() - nonzero
+    return (int(torch.count_nonzero(magnitudes < normal_min)) - zeros) / nonzero
 
 
 def summarize_activation(
