@@ -54,7 +54,8 @@ def child_main(conn: Connection, settings_data: dict[str, Any]) -> None:
         except (EOFError, OSError):
             break
         try:
-            execute_job(job_id, store, blobs, settings)
+            execute_job(job_id, store, blobs, settings,
+                        on_stored=lambda job_id=job_id: conn.send(("stored", job_id)))
         except Exception as exc:  # the store failed under us: record what we can, keep serving
             log.exception("job %s could not be executed", job_id)
             _try_fail(store, job_id, exc)
