@@ -34,4 +34,4 @@ lint: $(STAMP)
 	$(BIN)/ruff check diagnostics service tests bench
 
 bench: $(STAMP)
-	$(BIN)/python bench/probe_overhead.py
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
