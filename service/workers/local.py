@@ -206,7 +206,15 @@ class _Slot:
         if message == ("stored", job_id):  # the result is in; the worker draws the page next
             self.finished(job_id)
             return False
-        return bool(message == ("done", job_id))
+        if not (isinstance(message, tuple) and message[:2] == ("done", job_id)):
+            return False
+        if len(message) > 2 and message[2]:  # retiring: wait for it to exit, then start afresh
+            self.process.join(timeout=GRACE_S)
+            if self.process.is_alive():
+                self.process.kill()
+            self.process.join(timeout=GRACE_S)
+            self.ready = False
+        return True
 
     def _record_death(self, job_id: str) -> None:
         self.process.join(timeout=1.0)
