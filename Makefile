@@ -39,7 +39,7 @@ schema: $(STAMP)
 	$(BIN)/python scripts/report_schema.py
 
 bench: $(STAMP)
-	$(BIN)/python bench/probe_overhead.py
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 # Trainability benchmark (docs/trainability.md): score GradDoctor and the anchors' one-batch rules
 # against labels made by training each model (cached in bench/trainability/labels.json). A few

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -151,19 +152,22 @@ def diagnose(source: Source | torch.nn.Module, *,
 
     say("loading the model")
     clock = time.perf_counter()
-    payload: bytes | dict | None = None
     folder: str | Path | None = None
-    if isinstance(source, torch.nn.Module):
+    repair_source: bytes | Callable[[], bytes] | None = None
+    from_module = isinstance(source, torch.nn.Module)
+    if from_module:
         model, batches = _load_module(source, inputs, settings, limits)
         spec_document = None
     else:
         payload, name = read_source(source, limits)
         folder = data_dir if data_dir is not None else model_folder(source)
         model, spec_document = _load(payload, name, limits, settings.seed, folder)
+        repair_source = _repair_source(source, payload, model)
+        del payload  # a file's bytes are not held through the probe (a copy of every weight)
     timings.load_s = time.perf_counter() - clock
 
     clock = time.perf_counter()
-    if payload is not None:
+    if not from_module:
         provided = read_inputs(inputs, limits) if inputs is not None else None
         batches = make_batches(model, settings, limits, provided)
     device = _device(settings)
@@ -203,11 +207,38 @@ def diagnose(source: Source | torch.nn.Module, *,
         notes=list(model.notes),
     )
     link_report(report)  # each rule, cause and remedy -> its guide section (docs/guide)
-    onnx_bytes = payload if model.source.kind == "onnx" else None
-    report._repair = RepairContext(onnx_bytes, model, batches, settings, candidates,
+    report._repair = RepairContext(repair_source, model, batches, settings, candidates,
                                    data_dir=folder, original=_placement(source))
     timings.total_s = time.perf_counter() - started
     return report
+
+
+def _repair_source(source: Source, payload: bytes | dict,
+                   model: LoadedModel) -> bytes | Callable[[], bytes] | None:
+    """What a repaired model is written from: the ONNX bytes, or for a file a reader of it.
+
+    A file is read again when a repaired model is asked for (checked against the hash it was
+    diagnosed with) instead of keeping its bytes, as large as the weights, through the run.
+    """
+    if model.source.kind != "onnx" or not isinstance(payload, bytes):
+        return None
+    if not isinstance(source, str | Path) or (isinstance(source, str)
+                                              and source.lstrip().startswith("{")):
+        return payload
+    path, digest = Path(source), model.source.sha256
+
+    def read() -> bytes:
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise ModelLoadError(f"cannot read model file {path} again: {exc.strerror}",
+                                 file=str(path)) from None
+        if hashlib.sha256(data).hexdigest() != digest:
+            raise ModelLoadError(f"model file {path} changed since it was diagnosed; diagnose "
+                                 "it again", file=str(path))
+        return data
+
+    return read
 
 
 WARM_UP_SPEC = {"inputs": [{"name": "x", "shape": [2, 4]}],

@@ -198,10 +198,11 @@ def run_sample(model: LoadedModel, batch: SampleBatch, config: DiagnosisConfig, 
                 loss.backward()
             except Exception as exc:
                 raise _probe_error("backward", exc, last_entered) from exc
-        for name, grad in pending:
+        while pending:  # each gradient is dropped once summarized (param.grad is None)
+            name, grad = pending.pop(0)
             observed.parameters[name] = summarize_grad(
-                grad, fp16_normal_min=thresholds.fp16_normal_min)
-        pending.clear()
+                grad, fp16_normal_min=thresholds.fp16_normal_min, owned=True)
+            del grad
         for name in input_grads:
             position = next(i for i, spec in enumerate(model.inputs) if spec.name == name)
             grad = inputs[position].grad

@@ -38,6 +38,7 @@ class Candidate:
     edit: Edit | None = None
     note: str | None = None
     temporal: bool = False  # verified on the temporal profile rather than the verdict
+    rebuilds: bool = False  # the edit builds a new model and ignores the copy it is handed
 
 
 @dataclass(frozen=True)
@@ -349,7 +350,7 @@ def _structural(context: Context, remedy: Remedy,
     def edit(_copy: LoadedModel, _batches: list[SampleBatch]) -> LoadedModel:
         return context.rebuild(edited)
 
-    return Candidate(remedy, edit)
+    return Candidate(remedy, edit, rebuilds=True)
 
 
 def _total_grad_norm(layers: list[LayerReport]) -> float | None:
@@ -456,7 +457,7 @@ def _gated_cells(context: Context) -> Candidate | None:
         _chrono(rebuilt, steps, context.config.seed)
         return rebuilt
 
-    return Candidate(remedy, edit, temporal=True)
+    return Candidate(remedy, edit, temporal=True, rebuilds=True)
 
 
 def _chrono(model: LoadedModel, horizon: int, seed: int) -> list[str]:

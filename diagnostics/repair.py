@@ -8,6 +8,7 @@ the file changes.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,7 +38,7 @@ class RemedyNotRepairableError(DiagnosticsError):
 class RepairContext:
     """What a report keeps (in memory only) so it can produce repaired models later."""
 
-    source_bytes: bytes | None
+    source_bytes: bytes | Callable[[], bytes] | None  # a reader: the file is read again
     model: LoadedModel
     batches: list[SampleBatch]
     config: DiagnosisConfig
@@ -64,7 +65,8 @@ def repaired_onnx(context: RepairContext, remedy_id: str) -> bytes:
             "repaired models are written for ONNX sources; for a spec, set the init shown in the "
             "remedy's params", remedy=remedy_id)
     copy = _edited_copy(context, candidate)
-    model = onnx.load_from_string(context.source_bytes)
+    source = context.source_bytes
+    model = onnx.load_from_string(source() if callable(source) else source)
     by_name = {init.name: init for init in model.graph.initializer}
     for name, param in copy.parameters.items():
         target = by_name.get(name)

@@ -63,9 +63,12 @@ def verify(candidates: list[Candidate], model: LoadedModel, batches: list[Sample
         say(f"verifying remedy {checked.index(candidate) + 1}/{len(checked)} "
             f"({candidate.remedy.id})")
         try:
-            copy = edits.copy_model(model)
-            with probe_mode(copy.module, config.norm_stats):
-                edited = candidate.edit(copy, batches)
+            if candidate.rebuilds:  # a new model from an edited spec: copying the old is waste
+                edited = candidate.edit(model, batches)
+            else:
+                copy = edits.copy_model(model)
+                with probe_mode(copy.module, config.norm_stats):
+                    edited = candidate.edit(copy, batches)
             after = examine(edited, batches, config)
         except DiagnosticsError as exc:
             candidate.remedy.verification_note = f"verification failed: {exc.detail}"

@@ -22,6 +22,11 @@ ARCHIVE_FILE = "upload.archive"
 SPEC_FILE = "spec.json"
 INPUTS_FILE = "inputs.npz"
 REPORT_FILE = "report.html"
+# Present from the moment a job's result is stored until its report page is written: the worker
+# stores the result first (a waiting client gets its answer without waiting for the plot) and
+# renders the page right after. A marker older than this is a worker that died while rendering.
+REPORT_PENDING_FILE = ".report.pending"
+REPORT_PENDING_S = 120.0
 REMEDIES_DIR = "remedies"
 # Remedy ids are the engine's own slugs; anything else never becomes part of a path.
 REMEDY_ID = re.compile(r"[a-z0-9][a-z0-9-]{0,63}")
@@ -64,6 +69,23 @@ class BlobStore:
 
     def report_path(self, job_id: str) -> Path:
         return self.job_dir(job_id) / REPORT_FILE
+
+    def mark_report_pending(self, job_id: str) -> None:
+        """Say that the job's report page is being rendered (see ``REPORT_PENDING_FILE``)."""
+        folder = self.job_dir(job_id)
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        (folder / REPORT_PENDING_FILE).touch()
+
+    def clear_report_pending(self, job_id: str) -> None:
+        (self.job_dir(job_id) / REPORT_PENDING_FILE).unlink(missing_ok=True)
+
+    def report_pending(self, job_id: str) -> bool:
+        """Whether a worker is rendering the job's page now (a recent marker, no page yet)."""
+        try:
+            age = time.time() - (self.job_dir(job_id) / REPORT_PENDING_FILE).stat().st_mtime
+        except OSError:
+            return False
+        return age < REPORT_PENDING_S and not self.report_path(job_id).is_file()
 
     def write_report(self, job_id: str, html: str) -> None:
         """Write the HTML report atomically (temp file + rename)."""

@@ -119,13 +119,22 @@ class JobService:
         """Poll until the job has finished or ``timeout_s`` has passed; return it either way."""
         deadline = time.monotonic() + timeout_s
         delay = 0.05
-        while True:
-            record = await run_in_threadpool(self.get, job_id, owner, with_result=False)
-            remaining = deadline - time.monotonic()
-            if JobStatus(record.status).finished or remaining <= 0:
-                return await run_in_threadpool(self.get, job_id, owner)
-            await asyncio.sleep(min(delay, remaining))
-            delay = min(delay * 1.5, 0.5)
+        watch = getattr(self.runner, "watch", None)  # the embedded pool says when a job ends
+        finished = watch(job_id) if watch is not None else None
+        try:
+            while True:
+                record = await run_in_threadpool(self.get, job_id, owner, with_result=False)
+                remaining = deadline - time.monotonic()
+                if JobStatus(record.status).finished or remaining <= 0:
+                    return await run_in_threadpool(self.get, job_id, owner)
+                if finished is not None:
+                    await run_in_threadpool(finished.wait, min(delay, remaining))
+                else:
+                    await asyncio.sleep(min(delay, remaining))
+                delay = min(delay * 1.5, 0.5)
+        finally:
+            if finished is not None:
+                self.runner.unwatch(job_id)
 
 
 def _content_hash(submission: Submission, config: dict[str, Any]) -> str:

@@ -19,6 +19,7 @@ The pipeline, in order (each step only after the previous one passed):
 
 from __future__ import annotations
 
+import contextvars
 import hashlib
 import operator
 import types
@@ -26,7 +27,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import onnx2torch
-from onnx import GraphProto, ModelProto
+from onnx import GraphProto, ModelProto, TensorProto
 from torch import fx
 
 import diagnostics.loading.ops  # noqa: F401  (registers our converters with onnx2torch)
@@ -96,13 +97,20 @@ def load_onnx(data: bytes, *, name: str | None = None, limits: Limits = DEFAULT_
         ResourceLimitError: the model is over one of ``limits``.
     """
     model = parse_model(data, limits)
+    respelled = _spells_ai_onnx(model)
     normalize_default_domain(model)
     check_budgets(model, limits, extra_parameters=identity_copy_elements(model.graph))
+    has_external = any(tensor.data_location == TensorProto.EXTERNAL
+                       for tensor in model.graph.initializer)
     external = prepare_external_data(model, data_dir, limits)
     load_notes = _complete_outputs(model)
     check_supported_ops(model)
+    # The checker reads the file's own bytes when the model is still exactly what they decode
+    # to (serializing a large model again is the costliest step of checking it).
+    unchanged = not (respelled or has_external or load_notes)
     inferred = external.restore(
-        validate_and_infer(external.checkable(model), limits, notes=load_notes), model)
+        validate_and_infer(external.checkable(model), limits, notes=load_notes,
+                           serialized=data if unchanged else None), model)
     check_outputs_computed(model.graph)
 
     display = assign_safe_names(model.graph)
@@ -111,7 +119,7 @@ def load_onnx(data: bytes, *, name: str | None = None, limits: Limits = DEFAULT_
     copies = materialize_identity_initializers(model.graph)
     inputs = input_specs(model.graph, inferred.graph)
     with external.reading():  # each external weight read once, straight into its tensor
-        module = _convert(model, display)
+        module = _convert(model, inferred, display)
         bound = bind_parameters(module, model.graph, opset_versions(model), display)
     output_names = tuple(value.name for value in model.graph.output)
     _return_outputs_in_order(module, model.graph)
@@ -147,7 +155,37 @@ def _complete_outputs(model: ModelProto) -> list[str]:
     return notes
 
 
-def _convert(model: ModelProto, display: dict[str, str]) -> fx.GraphModule:
+def _spells_ai_onnx(model: ModelProto) -> bool:
+    """Whether :func:`normalize_default_domain` will change ``model`` (its bytes then differ)."""
+    return any(entry.domain == "ai.onnx" for entry in model.opset_import) or any(
+        node.domain == "ai.onnx" for node in model.graph.node)
+
+
+# onnx2torch.convert starts by running onnx's shape inference on the whole model (serializing
+# it, weights included, and parsing the result back: a second of a ResNet-50's load). The loader
+# has already inferred, strictly, and hands that result on: while _SHAPED holds the model being
+# converted, convert's inference step returns it as it is. Any other caller of onnx2torch in the
+# process (another thread, a script) still gets the library's own inference.
+_SHAPED: contextvars.ContextVar[ModelProto | None] = contextvars.ContextVar("shaped", default=None)
+_library_inference = onnx2torch.converter.safe_shape_inference
+
+
+def _inferred_or_library(model_or_path, **kwargs):
+    if model_or_path is not None and model_or_path is _SHAPED.get():
+        return model_or_path
+    return _library_inference(model_or_path, **kwargs)
+
+
+onnx2torch.converter.safe_shape_inference = _inferred_or_library
+
+
+def _convert(model: ModelProto, inferred: ModelProto, display: dict[str, str]) -> fx.GraphModule:
+    # The converters read value types (a pooling input's rank) from value_info: ours, inferred
+    # before the rewrites, which rename nodes and turn Identity outputs into initializers but
+    # change no value's type.
+    del model.graph.value_info[:]
+    model.graph.value_info.extend(inferred.graph.value_info)
+    token = _SHAPED.set(model)
     try:
         return onnx2torch.convert(model, attach_onnx_mapping=True)
     except Exception as exc:  # converters raise anything from KeyError to RuntimeError
@@ -165,6 +203,8 @@ def _convert(model: ModelProto, display: dict[str, str]) -> fx.GraphModule:
             f"conversion to torch failed{where}: {type(exc).__name__}: {one_line(exc)}",
             node=shown,
         ) from None
+    finally:
+        _SHAPED.reset(token)
 
 
 def _failing_node(exc: BaseException):

@@ -330,8 +330,8 @@ def _declares_shape(value: ValueInfoProto) -> bool:
     return value.type.WhichOneof("value") is not None  # sequences, maps: checked as declared
 
 
-def validate_and_infer(model: ModelProto, limits: Limits,
-                       notes: list[str] | None = None) -> ModelProto:
+def validate_and_infer(model: ModelProto, limits: Limits, notes: list[str] | None = None, *,
+                       serialized: bytes | None = None) -> ModelProto:
     """Run onnx's checker, then strict shape inference with data propagation.
 
     Strict inference with ``check_type`` is what ``check_model(full_check=True)`` runs; calling it
@@ -344,15 +344,29 @@ def validate_and_infer(model: ModelProto, limits: Limits,
     ``model`` (re-inferred) and the fact is added to ``notes``; a model that still fails
     without them is refused with the original message.
 
+    Both steps run on bytes, and only the checker sees the weights: serializing a large model is
+    the costliest part of either (a ResNet-50 takes longer to serialize than to infer), so the
+    checker reads ``serialized`` (the file's bytes, when ``model`` is still exactly what they
+    decode to) and inference reads a copy without the values of large float initializers
+    (:func:`shapes_only`), which no shape depends on.
+
+    Args:
+        model: The parsed model.
+        limits: The budgets an inferred tensor must fit.
+        notes: Where a note goes when stale annotations are dropped.
+        serialized: ``model``'s bytes, when the caller has them unchanged; else serialized here.
+
     Returns:
-        The model with inferred ``value_info``.
+        A weightless copy of the model with inferred ``value_info``: read its graph's value
+        types and small constants, never its large float initializers (their dims are kept,
+        their values are not).
 
     Raises:
         ModelLoadError: with the checker's or inference's message on one line.
         ResourceLimitError: an inferred tensor is over ``max_tensor_elements``.
     """
     try:
-        onnx.checker.check_model(model)
+        onnx.checker.check_model(model.SerializeToString() if serialized is None else serialized)
     except Exception as exc:  # ValidationError, or C++ errors surfaced as other types
         raise ModelLoadError(f"ONNX checker: {one_line(exc)}") from None
     try:
@@ -366,8 +380,8 @@ def validate_and_infer(model: ModelProto, limits: Limits,
 
 
 def _infer_strict(model: ModelProto) -> ModelProto:
-    return onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True,
-                                             data_prop=True)
+    return onnx.shape_inference.infer_shapes(shapes_only(model), check_type=True,
+                                             strict_mode=True, data_prop=True)
 
 
 def _infer_without_annotations(model: ModelProto, notes: list[str] | None) -> ModelProto | None:
@@ -386,6 +400,41 @@ def _infer_without_annotations(model: ModelProto, notes: list[str] | None) -> Mo
             f"(stale ones, e.g. NHWC shapes on NCHW tensors); all {len(stale)} were dropped and "
             f"the shapes re-inferred from the graph, as onnxruntime does.")
     return inferred
+
+
+# Float initializers above this many elements lose their values in :func:`shapes_only`. Shape
+# inference reads the values of only a few float inputs (Resize/Upsample scales, Range bounds),
+# all of a handful of elements; integer tensors (shapes, axes, indices) always keep theirs.
+_SHAPE_DATA_ELEMENTS = 1024
+
+
+def shapes_only(model: ModelProto) -> ModelProto:
+    """A copy of ``model`` whose large float initializers keep name, type and dims, no values.
+
+    Built field by field, so the weights are never copied.
+    """
+    light = ModelProto()
+    _copy_fields(model, light, skip="graph")
+    _copy_fields(model.graph, light.graph, skip="initializer")
+    for tensor in model.graph.initializer:
+        if tensor.data_type in FLOAT_TYPES and math.prod(tensor.dims) > _SHAPE_DATA_ELEMENTS:
+            light.graph.initializer.add(name=tensor.name, data_type=tensor.data_type,
+                                        dims=tensor.dims)
+        else:
+            light.graph.initializer.append(tensor)
+    return light
+
+
+def _copy_fields(source, target, skip: str) -> None:
+    for descriptor, value in source.ListFields():
+        if descriptor.name == skip:
+            continue
+        if descriptor.is_repeated:
+            getattr(target, descriptor.name).extend(value)
+        elif descriptor.message_type is not None:
+            getattr(target, descriptor.name).CopyFrom(value)
+        else:
+            setattr(target, descriptor.name, value)
 
 
 def attribute_value(node: NodeProto, name: str):

@@ -21,9 +21,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 import torch.nn.functional as F
-from onnx import GraphProto, NodeProto
+from onnx import GraphProto, NodeProto, TensorProto
 from onnx.defs import OpSchema, SchemaError, get_schema
 from torch import fx, nn
 
@@ -43,6 +44,7 @@ _WEIGHT_INPUTS = {"weight": 1, "bias": 2}
 _CONSTANT_SLOTS = frozenset({("Pow", 1), ("BatchNormalization", 3), ("BatchNormalization", 4),
                              ("LSTM", 5), ("LSTM", 6), ("GRU", 5), ("RNN", 5)})
 _BUFFER_PREFIX = "onnx_initializer_"
+_SPOT_CHECKS = 64
 
 
 class OnnxGemmLinear(nn.Module):
@@ -96,6 +98,7 @@ class _Binder:
         self.canonical: dict[str, nn.Parameter] = {}
         self.result = BoundParameters()
         self._subgraph_reads: dict[str, set[str]] = {}
+        self.trainable: set[str] | None = None  # values some node differentiates through
 
     def tensor(self, name: str) -> torch.Tensor:
         # External weights come back shared with the converter's copy (read once), not anew.
@@ -154,10 +157,23 @@ class _Binder:
         return None
 
     def same_values(self, name: str, param: torch.Tensor) -> bool:
-        dims = tuple(self.initializers[name].dims)
-        if tuple(param.shape) != dims:
+        """Whether ``param`` holds the initializer ``name`` as it is (not a transformed copy).
+
+        Shape, then a strided sample of at most ``_SPOT_CHECKS`` entries: a transposed, scaled
+        or reordered copy (onnx2torch's Gemm) differs in nearly every entry, so a few suffice,
+        where comparing every value cost more than the backward pass on a ResNet-50.
+        """
+        init = self.initializers[name]
+        if tuple(param.shape) != tuple(init.dims):
             return False
-        return torch.equal(param.detach(), self.tensor(name).to(param.dtype))
+        flat = param.detach().reshape(-1)
+        if flat.numel() == 0:
+            return True
+        step = max(1, flat.numel() // _SPOT_CHECKS)
+        expected = _strided_values(init, step)
+        if expected is None:
+            expected = self.tensor(name).reshape(-1)[::step]
+        return torch.equal(flat[::step], expected.to(param.dtype))
 
     def add_extra(self, node: NodeProto, path: str, param: nn.Parameter) -> None:
         name = f"{self.display[node.name]}.{path}"
@@ -214,20 +230,21 @@ class _Binder:
                     or not _all_finite(buffer)):
                 self.result.constants.append(name)
                 return
-            # The buffer is this use's own tensor (duplicates were dropped above): no copy, so
-            # a weight read from external data is held once.
+            # The buffer is this use's own tensor (onnx2torch's copy, or a weight read from
+            # external data, held once): the parameter takes its storage over, no copy.
             self.canonical[name] = nn.Parameter(buffer.detach())
         del container._buffers[attr]
         container.register_parameter(attr, self.canonical[name])
 
     def trainable_use(self, name: str) -> bool:
-        for node in self.graph.node:
-            for index, value in enumerate(node.input):
-                if value == name and _differentiable(node, index, self.opsets):
-                    return True
-            if name in self.subgraph_reads(node):  # a Loop body reading a weight by name
-                return True
-        return False
+        if self.trainable is None:
+            self.trainable = {value for node in self.graph.node
+                              for index, value in enumerate(node.input)
+                              if _differentiable(node, index, self.opsets)}
+        if name in self.trainable:
+            return True
+        # A Loop body reading a weight by name.
+        return any(name in self.subgraph_reads(node) for node in self.graph.node)
 
     def subgraph_reads(self, node: NodeProto) -> set[str]:
         if node.name not in self._subgraph_reads:
@@ -257,6 +274,15 @@ def _all_finite(tensor: torch.Tensor, chunk: int = 1 << 20) -> bool:
     and two masks (1.5x a large embedding table, measured), at load time's peak."""
     flat = tensor.detach().reshape(-1)
     return all(bool(torch.isfinite(part).all()) for part in flat.split(chunk))
+
+
+def _strided_values(init, step: int) -> torch.Tensor | None:
+    """Every ``step``-th value of a float32 initializer held as raw bytes, decoding nothing
+    else; None for other encodings (the caller decodes the whole tensor)."""
+    if init.data_type != TensorProto.FLOAT or not init.HasField("raw_data"):
+        return None
+    values = np.frombuffer(init.raw_data, dtype="<f4")[::step]
+    return torch.from_numpy(values.astype(np.float32))
 
 
 def _differentiable(node: NodeProto, index: int, opsets: dict[str, int]) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 from typing import Annotated
 
 from fastapi import APIRouter, Query
@@ -15,6 +16,7 @@ from service.routes._views import API_PREFIX, error_responses
 from service.schemas import JobStatus
 
 router = APIRouter(prefix=API_PREFIX, tags=["reports"])
+REPORT_WAIT_S = 30.0  # longest wait for a page being rendered before the plain fallback page
 
 
 @router.get(
@@ -39,6 +41,9 @@ def get_report(
         return HTMLResponse(comparison_page(jobs, owner, baseline=compare, job_id=job_id),
                             headers=headers)
     path = jobs.blobs.report_path(job_id)
+    deadline = time.monotonic() + REPORT_WAIT_S
+    while jobs.blobs.report_pending(job_id) and time.monotonic() < deadline:
+        time.sleep(0.05)  # the worker stored the result and is drawing the page right now
     if path.is_file():
         return FileResponse(path, media_type="text/html; charset=utf-8", headers=headers)
     return HTMLResponse(fallback_page(jobs.get(job_id, owner).result or {}), headers=headers)

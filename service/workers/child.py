@@ -54,13 +54,16 @@ def child_main(conn: Connection, settings_data: dict[str, Any]) -> None:
         except (EOFError, OSError):
             break
         try:
-            execute_job(job_id, store, blobs, settings)
+            execute_job(job_id, store, blobs, settings,
+                        on_stored=lambda job_id=job_id: conn.send(("stored", job_id)))
         except Exception as exc:  # the store failed under us: record what we can, keep serving
             log.exception("job %s could not be executed", job_id)
             _try_fail(store, job_id, exc)
-        conn.send(("done", job_id))
-        # A process that kept much of a big job's memory is replaced rather than reused.
-        if resident_bytes() - baseline > settings.job_memory_limit_bytes // 2:
+        # A process that kept much of a big job's memory is replaced rather than reused; it
+        # says so with "done", so that its supervisor sends the next job to the replacement.
+        retire = resident_bytes() - baseline > settings.job_memory_limit_bytes // 2
+        conn.send(("done", job_id, retire))
+        if retire:
             break
     store.dispose()
 

@@ -17,6 +17,7 @@ import multiprocessing
 import queue
 import threading
 import time
+from collections.abc import Callable
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
@@ -50,12 +51,14 @@ class LocalRunner:
         self._queue: queue.Queue[str] = queue.Queue()
         self._stopping = threading.Event()
         self._slots: list[_Slot] = []
+        self._watchers: dict[str, threading.Event] = {}
+        self._watch_lock = threading.Lock()
 
     def start(self) -> None:
         ctx = _context()
         store = Store(self.settings.store_url)
-        self._slots = [_Slot(i, ctx, self.settings, self._queue, self._stopping, store)
-                       for i in range(self.settings.workers)]
+        self._slots = [_Slot(i, ctx, self.settings, self._queue, self._stopping, store,
+                             self._finished) for i in range(self.settings.workers)]
         for slot in self._slots:
             slot.thread.start()
 
@@ -68,6 +71,25 @@ class LocalRunner:
         if self._stopping.is_set():
             raise ServiceUnavailableError("the worker pool is shutting down")
         self._queue.put(job_id)
+
+    def watch(self, job_id: str) -> threading.Event:
+        """An event set once ``job_id``'s result or error is stored (or its worker is gone).
+
+        Lets a request waiting on the job (``?wait``) answer at once instead of at its next
+        poll of the store. Call :meth:`unwatch` when done waiting.
+        """
+        with self._watch_lock:
+            return self._watchers.setdefault(job_id, threading.Event())
+
+    def unwatch(self, job_id: str) -> None:
+        with self._watch_lock:
+            self._watchers.pop(job_id, None)
+
+    def _finished(self, job_id: str) -> None:
+        with self._watch_lock:
+            event = self._watchers.get(job_id)
+        if event is not None:
+            event.set()
 
     def cancel(self, job_id: str) -> None:
         for slot in self._slots:
@@ -93,8 +115,9 @@ class _Slot:
     """One worker process and the thread that supervises it."""
 
     def __init__(self, index: int, ctx: Any, settings: Settings, jobs: queue.Queue[str],
-                 stopping: threading.Event, store: Store) -> None:
-        self.index, self.ctx, self.settings = index, ctx, settings
+                 stopping: threading.Event, store: Store,
+                 finished: Callable[[str], None]) -> None:
+        self.index, self.ctx, self.settings, self.finished = index, ctx, settings, finished
         self.jobs, self.stopping, self.store = jobs, stopping, store
         self.process: Any = None
         self.conn: Connection | None = None
@@ -172,6 +195,7 @@ class _Slot:
                 self._kill("time")
         with self.lock:
             self.job_id = None
+        self.finished(job_id)  # a death or a kill is stored by now too
 
     def _done(self, job_id: str) -> bool:
         assert self.conn is not None
@@ -179,7 +203,18 @@ class _Slot:
             message = self.conn.recv()
         except (EOFError, OSError):
             return False
-        return bool(message == ("done", job_id))
+        if message == ("stored", job_id):  # the result is in; the worker draws the page next
+            self.finished(job_id)
+            return False
+        if not (isinstance(message, tuple) and message[:2] == ("done", job_id)):
+            return False
+        if len(message) > 2 and message[2]:  # retiring: wait for it to exit, then start afresh
+            self.process.join(timeout=GRACE_S)
+            if self.process.is_alive():
+                self.process.kill()
+            self.process.join(timeout=GRACE_S)
+            self.ready = False
+        return True
 
     def _record_death(self, job_id: str) -> None:
         self.process.join(timeout=1.0)

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from diagnostics import diagnose
+from diagnostics.errors import ModelLoadError
 from diagnostics.repair import RemedyNotRepairableError
 from tests.onnx_export import export_legacy
 
@@ -153,6 +154,17 @@ def test_repaired_onnx_rediagnoses_as_verified():
         report.repaired_model("replace-activation")
     with pytest.raises(RemedyNotRepairableError, match="no remedy"):
         report.repaired_model("nonsense")
+
+
+def test_repaired_onnx_from_a_file_reads_it_again_and_refuses_a_changed_one(tmp_path):
+    path = tmp_path / "sigmoid.onnx"
+    path.write_bytes(_sigmoid_onnx())
+    report = diagnose(path, config={"samples": 1, "verify_remedies": False})
+    repaired = report.repaired_model("reinitialize")
+    assert repaired != path.read_bytes()
+    path.write_bytes(path.read_bytes() + b"\0")  # not the file that was diagnosed any more
+    with pytest.raises(ModelLoadError, match="changed since it was diagnosed"):
+        report.repaired_model("reinitialize")
 
 
 def test_verification_can_be_switched_off_or_bounded_by_size():

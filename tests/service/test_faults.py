@@ -606,6 +606,8 @@ def test_retention_deletes_finished_jobs_and_files_never_active_ones(
         with keeper.client() as client:
             old = _post(client, spec_mlp(width=9, name="expires"), SMALL, wait=60)
             assert old["status"] == "succeeded", dump(old)
+            # The page is drawn right after the result is stored; GET /report waits for it.
+            assert client.get(f"/v1/diagnoses/{old['id']}/report").status_code == 200
             assert {"spec.json", "report.html"} <= listing(jobs_dir / old["id"])
             running = _post(client, SLOW_SPEC, {**SLOW, "samples": 64, "seed": 80})
             worker_pid(cluster.data_dir, running["id"], cluster.store_url)
