@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextvars
 import hashlib
-import operator
 import types
 from collections.abc import Sequence
 from pathlib import Path
@@ -34,6 +33,7 @@ import diagnostics.loading.ops  # noqa: F401  (registers our converters with onn
 from diagnostics.errors import ModelLoadError, UnsupportedOperatorError
 from diagnostics.limits import DEFAULT_LIMITS, Limits
 from diagnostics.loading.external_data import prepare_external_data
+from diagnostics.loading.fx_outputs import return_graph_outputs
 from diagnostics.loading.onnx_checks import (
     check_budgets,
     check_supported_ops,
@@ -122,7 +122,7 @@ def load_onnx(data: bytes, *, name: str | None = None, limits: Limits = DEFAULT_
         module = _convert(model, inferred, display)
         bound = bind_parameters(module, model.graph, opset_versions(model), display)
     output_names = tuple(value.name for value in model.graph.output)
-    _return_outputs_in_order(module, model.graph)
+    return_graph_outputs(module, model.graph, unwrap_single=True)
     module.eval()
 
     return LoadedModel(
@@ -220,29 +220,6 @@ def _failing_node(exc: BaseException):
             return trace.tb_frame.f_locals.get("onnx_node")
         trace = trace.tb_next
     return None
-
-
-def _return_outputs_in_order(module: fx.GraphModule, graph: GraphProto) -> None:
-    """Make ``forward`` return exactly the graph outputs, in order.
-
-    onnx2torch returns each producing node's whole output once (a tuple for multi-output nodes,
-    deduplicated by node), which loses order and selection; rebuild the output from values.
-    """
-    fx_graph = module.graph
-    calls = {n.target: n for n in fx_graph.nodes if n.op == "call_module"}
-    producers = {out: (node, i) for node in graph.node for i, out in enumerate(node.output)}
-    old_output = next(n for n in fx_graph.nodes if n.op == "output")
-    values = []
-    with fx_graph.inserting_before(old_output):
-        for value in graph.output:
-            node, index = producers[value.name]  # check_outputs_computed guarantees it
-            call = calls[node.name]
-            if len(node.output) > 1:
-                call = fx_graph.call_function(operator.getitem, (call, index))
-            values.append(call)
-    fx_graph.erase_node(old_output)
-    fx_graph.output(values[0] if len(values) == 1 else tuple(values))
-    module.recompile()
 
 
 def _layers(graph: GraphProto, display: dict[str, str],

@@ -17,7 +17,6 @@ captured float tensor one step per iteration, the module records it in ``sequenc
 from __future__ import annotations
 
 import inspect
-import operator
 
 import onnx2torch
 import torch
@@ -27,6 +26,7 @@ from onnx2torch.onnx_node import OnnxNode
 from onnx2torch.utils.common import OnnxMapping, OnnxToTorchModule, OperationConverterResult
 from torch import fx, nn
 
+from diagnostics.loading.fx_outputs import return_graph_outputs
 from diagnostics.loading.onnx_graph import assign_safe_names, captured_names
 from diagnostics.loading.ops.registry import converter
 
@@ -131,25 +131,6 @@ def _body_model(body: GraphProto, captured: list[str], outer: OnnxGraph) -> Mode
     return helper.make_model(graph, opset_imports=opsets)
 
 
-def _return_values(module: fx.GraphModule, graph: GraphProto) -> None:
-    """Make the body module return exactly its graph outputs, in order (see loading.onnx)."""
-    fx_graph = module.graph
-    calls = {n.target: n for n in fx_graph.nodes if n.op == "call_module"}
-    producers = {out: (node, i) for node in graph.node for i, out in enumerate(node.output)}
-    old_output = next(n for n in fx_graph.nodes if n.op == "output")
-    values = []
-    with fx_graph.inserting_before(old_output):
-        for value in graph.output:
-            node, index = producers[value.name]
-            call = calls[node.name]
-            if len(node.output) > 1:
-                call = fx_graph.call_function(operator.getitem, (call, index))
-            values.append(call)
-    fx_graph.erase_node(old_output)
-    fx_graph.output(tuple(values))
-    module.recompile()
-
-
 def _sequence_read(body: GraphProto, captured: list[str]) -> tuple[str, int] | None:
     """(captured name, axis) of a ``Gather(captured, i)`` whose index is a loop counter.
 
@@ -179,7 +160,7 @@ def convert_loop(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
     captured = captured_names(proto)
     model = _body_model(body, captured, graph)
     module = onnx2torch.convert(model, attach_onnx_mapping=True)
-    _return_values(module, model.graph)
+    return_graph_outputs(module, model.graph, unwrap_single=False)
 
     trip, cond, *initial = node.input_values
     if any(not name for name in initial):
