@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.service.conftest import ROOT, ServiceProcess, free_port, onnx_mlp, spec_mlp
@@ -56,6 +57,25 @@ def test_vanishing_spec_exits_3_and_json_is_the_report(server: ServiceProcess,
     assert result.returncode == 3, result.stderr
     report = json.loads(result.stdout)
     assert report["verdict"]["status"] == "vanishing"
+
+
+def test_inconclusive_verdict_exits_4_and_metrics_count_it(server: ServiceProcess,
+                                                           tmp_path: Path) -> None:
+    # mean(y²) of a unit-gain LayerNorm output is constant: the caller's loss cannot tell.
+    spec = spec_mlp(width=16, name="ci-inconclusive")
+    spec["layers"][-1]["out_features"] = 16
+    spec["layers"].append({"type": "LayerNorm", "normalized_shape": 16, "eps": 1e-12})
+    model, config = tmp_path / "normalized.json", tmp_path / "loss.json"
+    model.write_text(json.dumps(spec))
+    config.write_text('{"samples": 1, "loss": "mean_square"}')
+    result = _submit(model, "--url", server.base_url, "--config", config, "--wait")
+    assert result.returncode == 4, result.stdout + result.stderr
+    assert "INCONCLUSIVE" in result.stdout
+    metrics = httpx.get(f"{server.base_url}/metrics", timeout=30).text
+    counted = [line for line in metrics.splitlines()
+               if line.startswith('graddoctor_verdicts{status="inconclusive"}')]
+    assert counted, metrics
+    assert int(counted[0].split()[-1]) >= 1, metrics
 
 
 def test_onnx_model_exits_0(server: ServiceProcess, files: dict[str, Path]) -> None:
