@@ -19,9 +19,10 @@ install: $(STAMP)
 serve: $(STAMP)
 	$(BIN)/graddoctor serve
 
-# CI's suite: everything but the exports of the larger model families (marked slow).
+# CI's suite: lint, then everything but the exports of the larger model families (marked slow).
 test: $(STAMP)
 	bash scripts/test-prereqs.sh
+	$(BIN)/ruff check diagnostics service tests bench scripts
 	$(BIN)/python -m pytest -q -m 'not slow'
 
 test-all: $(STAMP)
@@ -32,7 +33,7 @@ test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m 'not slow and not browser and not service'
 
 lint: $(STAMP)
-	$(BIN)/ruff check diagnostics service tests bench
+	$(BIN)/ruff check diagnostics service tests bench scripts
 
 # report.schema.json from the pydantic report models; a test fails when it is not current.
 schema: $(STAMP)

@@ -116,3 +116,9 @@ class ProbeError(DiagnosticsError):
 
     def __init__(self, detail: str, *, node: str | None = None) -> None:
         super().__init__(detail, node=node)
+
+
+class RemedyNotRepairableError(DiagnosticsError):
+    """The remedy does not exist, or changes more than initializer values."""
+
+    error_type = "remedy_not_repairable"

@@ -21,17 +21,11 @@ from torch import nn
 
 from diagnostics import edits
 from diagnostics.config import DiagnosisConfig
-from diagnostics.errors import DiagnosticsError
+from diagnostics.errors import RemedyNotRepairableError
 from diagnostics.inputs import SampleBatch
 from diagnostics.model import LoadedModel
 from diagnostics.probe import probe_mode
 from diagnostics.remedies import Candidate
-
-
-class RemedyNotRepairableError(DiagnosticsError):
-    """The remedy does not exist, or changes more than initializer values."""
-
-    error_type = "remedy_not_repairable"
 
 
 @dataclass
@@ -46,6 +40,13 @@ class RepairContext:
     data_dir: Path | None = None  # where the source's external data files are
     # An nn.Module source's (device, float dtype), which the probe may have changed.
     original: tuple[torch.device, torch.dtype] | None = None
+
+    # What the report calls: the report schema never imports this module (or torch).
+    def repaired_onnx(self, remedy_id: str) -> bytes:
+        return repaired_onnx(self, remedy_id)
+
+    def repaired_module(self, remedy_id: str) -> Any:
+        return repaired_module(self, remedy_id)
 
 
 def repaired_onnx(context: RepairContext, remedy_id: str) -> bytes:

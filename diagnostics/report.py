@@ -13,6 +13,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from diagnostics.config import DiagnosisConfig
+from diagnostics.errors import RemedyNotRepairableError
 
 SCHEMA_VERSION = "1.0"
 
@@ -300,7 +301,8 @@ class Report(_Model):
     timings: Timings
     notes: list[str] = Field(default_factory=list)
 
-    # In-memory only (never serialized): what repaired_model() needs.
+    # In-memory only (never serialized): what repaired_model() needs, attached by diagnose()
+    # (diagnostics.repair.RepairContext). The schema itself imports no engine module.
     _repair: Any = PrivateAttr(default=None)
 
     def repaired_model(self, remedy_id: str) -> bytes:
@@ -312,12 +314,10 @@ class Report(_Model):
             RemedyNotRepairableError: Unknown remedy, one that changes the architecture, a spec
                 source, or a report that was loaded from JSON.
         """
-        from diagnostics.repair import RemedyNotRepairableError, repaired_onnx
-
         if self._repair is None:
             raise RemedyNotRepairableError(
                 "this report holds no model (it was loaded from JSON); re-run diagnose")
-        return repaired_onnx(self._repair, remedy_id)
+        return self._repair.repaired_onnx(remedy_id)
 
     def repaired_module(self, remedy_id: str) -> Any:
         """A new ``torch.nn.Module`` with a repairable remedy applied, for reports of a module.
@@ -329,9 +329,7 @@ class Report(_Model):
             RemedyNotRepairableError: Unknown remedy, one that changes the architecture, a
                 source that was not an ``nn.Module``, or a report loaded from JSON.
         """
-        from diagnostics.repair import RemedyNotRepairableError, repaired_module
-
         if self._repair is None:
             raise RemedyNotRepairableError(
                 "this report holds no model (it was loaded from JSON); re-run diagnose")
-        return repaired_module(self._repair, remedy_id)
+        return self._repair.repaired_module(remedy_id)
