@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 
 from diagnostics.aggregate import is_weight, make_stat
 from diagnostics.config import DiagnosisConfig, Thresholds
-from diagnostics.loading.onnx_folding import FOLDING_ADVICE
 from diagnostics.model import LayerKind, LoadedModel
 from diagnostics.probe import SampleObservation
 from diagnostics.report import (
@@ -38,6 +37,7 @@ from diagnostics.report import (
     Verdict,
 )
 from diagnostics.scales import reference_norm
+from diagnostics.verdict_summary import deciding_rule, summarize
 
 # A float64 re-measurement that falls this much further than the probe's own shows the probe saw
 # rounding noise: an exact invariance gives ~1e-16 in float64 and ~1e-7 in float32. A float64
@@ -227,7 +227,7 @@ def judge(model: LoadedModel, layers: list[LayerReport], samples: list[SampleObs
         flags.append(Flag.NON_FINITE)
     if any(sample.nonfinite_inputs for sample in samples):
         flags.append(Flag.NONFINITE_INPUT)
-    summary = _summary(status, rules, evidence, samples, facts)
+    summary = summarize(status, rules, evidence, samples, facts.substituted_readouts)
     return Verdict(status=status, summary=summary, flags=flags, evidence=evidence), per_sample
 
 
@@ -453,11 +453,6 @@ _STATUS_OF_RULE = {
 }
 
 
-def deciding_rule(rules: list[RuleCheck]) -> RuleCheck | None:
-    """The first fired rule in order of precedence: the one that sets the status."""
-    return next((rule for rule in rules if rule.fired), None)
-
-
 def _status(rules: list[RuleCheck]) -> Status:
     rule = deciding_rule(rules)
     return _STATUS_OF_RULE[rule.rule] if rule else Status.HEALTHY
@@ -477,123 +472,3 @@ def _sample_status(sample: SampleObservation, ratio: SignalRatio | None,
     if ratio.robust < thresholds.vanishing_ratio:
         return Status.VANISHING
     return Status.HEALTHY
-
-
-def _profile_text(evidence: Evidence) -> str | None:
-    ratio = evidence.backward_signal_ratio.median if evidence.backward_signal_ratio else None
-    raw = evidence.backward_signal_ratio_raw.median if evidence.backward_signal_ratio_raw else None
-    if ratio is None:
-        return None
-    gain = f", {evidence.per_layer_gain:.3g}× per layer" if evidence.per_layer_gain else ""
-    shown = f"{raw:.3g}× (width-corrected {ratio:.3g}×)" if raw is not None and \
-        f"{raw:.3g}" != f"{ratio:.3g}" else f"{ratio:.3g}×"
-    return (f"the backward signal at {evidence.deepest_layer} is {shown} that at "
-            f"{evidence.shallowest_layer}{gain}")
-
-
-def _summary(status: Status, rules: list[RuleCheck], evidence: Evidence,
-             samples: list[SampleObservation], facts: Facts) -> str:
-    rule = deciding_rule(rules)
-    profile = _profile_text(evidence)
-    if rule is None:
-        extra = _readout_text(evidence, facts)
-        if profile:
-            return f"Healthy: {profile}, within the thresholds; no rule fired.{extra}"
-        return ("Healthy: no rule fired (fewer than two hidden layers with parameters to "
-                f"compare).{extra}")
-    text = _RULE_TEXT[rule.rule](evidence, rule, samples)
-    return f"{status.value.capitalize()} ({rule.rule}): {text}"
-
-
-def _readout_text(evidence: Evidence, facts: Facts) -> str:
-    if facts.substituted_readouts:
-        return (f" The readout {', '.join(facts.substituted_readouts)} is zero-initialized: the "
-                "body gets no gradient until it moves, so the body was probed with it at a "
-                "fan-in initialization.")
-    return ""
-
-
-def _non_finite_text(evidence: Evidence, _rule: RuleCheck,
-                     samples: list[SampleObservation]) -> str:
-    bad_inputs = sorted({name for s in samples for name in s.nonfinite_inputs})
-    if bad_inputs:
-        return (f"gradients are NaN/Inf, but the sample inputs {', '.join(bad_inputs)} already "
-                "hold NaN/Inf values; fix the inputs first.")
-    where = evidence.first_nonfinite_forward or evidence.first_nonfinite_backward
-    phase = "forward pass" if evidence.first_nonfinite_forward else "backward pass"
-    located = f", first in the {phase} at {where}" if where else ""
-    return f"{evidence.nonfinite_count} NaN/Inf values{located}."
-
-
-def _no_gradient_text(evidence: Evidence, _rule: RuleCheck, _samples: list) -> str:
-    where = evidence.gradient_stops_at
-    if where == "the outputs":
-        return ("no parameter receives any gradient: the loss does not depend differentiably "
-                "on the outputs (an argmax, a rounding or a constant output), so nothing can "
-                "learn.")
-    return (f"no parameter receives any gradient: the gradient reaches {where} and stops "
-            f"there — its output does not change with its input (a constant output such as a "
-            f"softmax over one unit, a zero-width path), so nothing below it can ever learn.")
-
-
-def _dead_text(evidence: Evidence, _rule: RuleCheck, _samples: list) -> str:
-    return (f"layer {evidence.dead_layers_blocking[0]} is dead (no unit active on any sample), so "
-            "every layer below it receives exactly zero gradient.")
-
-
-def _rounding_text(evidence: Evidence, rule: RuleCheck, _samples: list) -> str:
-    exact = evidence.rounding_noise_ratio_float64
-    confirmed = (f"; in float64 it falls to {exact:.3g}, so it is rounding noise"
-                 if exact is not None else "; it could not be re-measured in float64")
-    return (f"the gradient below {evidence.rounding_noise_layer} is "
-            f"{evidence.rounding_noise_ratio:.3g}× the gradient at it, float rounding level"
-            f"{confirmed}: the loss is (nearly) invariant to that layer's input (e.g. mean(y²) "
-            "or sum(y) of a normalized output is constant), so nothing can be said about the "
-            "layers below. Use loss 'random_projection' (the default) or 'cross_entropy'.")
-
-
-def _folded_text(evidence: Evidence, _rule: RuleCheck, _samples: list) -> str:
-    names = evidence.folded_normalization
-    return (f"the exporter folded BatchNorm into {len(names)} node(s) (e.g. {names[0]}), so "
-            "this file is an un-normalized network, not the one that trains, and its gradients "
-            f"say nothing reliable about training. To diagnose it, {FOLDING_ADVICE}.")
-
-
-def _forward_text(evidence: Evidence, rule: RuleCheck, _samples: list) -> str:
-    where = evidence.readout_layers[0] if evidence.readout_layers else "the output layer"
-    return (f"the activations at {where} are {rule.value:.3g}× the inputs' RMS (threshold "
-            f"{rule.threshold:g}×): the forward pass amplifies its input so much that a training "
-            "loss on these outputs diverges in the first steps.")
-
-
-def _profile_rule_text(evidence: Evidence, rule: RuleCheck, _samples: list) -> str:
-    side = "above" if rule.rule.endswith("exploding") else "below"
-    extra = (f"; {len(evidence.saturated_layers)} saturated layer(s)"
-             if evidence.saturated_layers and side == "below" else "")
-    return (f"{_profile_text(evidence)} ({side} the threshold {rule.threshold:g}×){extra}.")
-
-
-def _temporal_text(_evidence: Evidence, rule: RuleCheck, _samples: list) -> str:
-    return (f"the ungated recurrent cell's gradient reaches back only {rule.value:.0f} steps "
-            f"of the sequence (threshold {rule.threshold:.0f}): it cannot learn dependencies "
-            "on the sequence's early steps. Gated cells (LSTM/GRU) carry them.")
-
-
-def _relative_text(evidence: Evidence, rule: RuleCheck, _samples: list) -> str:
-    return (f"one SGD step at the configured learning rate changes "
-            f"{evidence.max_relative_step_parameter} by {rule.value:.3g}× its scale "
-            f"(threshold {rule.threshold:g}×): the first step overwrites the weight.")
-
-
-_RULE_TEXT = {
-    "non_finite": _non_finite_text,
-    "dead_layer": _dead_text,
-    "no_gradient": _no_gradient_text,
-    "rounding_noise": _rounding_text,
-    "folded_batchnorm": _folded_text,
-    "forward_scale_exploding": _forward_text,
-    "backward_signal_exploding": _profile_rule_text,
-    "backward_signal_vanishing": _profile_rule_text,
-    "temporal_vanishing": _temporal_text,
-    "relative_update": _relative_text,
-}
