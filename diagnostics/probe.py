@@ -99,7 +99,7 @@ def probe_mode(module: nn.Module, norm_stats: NormStats) -> Iterator[None]:
 SUMMARIZE_AT_ONCE_ELEMENTS = 1 << 20
 
 
-def run_sample(model: LoadedModel, batch: SampleBatch, config: DiagnosisConfig, *,
+def run_sample(model: LoadedModel, batch: SampleBatch, config: DiagnosisConfig, *,  # noqa: C901
                input_grads: frozenset[str] = frozenset()) -> SampleObservation:
     """Run one forward+backward pass on ``batch`` and collect the statistics.
 

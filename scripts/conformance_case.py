@@ -124,7 +124,7 @@ def _category(schema: OpSchema, slot: int):
     return formals[min(slot, len(formals) - 1)].differentiation_category
 
 
-def evaluate(model: ModelProto, inputs: list[Any], expected: list[Any], *,
+def evaluate(model: ModelProto, inputs: list[Any], expected: list[Any], *,  # noqa: C901
              gradcheck: bool) -> Outcome:
     """Load, run and check one case.
 

@@ -147,7 +147,7 @@ def fill_from_report(row: Row, report) -> None:
     row.total_s = report.timings.total_s
 
 
-def survey(names: list[str], exporters: list[str], losses: list[str], cache: Path,
+def survey(names: list[str], exporters: list[str], losses: list[str], cache: Path,  # noqa: C901
            progress, *, reuse: bool = False) -> list[Row]:
     """Export each model with each exporter (once, into ``cache``) and diagnose each file.
 

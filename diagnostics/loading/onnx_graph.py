@@ -298,7 +298,7 @@ _TO_THE_END = 2**62  # Slice ends at or above this take everything (exporters wr
 Dim = int | str | None
 
 
-def symbol_bounds(graph: GraphProto) -> dict[str, int]:
+def symbol_bounds(graph: GraphProto) -> dict[str, int]:  # noqa: C901
     """The largest size a symbolic dimension can take where a position table bounds it.
 
     ``graph`` must carry inferred shapes (``value_info``), so a ``Shape`` node's input names its

@@ -38,7 +38,7 @@ _STATUS_STYLE = {Status.HEALTHY: "bold green", Status.VANISHING: "bold yellow",
 _MAX_LISTED_LAYERS = 8
 
 
-def render_text(report: Report, color: bool = False, width: int = 120) -> str:
+def render_text(report: Report, color: bool = False, width: int = 120) -> str:  # noqa: C901
     """Render a report as plain or ANSI-coloured text.
 
     Args:

@@ -122,7 +122,7 @@ def machine_limits(args: argparse.Namespace) -> Any:
     return limits
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:  # noqa: C901
     from diagnostics.errors import DiagnosticsError
 
     if (args.fix is None) != (args.fix_output is None):

@@ -52,7 +52,7 @@ class Activation:
             beta = betas.pop(0)
         return cls(key, float(alpha or 0.0), float(beta or 0.0))
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:  # noqa: C901
         """f(x)."""
         name, alpha, beta = self.name, self.alpha, self.beta
         if name == "sigmoid":

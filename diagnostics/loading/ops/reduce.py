@@ -39,7 +39,7 @@ def _empty_set_value(op_type: str, dtype: torch.dtype) -> float | int:
     return info.min if value < 0 else info.max
 
 
-def _reduce(op_type: str, data: torch.Tensor, dims: list[int], keepdim: bool) -> torch.Tensor:
+def _reduce(op_type: str, data: torch.Tensor, dims: list[int], keepdim: bool) -> torch.Tensor:  # noqa: C901
     if op_type == "ReduceSum":
         return torch.sum(data, dim=dims, keepdim=keepdim)
     if op_type == "ReduceMean":
