@@ -3,6 +3,9 @@
 - ``diagnostics`` is a pure library: no module of it imports ``service`` (lazily or not).
 - The report schema and the package's public face import no engine module: a pipeline client
   that only reads reports (``graddoctor submit``, the renderers) starts without torch.
+- No import circle among the modules of ``diagnostics`` and ``service``, lazy (function-level)
+  imports included; ``from package import submodule`` counts as importing the submodule, and
+  imports under ``if TYPE_CHECKING:`` (never run) do not count.
 """
 
 from __future__ import annotations
@@ -33,6 +36,53 @@ def test_diagnostics_never_imports_service():
         for path in (ROOT / "diagnostics").rglob("*.py")
     }
     assert {path: names for path, names in offenders.items() if names} == {}
+
+
+def _module_names() -> dict[str, Path]:
+    modules = {}
+    for package in ("diagnostics", "service"):
+        for path in (ROOT / package).rglob("*.py"):
+            name = ".".join(path.relative_to(ROOT).with_suffix("").parts)
+            modules[name.removesuffix(".__init__")] = path
+    return modules
+
+
+def _runtime_imports(path: Path, modules: dict[str, Path]) -> set[str]:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    skipped = {id(child) for node in ast.walk(tree)
+               if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+               for child in ast.walk(node)}
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if id(node) in skipped:
+            continue
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names if alias.name in modules)
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            submodules = {f"{node.module}.{alias.name}" for alias in node.names} & set(modules)
+            found |= submodules or ({node.module} & set(modules))
+    return found
+
+
+def test_no_import_circles():
+    modules = _module_names()
+    graph = {name: _runtime_imports(path, modules) - {name} for name, path in modules.items()}
+    circles = []
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+
+    def visit(name: str, path: list[str]) -> None:
+        state[name] = 1
+        for target in sorted(graph[name]):
+            if state.get(target) == 1:
+                circles.append([*path[path.index(target):], target])
+            elif target not in state:
+                visit(target, [*path, target])
+        state[name] = 2
+
+    for name in sorted(graph):
+        if name not in state:
+            visit(name, [name])
+    assert circles == []
 
 
 def test_report_schema_and_public_face_import_no_engine():
