@@ -60,7 +60,6 @@ class SampleObservation:
     first_nonfinite_forward: str | None = None
     first_nonfinite_backward: str | None = None
     nonfinite_inputs: list[str] = field(default_factory=list)
-    input_grads: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 @contextmanager
@@ -99,15 +98,14 @@ def probe_mode(module: nn.Module, norm_stats: NormStats) -> Iterator[None]:
 SUMMARIZE_AT_ONCE_ELEMENTS = 1 << 20
 
 
-def run_sample(model: LoadedModel, batch: SampleBatch, config: DiagnosisConfig, *,  # noqa: C901
-               input_grads: frozenset[str] = frozenset()) -> SampleObservation:
+def run_sample(model: LoadedModel, batch: SampleBatch,  # noqa: C901
+               config: DiagnosisConfig) -> SampleObservation:
     """Run one forward+backward pass on ``batch`` and collect the statistics.
 
     Args:
         model: The loaded model; call inside :func:`probe_mode`.
         batch: Inputs in the model's input order.
         config: Loss, thresholds.
-        input_grads: Names of float inputs whose full gradient is kept (temporal profiles).
 
     Raises:
         ProbeError: The forward or backward pass raised (shape mismatch, bad ids ...).
@@ -176,9 +174,7 @@ def run_sample(model: LoadedModel, batch: SampleBatch, config: DiagnosisConfig, 
 
         return hook
 
-    inputs = tuple(
-        tensor.detach().requires_grad_(True) if model.inputs[i].name in input_grads else tensor
-        for i, tensor in enumerate(batch.tensors))
+    inputs = batch.tensors
     try:
         for index, layer in enumerate(model.layers):
             submodule = model.module.get_submodule(layer.module_path)
@@ -203,11 +199,6 @@ def run_sample(model: LoadedModel, batch: SampleBatch, config: DiagnosisConfig, 
             observed.parameters[name] = summarize_grad(
                 grad, fp16_normal_min=thresholds.fp16_normal_min, owned=True)
             del grad
-        for name in input_grads:
-            position = next(i for i, spec in enumerate(model.inputs) if spec.name == name)
-            grad = inputs[position].grad
-            if grad is not None:
-                observed.input_grads[name] = grad.detach()
     finally:
         for handle in handles:
             handle.remove()

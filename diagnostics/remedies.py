@@ -120,7 +120,7 @@ def _replace_activation(context: Context) -> Candidate | None:
                 "reinitialized_layers": [model.layers[f].name for f in feeding]},
     )
 
-    def edit(copy: LoadedModel, _batches: list[SampleBatch]) -> None:
+    def edit(copy: LoadedModel, _batches: list[SampleBatch]) -> LoadedModel:
         updated = {i: edits.swap_activation(copy, copy.layers[i], nn.ReLU(), Activation.RELU)
                    for i in targets}
         edits.replace_layers(copy, updated)
@@ -167,7 +167,7 @@ def _fix_dead_units(context: Context) -> Candidate | None:
                 "zero_biases": [b[0] for b in biases.values() if b]},
     )
 
-    def edit(copy: LoadedModel, _batches: list[SampleBatch]) -> None:
+    def edit(copy: LoadedModel, _batches: list[SampleBatch]) -> LoadedModel:
         import torch
 
         updated = {i: edits.swap_activation(copy, copy.layers[i], nn.LeakyReLU(0.01),
@@ -235,7 +235,7 @@ def _reinitialize(context: Context) -> Candidate | None:
         repairable=True,
     )
 
-    def edit(copy: LoadedModel, _batches: list[SampleBatch]) -> None:
+    def edit(copy: LoadedModel, _batches: list[SampleBatch]) -> LoadedModel:
         edits.reinitialize(copy, {p["parameter"]: edits.InitChoice(p["std"], p["input_mean"])
                                   for p in off}, config.seed)
         return copy
@@ -266,7 +266,7 @@ def _data_dependent_init(context: Context) -> Candidate | None:
         repairable=True,
     )
 
-    def edit(copy: LoadedModel, batches: list[SampleBatch]) -> None:
+    def edit(copy: LoadedModel, batches: list[SampleBatch]) -> LoadedModel:
         edits.rescale_data_dependent(copy, batches[0].tensors)
         return copy
 

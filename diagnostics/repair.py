@@ -145,7 +145,6 @@ def _edited_copy(context: RepairContext, candidate: Candidate) -> LoadedModel:
         return candidate.edit(copy, context.batches)
 
 
-def write_repaired_model(report: Any, remedy_id: str, _source: str | Path, output: str | Path,
-                         **_ignored: Any) -> None:
+def write_repaired_model(report: Any, remedy_id: str, output: str | Path) -> None:
     """CLI helper: write ``report.repaired_model(remedy_id)`` to ``output``."""
     Path(output).write_bytes(report.repaired_model(remedy_id))

@@ -142,8 +142,7 @@ def run(args: argparse.Namespace) -> int:  # noqa: C901
             if args.fix:
                 from diagnostics.repair import write_repaired_model
 
-                write_repaired_model(report, args.fix, args.model, args.fix_output,
-                                     config=config, inputs=args.inputs)
+                write_repaired_model(report, args.fix, args.fix_output)
     except UsageError as exc:
         return _fail(str(exc), ExitCode.BAD_INPUT)
     except DiagnosticsError as exc:

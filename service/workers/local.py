@@ -105,11 +105,6 @@ class LocalRunner:
     def pending_ids(self) -> set[str] | None:
         return None  # an in-process queue loses nothing while the service runs
 
-    @property
-    def ready_workers(self) -> int:
-        """Worker processes that are warm (started and past their imports)."""
-        return sum(slot.ready for slot in self._slots)
-
 
 class _Slot:
     """One worker process and the thread that supervises it."""
