@@ -1,5 +1,5 @@
-"""What a local run shows on the user's terminal besides the report: progress with an ETA, and
-no third-party warnings unless asked for.
+"""What a local run shows on the user's terminal: the report (stdout or --output), one-line
+errors, progress with an ETA, and no third-party warnings unless asked for.
 
 Converters and tracers warn about their own internals (onnx2torch's ``UserWarning`` about
 non-tuple indexing, torch's ``TracerWarning``s): nothing a user can act on, and noise around a
@@ -15,6 +15,32 @@ import time
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
+
+from service.exit_codes import ExitCode
+
+
+def fail(message: str, code: ExitCode) -> int:
+    """The CLI's one-line error on stderr; returns the exit status to end with."""
+    print(f"graddoctor: error: {message}", file=sys.stderr)
+    return code
+
+
+def emit(text: str, output: str | None) -> int | None:
+    """Write ``text`` to the ``--output`` file, or to stdout (newline-terminated).
+
+    Returns:
+        None when written, else the exit status of the one-line error already printed.
+    """
+    if output:
+        try:
+            Path(output).write_text(text)
+        except OSError as exc:
+            return fail(f"cannot write {output}: {exc.strerror}", ExitCode.BAD_INPUT)
+    else:
+        sys.stdout.write(text if text.endswith("\n") else text + "\n")
+    return None
+
 
 # "probing sample 2/3", "verifying remedy 1/4 (reinitialize)": a stage name and a count.
 _COUNTED = re.compile(r"^(?P<stage>.*?)\s(?P<done>\d+)/(?P<total>\d+)\b")

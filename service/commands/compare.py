@@ -9,11 +9,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
-from service.commands._console import progress_display, quiet_third_party
+from service.commands._console import emit, fail, progress_display, quiet_third_party
 from service.commands.diagnose import (
     UsageError,
     add_config_arguments,
@@ -48,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     from diagnostics.errors import DiagnosticsError
 
     if not args.factor > 1 or args.factor == float("inf"):
-        return _fail(f"--factor must be a finite number > 1, got {args.factor}",
+        return fail(f"--factor must be a finite number > 1, got {args.factor}",
                      ExitCode.BAD_INPUT)
     try:
         config = build_config(args)
@@ -57,26 +56,22 @@ def run(args: argparse.Namespace) -> int:
             after = _report(args.after, args, config, say, "after")
         comparison = compare_reports(before, after, args.factor)
     except UsageError as exc:
-        return _fail(str(exc), ExitCode.BAD_INPUT)
+        return fail(str(exc), ExitCode.BAD_INPUT)
     except DiagnosticsError as exc:
-        return _fail(exc.detail, ExitCode.BAD_INPUT)
+        return fail(exc.detail, ExitCode.BAD_INPUT)
     except Exception as exc:  # one line, never a traceback
         if os.environ.get("GRADDOCTOR_DEBUG"):
             raise
-        return _fail(f"internal error: {type(exc).__name__}: {exc}", ExitCode.INTERNAL)
+        return fail(f"internal error: {type(exc).__name__}: {exc}", ExitCode.INTERNAL)
     if args.format == "json":
         text = comparison.model_dump_json(indent=2) + "\n"
     else:
         from diagnostics.render.comparison import render_comparison_text
 
         text = render_comparison_text(comparison, top=args.top)
-    if args.output:
-        try:
-            Path(args.output).write_text(text)
-        except OSError as exc:
-            return _fail(f"cannot write {args.output}: {exc.strerror}", ExitCode.BAD_INPUT)
-    else:
-        sys.stdout.write(text)
+    failed = emit(text, args.output)
+    if failed is not None:
+        return failed
     return ExitCode.REGRESSED if comparison.worse else ExitCode.HEALTHY
 
 
@@ -113,8 +108,3 @@ def _json_document(file: Path) -> Any:
         return json.loads(file.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return None  # diagnose() reads it again and names the problem
-
-
-def _fail(message: str, code: ExitCode) -> int:
-    print(f"graddoctor: error: {message}", file=sys.stderr)
-    return code

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from service.commands._console import progress_display, quiet_third_party
+from service.commands._console import emit, fail, progress_display, quiet_third_party
 from service.exit_codes import ExitCode, for_verdict
 
 
@@ -122,17 +122,17 @@ def machine_limits(args: argparse.Namespace) -> Any:
     return limits
 
 
-def run(args: argparse.Namespace) -> int:  # noqa: C901
+def run(args: argparse.Namespace) -> int:
     from diagnostics.errors import DiagnosticsError
 
     if (args.fix is None) != (args.fix_output is None):
-        return _fail("--fix and --fix-output go together", ExitCode.BAD_INPUT)
+        return fail("--fix and --fix-output go together", ExitCode.BAD_INPUT)
     try:
         config = build_config(args)
         if not Path(args.model).is_file():
-            return _fail(f"model file {args.model} does not exist", ExitCode.BAD_INPUT)
+            return fail(f"model file {args.model} does not exist", ExitCode.BAD_INPUT)
         if args.data_dir is not None and not Path(args.data_dir).is_dir():
-            return _fail(f"data folder {args.data_dir} does not exist", ExitCode.BAD_INPUT)
+            return fail(f"data folder {args.data_dir} does not exist", ExitCode.BAD_INPUT)
         limits = machine_limits(args)
         with quiet_third_party(args.verbose), progress_display() as say:
             from diagnostics import diagnose  # torch and the converters: their import warns too
@@ -144,22 +144,16 @@ def run(args: argparse.Namespace) -> int:  # noqa: C901
 
                 write_repaired_model(report, args.fix, args.fix_output)
     except UsageError as exc:
-        return _fail(str(exc), ExitCode.BAD_INPUT)
+        return fail(str(exc), ExitCode.BAD_INPUT)
     except DiagnosticsError as exc:
-        return _fail(exc.detail, ExitCode.BAD_INPUT)
+        return fail(exc.detail, ExitCode.BAD_INPUT)
     except Exception as exc:  # the CLI's promise: one line, never a traceback
         if os.environ.get("GRADDOCTOR_DEBUG"):
             raise
-        return _fail(f"internal error: {type(exc).__name__}: {exc}", ExitCode.INTERNAL)
+        return fail(f"internal error: {type(exc).__name__}: {exc}", ExitCode.INTERNAL)
     text = _render(report, args.format, color=args.output is None and sys.stdout.isatty())
-    if args.output:
-        try:
-            Path(args.output).write_text(text)
-        except OSError as exc:
-            return _fail(f"cannot write {args.output}: {exc.strerror}", ExitCode.BAD_INPUT)
-    else:
-        sys.stdout.write(text if text.endswith("\n") else text + "\n")
-    return for_verdict(report.verdict.status)
+    failed = emit(text, args.output)
+    return failed if failed is not None else for_verdict(report.verdict.status)
 
 
 def _render(report: Any, fmt: str, *, color: bool) -> str:
@@ -168,8 +162,3 @@ def _render(report: Any, fmt: str, *, color: bool) -> str:
     from diagnostics.render.text import render_text
 
     return render_text(report, color=color)
-
-
-def _fail(message: str, code: ExitCode) -> int:
-    print(f"graddoctor: error: {message}", file=sys.stderr)
-    return code
