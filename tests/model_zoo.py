@@ -15,7 +15,7 @@ import os
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import NamedTuple, Protocol, TypeVar
 
 import onnx
 import torch
@@ -39,6 +39,13 @@ EXPORTERS: tuple[Exporter, ...] = ("legacy", "dynamo")
 # BatchNorm stays separate and weights keep their names.
 LEGACY_OPSET, DYNAMO_OPSET = 17, 18
 NameMap = Callable[[str, Exporter], str | None]
+
+
+class _HasModule(Protocol):
+    module: nn.Module
+
+
+Built = TypeVar("Built", bound=_HasModule)
 
 
 def same_name(name: str, exporter: Exporter) -> str | None:
@@ -88,41 +95,42 @@ class Family:
     token_inputs: tuple[str, ...] = field(default=())
 
 
-def _seeded(build: Callable[[], ZooModel]) -> Callable[[], ZooModel]:
-    def seeded() -> ZooModel:
+def seeded(build: Callable[[], Built]) -> Callable[[], Built]:
+    """Build under seed 0 (the global RNG left as it was), in eval mode."""
+    def built() -> Built:
         with torch.random.fork_rng():
             torch.manual_seed(0)
             model = build()
         model.module.eval()
         return model
 
-    seeded.__name__ = build.__name__
-    seeded.__doc__ = build.__doc__
-    return seeded
+    built.__name__ = build.__name__
+    built.__doc__ = build.__doc__
+    return built
 
 
-def _image(batch: int = 2, size: int = 64) -> tuple[torch.Tensor, ...]:
+def image(batch: int = 2, size: int = 64) -> tuple[torch.Tensor, ...]:
     return (torch.randn(batch, 3, size, size),)
 
 
 # --- torchvision ------------------------------------------------------------------------------
 
 
-@_seeded
+@seeded
 def resnet18() -> ZooModel:
     """torchvision ResNet-18: residual blocks, BatchNorm, max and adaptive average pooling."""
     net = torchvision.models.resnet18(weights=None, num_classes=10)
-    return ZooModel(net, _image(), ("input",), None, same_name)
+    return ZooModel(net, image(), ("input",), None, same_name)
 
 
-@_seeded
+@seeded
 def mobilenet_v3_small() -> ZooModel:
     """torchvision MobileNetV3-Small: depthwise convs, squeeze-excitation, hardswish."""
     net = torchvision.models.mobilenet_v3_small(weights=None, num_classes=10)
-    return ZooModel(net, _image(), ("input",), None, same_name)
+    return ZooModel(net, image(), ("input",), None, same_name)
 
 
-@_seeded
+@seeded
 def convnext() -> ZooModel:
     """torchvision ConvNeXt: 7x7 depthwise convs, channels-last LayerNorm, layer scale.
 
@@ -134,17 +142,17 @@ def convnext() -> ZooModel:
 
     blocks = [CNBlockConfig(24, 48, 1), CNBlockConfig(48, 96, 1), CNBlockConfig(96, 192, 2),
               CNBlockConfig(192, None, 1)]
-    return ZooModel(ConvNeXt(blocks, num_classes=10), _image(batch=1), ("input",), None,
+    return ZooModel(ConvNeXt(blocks, num_classes=10), image(batch=1), ("input",), None,
                     same_name)
 
 
-@_seeded
+@seeded
 def vit() -> ZooModel:
     """A two-layer torchvision VisionTransformer: patch conv, class token, MultiheadAttention."""
     net = torchvision.models.VisionTransformer(
         image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=32, mlp_dim=64,
         num_classes=10)
-    return ZooModel(net, _image(size=32), ("input",), None, same_name)
+    return ZooModel(net, image(size=32), ("input",), None, same_name)
 
 
 # --- hand-built -------------------------------------------------------------------------------
@@ -180,10 +188,10 @@ class TinyUNet(nn.Module):
         return self.head(self.dec1(torch.cat([up1, s1], dim=1)))
 
 
-@_seeded
+@seeded
 def unet() -> ZooModel:
     """:class:`TinyUNet` on 2x3x32x32."""
-    return ZooModel(TinyUNet(), _image(size=32), ("input",), None, same_name)
+    return ZooModel(TinyUNet(), image(size=32), ("input",), None, same_name)
 
 
 class RecurrentClassifier(nn.Module):
@@ -208,25 +216,25 @@ def _recurrent(cell: type[nn.RNNBase], *, bidirectional: bool = False) -> ZooMod
                     {"input": {0: "batch", 1: "time"}}, same_name)
 
 
-@_seeded
+@seeded
 def lstm() -> ZooModel:
     """2-layer ``nn.LSTM`` + Linear head, batch-first, 12 steps (batch and time dynamic)."""
     return _recurrent(nn.LSTM)
 
 
-@_seeded
+@seeded
 def bilstm() -> ZooModel:
     """2-layer bidirectional ``nn.LSTM`` + Linear head, batch-first, 12 steps."""
     return _recurrent(nn.LSTM, bidirectional=True)
 
 
-@_seeded
+@seeded
 def gru() -> ZooModel:
     """2-layer ``nn.GRU`` + Linear head, batch-first, 12 steps (batch and time dynamic)."""
     return _recurrent(nn.GRU)
 
 
-@_seeded
+@seeded
 def rnn() -> ZooModel:
     """2-layer tanh ``nn.RNN`` + Linear head, batch-first, 12 steps (batch and time dynamic)."""
     return _recurrent(nn.RNN)
@@ -249,7 +257,7 @@ class AudioNet(nn.Module):
         return self.head(self.features(x).mean(dim=-1))
 
 
-@_seeded
+@seeded
 def audio_cnn() -> ZooModel:
     """:class:`AudioNet` on two 256-sample waveforms; batch and length dynamic."""
     return ZooModel(AudioNet(), (torch.randn(2, 1, 256),), ("input",),
@@ -273,7 +281,7 @@ class TiedAutoencoder(nn.Module):
         return F.linear(h, self.enc1.weight.T, self.dec_bias1)
 
 
-@_seeded
+@seeded
 def tied_mlp() -> ZooModel:
     """:class:`TiedAutoencoder` on 4x16."""
     return ZooModel(TiedAutoencoder(), (torch.randn(4, 16),), ("input",), None, same_name)
@@ -313,7 +321,7 @@ def _token_inputs() -> tuple[torch.Tensor, torch.Tensor]:
 _TOKEN_AXES = {name: {0: "batch", 1: "sequence"} for name in ("input_ids", "attention_mask")}
 
 
-@_seeded
+@seeded
 def bert() -> ZooModel:
     """A 2-layer BERT encoder (``transformers.BertModel``) with the three inputs exports carry.
 
@@ -331,7 +339,7 @@ def bert() -> ZooModel:
     return ZooModel(_Seq2Tuple(BertModel(config)), (ids, mask, segments), names, axes, same_name)
 
 
-@_seeded
+@seeded
 def gpt2() -> ZooModel:
     """A 2-layer GPT-2 LM (``transformers.GPT2LMHeadModel``) with its tied output head.
 

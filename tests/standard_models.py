@@ -35,6 +35,8 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from tests.model_zoo import image, seeded
+
 # transformers and timm must never reach the hub: everything is built from config objects.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -74,51 +76,34 @@ class StandardModel:
     slow: bool = True
 
 
-def _seeded(build: Callable[[], Exportable]) -> Callable[[], Exportable]:
-    def seeded() -> Exportable:
-        with torch.random.fork_rng():
-            torch.manual_seed(0)
-            model = build()
-        model.module.eval()
-        return model
-
-    seeded.__name__ = build.__name__
-    seeded.__doc__ = build.__doc__
-    return seeded
-
-
-def _image(size: int = 64, batch: int = 2) -> tuple[torch.Tensor, ...]:
-    return (torch.randn(batch, 3, size, size),)
-
-
 # --- torchvision ------------------------------------------------------------------------------
 
 
-@_seeded
+@seeded
 def resnet18() -> Exportable:
     """torchvision ``resnet18(weights=None)``, 1000 classes, 2x3x64x64."""
     import torchvision
 
-    return Exportable(torchvision.models.resnet18(weights=None), _image(), ("input",))
+    return Exportable(torchvision.models.resnet18(weights=None), image(), ("input",))
 
 
-@_seeded
+@seeded
 def mobilenet_v3_small() -> Exportable:
     """torchvision ``mobilenet_v3_small(weights=None)``, 1000 classes, 2x3x64x64."""
     import torchvision
 
-    return Exportable(torchvision.models.mobilenet_v3_small(weights=None), _image(), ("input",))
+    return Exportable(torchvision.models.mobilenet_v3_small(weights=None), image(), ("input",))
 
 
-@_seeded
+@seeded
 def efficientnet_b0() -> Exportable:
     """torchvision ``efficientnet_b0(weights=None)``, 1000 classes, 2x3x64x64."""
     import torchvision
 
-    return Exportable(torchvision.models.efficientnet_b0(weights=None), _image(), ("input",))
+    return Exportable(torchvision.models.efficientnet_b0(weights=None), image(), ("input",))
 
 
-@_seeded
+@seeded
 def convnext() -> Exportable:
     """torchvision ``ConvNeXt`` with ConvNeXt-Tiny's depths (3, 3, 9, 3) at 1/4 of its widths.
 
@@ -129,10 +114,10 @@ def convnext() -> Exportable:
 
     blocks = [CNBlockConfig(24, 48, 3), CNBlockConfig(48, 96, 3), CNBlockConfig(96, 192, 9),
               CNBlockConfig(192, None, 3)]
-    return Exportable(ConvNeXt(blocks, stochastic_depth_prob=0.1), _image(), ("input",))
+    return Exportable(ConvNeXt(blocks, stochastic_depth_prob=0.1), image(), ("input",))
 
 
-@_seeded
+@seeded
 def vit() -> Exportable:
     """torchvision ``VisionTransformer``: 12 layers, hidden 64, 4 heads, 32 px, patch 4.
 
@@ -142,10 +127,10 @@ def vit() -> Exportable:
 
     net = torchvision.models.VisionTransformer(
         image_size=32, patch_size=4, num_layers=12, num_heads=4, hidden_dim=64, mlp_dim=256)
-    return Exportable(net, _image(size=32), ("input",))
+    return Exportable(net, image(size=32), ("input",))
 
 
-@_seeded
+@seeded
 def swin() -> Exportable:
     """torchvision ``SwinTransformer`` with swin_t's depths (2, 2, 6, 2) at embed dim 24, 64 px.
 
@@ -156,7 +141,7 @@ def swin() -> Exportable:
     net = SwinTransformer(patch_size=[4, 4], embed_dim=24, depths=[2, 2, 6, 2],
                           num_heads=[1, 2, 4, 8], window_size=[4, 4],
                           stochastic_depth_prob=0.2)
-    return Exportable(net, _image(), ("input",))
+    return Exportable(net, image(), ("input",))
 
 
 # --- transformers -----------------------------------------------------------------------------
@@ -216,7 +201,7 @@ def _distilbert_config():
                             max_position_embeddings=64)
 
 
-@_seeded
+@seeded
 def bert_hidden() -> Exportable:
     """transformers ``BertModel`` (12 layers, hidden 64) -> last hidden state."""
     from transformers import BertModel
@@ -224,7 +209,7 @@ def bert_hidden() -> Exportable:
     return _text(HiddenStates, BertModel(_bert_config()))
 
 
-@_seeded
+@seeded
 def bert_classifier() -> Exportable:
     """transformers ``BertForSequenceClassification`` (12 layers, hidden 64, 2 labels)."""
     from transformers import BertForSequenceClassification
@@ -232,7 +217,7 @@ def bert_classifier() -> Exportable:
     return _text(Logits, BertForSequenceClassification(_bert_config()))
 
 
-@_seeded
+@seeded
 def distilbert_hidden() -> Exportable:
     """transformers ``DistilBertModel`` (6 layers, dim 64) -> last hidden state."""
     from transformers import DistilBertModel
@@ -240,7 +225,7 @@ def distilbert_hidden() -> Exportable:
     return _text(HiddenStates, DistilBertModel(_distilbert_config()))
 
 
-@_seeded
+@seeded
 def distilbert_classifier() -> Exportable:
     """transformers ``DistilBertForSequenceClassification`` (6 layers, dim 64, 2 labels)."""
     from transformers import DistilBertForSequenceClassification
@@ -256,7 +241,7 @@ def _gpt2_config():
                       bos_token_id=VOCAB - 1, eos_token_id=VOCAB - 1)
 
 
-@_seeded
+@seeded
 def gpt2_hidden() -> Exportable:
     """transformers ``GPT2Model`` (12 layers, n_embd 64) -> last hidden state (after ln_f)."""
     from transformers import GPT2Model
@@ -264,7 +249,7 @@ def gpt2_hidden() -> Exportable:
     return _text(HiddenStates, GPT2Model(_gpt2_config()))
 
 
-@_seeded
+@seeded
 def gpt2_lm() -> Exportable:
     """transformers ``GPT2LMHeadModel`` (12 layers, n_embd 64, tied head) -> logits."""
     from transformers import GPT2LMHeadModel
@@ -272,7 +257,7 @@ def gpt2_lm() -> Exportable:
     return _text(Logits, GPT2LMHeadModel(_gpt2_config()))
 
 
-@_seeded
+@seeded
 def llama_hidden() -> Exportable:
     """transformers ``LlamaModel`` (4 layers, hidden 64, RMSNorm, RoPE) -> last hidden state."""
     from transformers import LlamaConfig, LlamaModel
@@ -283,7 +268,7 @@ def llama_hidden() -> Exportable:
     return _text(HiddenStates, LlamaModel(config))
 
 
-@_seeded
+@seeded
 def t5_encoder() -> Exportable:
     """transformers ``T5EncoderModel`` (6 layers, d_model 64, relative position bias)."""
     from transformers import T5Config, T5EncoderModel
@@ -301,16 +286,16 @@ def _timm(name: str) -> Exportable:
 
     # The registered config exactly, at its native 224 px: the class token's gradient relative to
     # its 1e-6 init (what the relative-update rule reads) depends on the token count and width.
-    return Exportable(timm.create_model(name, pretrained=False), _image(size=224), ("input",))
+    return Exportable(timm.create_model(name, pretrained=False), image(size=224), ("input",))
 
 
-@_seeded
+@seeded
 def timm_vit() -> Exportable:
     """timm ``vit_tiny_patch16_224`` (12 layers, dim 192, 224 px); class token at std 1e-6."""
     return _timm("vit_tiny_patch16_224")
 
 
-@_seeded
+@seeded
 def timm_deit() -> Exportable:
     """timm ``deit_tiny_distilled_patch16_224`` (224 px): class and distillation tokens.
 
@@ -336,13 +321,13 @@ class SequenceClassifier(nn.Module):
         return self.head(self.rnn(x)[0][:, -1])
 
 
-@_seeded
+@seeded
 def lstm() -> Exportable:
     """2-layer ``nn.LSTM`` (hidden 64) over 4x32x16 sequences, Linear on the last step."""
     return Exportable(SequenceClassifier(nn.LSTM), (torch.randn(4, 32, 16),), ("input",))
 
 
-@_seeded
+@seeded
 def gru() -> Exportable:
     """2-layer ``nn.GRU`` (hidden 64) over 4x32x16 sequences, Linear on the last step."""
     return Exportable(SequenceClassifier(nn.GRU), (torch.randn(4, 32, 16),), ("input",))
