@@ -10,7 +10,7 @@ import math
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -23,7 +23,7 @@ from diagnostics.precision import float64_rounding_ratio
 from diagnostics.probe import SampleObservation, probe_mode, run_sample
 from diagnostics.report import Flag, LayerReport, Status, TemporalProfile, Verdict
 from diagnostics.scales import fan_in
-from diagnostics.verdict import Facts, judge, readout_indices, rounding_step
+from diagnostics.verdict import Facts, judge, readout_indices, rounding_step, weight_names
 
 Progress = Callable[[str], None]
 
@@ -80,8 +80,7 @@ def examine(model: LoadedModel, batches: list[SampleBatch], config: DiagnosisCon
     step = rounding_step(layers)
     if step is not None and 0 < step[1] < config.thresholds.rounding_ratio:
         say("re-measuring the output layer's gradient in float64")
-        facts = Facts(**{**vars(facts),
-                         "float64_ratio": float64_rounding_ratio(model, batches[0], config)})
+        facts = replace(facts, float64_ratio=float64_rounding_ratio(model, batches[0], config))
     verdict, statuses = judge(model, layers, observations, config, facts)
     for found in profiles:
         flag = {Status.VANISHING: Flag.TEMPORAL_VANISHING,
@@ -111,8 +110,7 @@ def _zero_readouts(model: LoadedModel) -> list[int]:
     """Readouts whose weights are all exactly zero (zero-initialized heads)."""
     found = []
     for index in readout_indices(model):
-        weights = [model.parameters[name] for name in model.layers[index].parameters
-                   if name in model.parameters and model.parameters[name].dim() >= 2]
+        weights = [model.parameters[name] for name in weight_names(model, index)]
         if weights and all(not bool(w.detach().any()) for w in weights):
             found.append(index)
     return found
@@ -132,10 +130,8 @@ def _substitute_readouts(model: LoadedModel, indices: list[int], seed: int) -> I
         with torch.no_grad():
             for index in indices:
                 layer = model.layers[index]
-                for name in layer.parameters:
-                    param = model.parameters.get(name)
-                    if param is None or param.dim() < 2:
-                        continue
+                for name in weight_names(model, index):
+                    param = model.parameters[name]
                     fans = fan_in(model, layer, param) or 1
                     saved.append((param, param.detach().clone()))
                     noise = torch.randn(param.shape, generator=generator) / math.sqrt(fans)

@@ -105,7 +105,7 @@ def readout_indices(model: LoadedModel) -> list[int]:
     normalized hidden state, and its last weight layer is a hidden layer, not a readout.
     """
     weighted = [i for i, layer in enumerate(model.layers)
-                if _weight_names(model, i) and layer.op_type not in _LOOKUPS]
+                if weight_names(model, i) and layer.op_type not in _LOOKUPS]
     if not weighted:
         return []
     nearest = min(model.layers[i].depth for i in weighted)
@@ -118,11 +118,12 @@ def readout_indices(model: LoadedModel) -> list[int]:
 def _is_table(model: LoadedModel, index: int) -> bool:
     """A lookup table, or a table added to the signal (position/token-type embeddings)."""
     layer = model.layers[index]
-    added = layer.op_type == "Add" and bool(_weight_names(model, index))
+    added = layer.op_type == "Add" and bool(weight_names(model, index))
     return layer.op_type in _LOOKUPS or added
 
 
-def _weight_names(model: LoadedModel, index: int) -> list[str]:
+def weight_names(model: LoadedModel, index: int) -> list[str]:
+    """The layer's weight matrices and kernels (parameters with two or more dimensions)."""
     return [name for name in model.layers[index].parameters
             if name in model.parameters and model.parameters[name].dim() >= 2]
 
@@ -234,7 +235,7 @@ def judge(model: LoadedModel, layers: list[LayerReport], samples: list[SampleObs
 def _readout_scale(model: LoadedModel, readouts: list[int]) -> float | None:
     scales = []
     for index in readouts:
-        for name in _weight_names(model, index):
+        for name in weight_names(model, index):
             param = model.parameters[name]
             reference = reference_norm(model, model.layers[index], param)
             if reference:
