@@ -31,7 +31,7 @@ def resnet18_model():
     import torch
     import torchvision
 
-    from diagnostics.loading.onnx import load_onnx
+    from diagnostics.loading.onnx.loader import load_onnx
 
     torch.manual_seed(0)
     net = torchvision.models.resnet18().eval()
@@ -43,7 +43,7 @@ def resnet18_model():
 
 
 def deep_mlp_model():
-    from diagnostics.loading.spec import load_spec
+    from diagnostics.loading.spec.loader import load_spec
 
     spec = {
         "name": "deep-mlp",

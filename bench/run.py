@@ -402,7 +402,7 @@ def section_default(repeats: int) -> list[dict]:
     from diagnostics.config import DiagnosisConfig
     from diagnostics.inputs import make_batches
     from diagnostics.limits import DEFAULT_LIMITS
-    from diagnostics.loading.spec import load_spec
+    from diagnostics.loading.spec.loader import load_spec
     from diagnostics.probe import probe_mode, run_sample
 
     report = diagnose(VANISHING_SPEC)

@@ -80,8 +80,8 @@ def load_model(payload: bytes | dict, *, name: str | None = None,
     Raises:
         ModelLoadError, InvalidSpecError, UnsupportedOperatorError, ResourceLimitError.
     """
-    from diagnostics.loading.onnx import load_onnx
-    from diagnostics.loading.spec import load_spec
+    from diagnostics.loading.onnx.loader import load_onnx
+    from diagnostics.loading.spec.loader import load_spec
 
     if isinstance(payload, dict) or payload.lstrip()[:1] == b"{":
         return load_spec(payload, limits=limits, seed=seed)
@@ -92,7 +92,7 @@ def _load(payload: bytes | dict, name: str | None, limits: Limits, seed: int,
           data_dir: str | Path | None) -> tuple[LoadedModel, dict | None]:
     """The model, and for specs the validated document that structural remedies edit."""
     if isinstance(payload, dict) or payload.lstrip()[:1] == b"{":
-        from diagnostics.loading.spec import build_spec, parse_spec
+        from diagnostics.loading.spec.loader import build_spec, parse_spec
 
         spec = parse_spec(payload, limits=limits)
         return build_spec(spec, seed=seed, limits=limits), spec.to_dict()
@@ -136,7 +136,7 @@ def diagnose(source: Source | torch.nn.Module, *,
         data_dir: Folder holding the files an ONNX model keeps its weights in (external data,
             ``model.onnx.data``). Default: the model file's own folder when ``source`` is a
             path; with bytes and no ``data_dir``, external data is refused. Locations are
-            read only inside this folder (see ``diagnostics.loading.external_data``).
+            read only inside this folder (see ``diagnostics.loading.onnx.external_data``).
 
     Returns:
         The report. A vanishing or exploding verdict is a result, not an error.
@@ -251,7 +251,7 @@ def warm_up() -> None:
     """Import torch, the converters and the engine, run one tiny diagnosis and render its HTML
     page (which loads matplotlib), so that a worker process's first real job pays no start-up
     cost."""
-    import diagnostics.loading.onnx  # noqa: F401  (registers every converter)
+    import diagnostics.loading.onnx.loader  # noqa: F401  (registers every converter)
     from diagnostics.render import render_html
 
     render_html(diagnose(WARM_UP_SPEC, config={"samples": 1, "verify_remedies": False}))

@@ -53,7 +53,7 @@ class Context:
 
     def rebuild(self, document: dict) -> LoadedModel:
         """A spec model built from an edited document, seeded as the original."""
-        from diagnostics.loading.spec import load_spec
+        from diagnostics.loading.spec.loader import load_spec
 
         return load_spec(document, limits=self.limits, seed=self.config.seed)
 

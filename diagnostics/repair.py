@@ -88,7 +88,7 @@ _PROTO_LIMIT = 2**31 - 1
 def _one_file(model: onnx.ModelProto, data_dir: Path | None, remedy_id: str) -> bytes:
     """The repaired model as one file: external tensors it kept (constants) embedded."""
     from diagnostics.limits import Limits
-    from diagnostics.loading.external_data import embed_external_data
+    from diagnostics.loading.onnx.external_data import embed_external_data
 
     if model.ByteSize() > _PROTO_LIMIT:
         raise RemedyNotRepairableError(

@@ -6,7 +6,7 @@ so a reader of a CI log knows which rule to look up (README, "Verdict rules").
 
 from __future__ import annotations
 
-from diagnostics.loading.onnx_folding import FOLDING_ADVICE
+from diagnostics.loading.onnx.folding import FOLDING_ADVICE
 from diagnostics.probe import SampleObservation
 from diagnostics.report import Evidence, RuleCheck, Status
 

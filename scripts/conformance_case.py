@@ -1,10 +1,11 @@
 """Run one ONNX backend node test through our loader and classify the outcome.
 
 Used by ``scripts/conformance.py``, which runs it in worker processes. A case is loaded with
-:func:`diagnostics.loading.onnx.load_onnx` (our converters, checks and parameter binding), run
-forward on the case's inputs and compared with its expected outputs; where the op's schema calls
-a float input differentiable, a backward pass must run and give finite gradients wherever the
-inputs and outputs are finite, and on sampled cases agree with ``torch.autograd.gradcheck``.
+:func:`diagnostics.loading.onnx.loader.load_onnx` (our converters, checks and parameter
+binding), run forward on the case's inputs and compared with its expected outputs; where the
+op's schema calls a float input differentiable, a backward pass must run and give finite
+gradients wherever the inputs and outputs are finite, and on sampled cases agree with
+``torch.autograd.gradcheck``.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from onnx.defs import OpSchema, SchemaError, get_schema
 from torch.autograd.gradcheck import GradcheckError
 
 from diagnostics.errors import DiagnosticsError, UnsupportedOperatorError
-from diagnostics.loading.onnx import load_onnx
+from diagnostics.loading.onnx.loader import load_onnx
 
 # Elementwise |actual - expected| <= atol + rtol·|expected|, the larger of our tolerance and the
 # one onnx's own backend runner applies to node tests (rtol 1e-3, atol 1e-7), per dtype.
@@ -47,7 +48,7 @@ _TORCH_DTYPES = {
     "uint32": torch.uint32, "uint64": torch.uint64,
 }
 _GRADCHECK_JITTER = 1e-3
-# Float inputs the loader keeps constant whatever the schema says (see ``onnx_params``):
+# Float inputs the loader keeps constant whatever the schema says (see ``diagnostics.loading.onnx.params``):
 # BatchNormalization's running statistics are state, and torch refuses gradients for them.
 _STATE_INPUTS = frozenset({("BatchNormalization", 3), ("BatchNormalization", 4)})
 # Ops the schema calls differentiable whose derivative is zero almost everywhere: an output

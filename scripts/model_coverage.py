@@ -39,7 +39,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach the hub, whatever th
 from diagnostics import diagnose  # noqa: E402
 from diagnostics.config import NormStats  # noqa: E402
 from diagnostics.errors import DiagnosticsError  # noqa: E402
-from diagnostics.loading.onnx import load_onnx  # noqa: E402
+from diagnostics.loading.onnx.loader import load_onnx  # noqa: E402
 from diagnostics.probe import probe_mode  # noqa: E402
 from tests.exporter_fixtures import (  # noqa: E402
     FILES,

@@ -12,7 +12,7 @@ land under ``<job>/data/`` and nowhere else:
   are added up before anything is written, and the bytes actually written are counted against
   the same limit as the upload itself (a member that lies about its size stops there).
 
-The engine reads the files later under its own rules (``diagnostics.loading.external_data``).
+The engine reads the files later under its own rules (``diagnostics.loading.onnx.external_data``).
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ from starlette.requests import ClientDisconnect
 
 from diagnostics.errors import InvalidSpecError, ResourceLimitError
 from diagnostics.limits import DEFAULT_LIMITS, Limits
-from diagnostics.loading.spec_json import (
+from diagnostics.loading.spec.strict_json import (
     check_document_bounds,
     max_document_bytes,
     max_json_values,

@@ -25,7 +25,7 @@ from onnx import defs
 from onnx2torch.node_converters.registry import get_converter
 from torch import nn
 
-import diagnostics.loading.ops  # noqa: F401  (our converters count as available)
+import diagnostics.loading.onnx.ops  # noqa: F401  (our converters count as available)
 from diagnostics.model import LoadedModel
 from tests.onnx_export import export_dynamo, export_legacy, loaded_grad_norms, native_grad_norms
 

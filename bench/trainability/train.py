@@ -17,7 +17,7 @@ import torch
 
 from bench.trainability.models import BenchModel
 from bench.trainability.tasks import Task
-from diagnostics.loading.spec import build_spec, parse_spec
+from diagnostics.loading.spec.loader import build_spec, parse_spec
 
 DATA_SEED = 7
 SMOOTHING = 20  # steps per window of the smoothed loss curve

@@ -11,7 +11,7 @@ import logging
 
 _MODULES = (
     "torch", "onnx", "onnx2torch", "diagnostics",
-    "diagnostics.loading.onnx", "diagnostics.loading.spec", "diagnostics.remedies",
+    "diagnostics.loading.onnx.loader", "diagnostics.loading.spec.loader", "diagnostics.remedies",
     "diagnostics.verification", "diagnostics.render.html",
 )
 

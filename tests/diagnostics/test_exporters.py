@@ -19,7 +19,7 @@ import torch
 from onnx import numpy_helper
 
 from diagnostics import diagnose
-from diagnostics.loading.onnx import load_onnx
+from diagnostics.loading.onnx.loader import load_onnx
 from diagnostics.model import LoadedModel
 from tests.exporter_fixtures import (
     SKLEARN,

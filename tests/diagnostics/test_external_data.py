@@ -25,8 +25,8 @@ from onnx import TensorProto, helper, numpy_helper
 from diagnostics import diagnose
 from diagnostics.errors import ExternalDataError, ResourceLimitError
 from diagnostics.limits import Limits
-from diagnostics.loading.external_data import INLINE_ELEMENTS, initializer_array
-from diagnostics.loading.onnx import load_onnx
+from diagnostics.loading.onnx.external_data import INLINE_ELEMENTS, initializer_array
+from diagnostics.loading.onnx.loader import load_onnx
 from tests.model_zoo import BY_NAME, DYNAMO_OPSET, FAMILIES, ZooModel, check_gradients
 from tests.onnx_export import loaded_grad_norms
 

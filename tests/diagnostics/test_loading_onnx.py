@@ -25,7 +25,7 @@ from diagnostics.errors import (
     UnsupportedOperatorError,
 )
 from diagnostics.limits import Limits
-from diagnostics.loading.onnx import load_onnx
+from diagnostics.loading.onnx.loader import load_onnx
 from diagnostics.model import Activation, LayerKind, LoadedModel
 from tests.onnx_export import (
     export_dynamo,
@@ -604,7 +604,7 @@ def test_custom_domain_op_names_op_domain_opset_and_node() -> None:
 
 
 def test_missing_converter_in_default_domain_is_unsupported() -> None:
-    # DFT-20: neither onnx2torch nor diagnostics.loading.ops converts it.
+    # DFT-20: neither onnx2torch nor diagnostics.loading.onnx.ops converts it.
     node = helper.make_node("DFT", ["x"], ["y"])
     model = _model([node], [_value("x", [1, 8, 1])], [_value("y", [1, 8, 2])], opset=20)
     with pytest.raises(UnsupportedOperatorError) as caught:

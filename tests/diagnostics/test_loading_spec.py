@@ -23,9 +23,9 @@ from torch import nn
 
 from diagnostics.errors import InvalidSpecError, ResourceLimitError
 from diagnostics.limits import Limits
-from diagnostics.loading.init_schemes import apply_init
-from diagnostics.loading.spec import build_spec, load_spec, parse_spec
-from diagnostics.loading.spec_layers import LAYER_TYPES
+from diagnostics.loading.spec.init_schemes import apply_init
+from diagnostics.loading.spec.layers import LAYER_TYPES
+from diagnostics.loading.spec.loader import build_spec, load_spec, parse_spec
 from diagnostics.model import Activation, LayerKind, LoadedModel
 
 EXAMPLES = Path(__file__).parents[2] / "diagnostics" / "examples"

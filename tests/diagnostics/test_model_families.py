@@ -28,7 +28,7 @@ from diagnostics.config import NormStats, resolve_config
 from diagnostics.errors import InvalidInputsError, UnsupportedOperatorError
 from diagnostics.inputs import make_batches
 from diagnostics.limits import DEFAULT_LIMITS
-from diagnostics.loading.onnx import load_onnx
+from diagnostics.loading.onnx.loader import load_onnx
 from diagnostics.model import LoadedModel
 from diagnostics.probe import probe_mode
 from diagnostics.report import Status

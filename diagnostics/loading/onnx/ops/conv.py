@@ -1,0 +1,146 @@
+"""Conv and ConvTranspose where the stock converter cannot build an ``nn.ConvNd``.
+
+The stock converter copies W and B out of initializers into an ``nn.Conv*`` module, so it fails
+with a KeyError when the weight is computed in the graph (weight normalization, spectral norm,
+a Cast or DequantizeLinear in front), refuses ``auto_pad`` SAME_* and asymmetric ConvTranspose
+padding, and silently ignores ConvTranspose's ``output_shape``. This converter keeps the stock
+module whenever the stock converter can build it correctly (the loader binds its weights), and
+otherwise returns a functional module that takes W and B as inputs, so gradients flow to
+whatever computed them.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from onnx2torch.node_converters.registry import get_converter
+from onnx2torch.onnx_graph import OnnxGraph
+from onnx2torch.onnx_node import OnnxNode
+from onnx2torch.utils.common import (
+    OnnxToTorchModule,
+    OperationConverterResult,
+    onnx_mapping_from_node,
+)
+from torch import nn
+
+from diagnostics.loading.onnx.ops.registry import converter
+
+_STOCK = get_converter("Conv", 11)  # the same function serves Conv and ConvTranspose 1/11
+_CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+_CONV_TRANSPOSE = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
+
+
+def _text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+class OnnxConvFunctional(nn.Module, OnnxToTorchModule):
+    """ONNX Conv with the weight and bias as inputs; any padding, auto_pad included."""
+
+    def __init__(self, attributes: dict) -> None:
+        """Node attributes as onnx2torch parses them."""
+        super().__init__()
+        self.strides = attributes.get("strides")
+        self.dilations = attributes.get("dilations")
+        self.group = int(attributes.get("group", 1))
+        self.pads = attributes.get("pads")
+        self.auto_pad = _text(attributes.get("auto_pad", "NOTSET"))
+
+    def forward(self, x: torch.Tensor, w: torch.Tensor,
+                b: torch.Tensor | None = None) -> torch.Tensor:
+        """``[N, C, *spatial] -> [N, M, *out]``."""
+        rank = w.dim() - 2
+        if rank not in _CONV:
+            raise NotImplementedError(f"Conv over {rank} spatial dims")
+        strides = self.strides or [1] * rank
+        dilations = self.dilations or [1] * rank
+        begin, end = _conv_pads(self.auto_pad, self.pads, x.shape[2:], w.shape[2:], strides,
+                                dilations)
+        x = F.pad(x, [amount for pair in reversed(list(zip(begin, end, strict=True)))
+                      for amount in pair])
+        return _CONV[rank](x, w, b, stride=strides, dilation=dilations, groups=self.group)
+
+
+def _conv_pads(auto_pad: str, pads, sizes, kernel, strides, dilations):
+    rank = len(kernel)
+    if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        begin, end = [], []
+        for size, k, s, d in zip(sizes, kernel, strides, dilations, strict=True):
+            total = max((math.ceil(size / s) - 1) * s + (k - 1) * d + 1 - size, 0)
+            small, large = total // 2, total - total // 2
+            begin.append(small if auto_pad == "SAME_UPPER" else large)
+            end.append(large if auto_pad == "SAME_UPPER" else small)
+        return begin, end
+    if auto_pad == "VALID" or not pads:
+        return [0] * rank, [0] * rank
+    return list(pads[:rank]), list(pads[rank:])
+
+
+class OnnxConvTransposeFunctional(nn.Module, OnnxToTorchModule):
+    """ONNX ConvTranspose with the weight and bias as inputs.
+
+    Computes the full transposed convolution, appends ``output_padding``, then crops the pads
+    ONNX asks for (given, derived from ``output_shape``, or from SAME_* auto_pad); a negative
+    pad (``output_shape`` beyond the full result) extends it with zeros.
+    """
+
+    def __init__(self, attributes: dict) -> None:
+        """Node attributes as onnx2torch parses them."""
+        super().__init__()
+        self.strides = attributes.get("strides")
+        self.dilations = attributes.get("dilations")
+        self.group = int(attributes.get("group", 1))
+        self.pads = attributes.get("pads")
+        self.auto_pad = _text(attributes.get("auto_pad", "NOTSET"))
+        self.output_padding = attributes.get("output_padding")
+        self.output_shape = attributes.get("output_shape")
+
+    def forward(self, x: torch.Tensor, w: torch.Tensor,
+                b: torch.Tensor | None = None) -> torch.Tensor:
+        """``[N, C, *spatial] -> [N, M·group, *out]``."""
+        rank = w.dim() - 2
+        if rank not in _CONV_TRANSPOSE:
+            raise NotImplementedError(f"ConvTranspose over {rank} spatial dims")
+        strides = self.strides or [1] * rank
+        dilations = self.dilations or [1] * rank
+        extra = self.output_padding or [0] * rank
+        full = _CONV_TRANSPOSE[rank](x, w, None, stride=strides, dilation=dilations,
+                                     groups=self.group)
+        full = F.pad(full, [amount for e in reversed(extra) for amount in (0, e)])
+        begin, end = self._crop(x.shape[2:], full.shape[2:], strides)
+        # Negative padding crops; an output_shape larger than the full result pads with zeros.
+        out = F.pad(full, [-amount for pair in reversed(list(zip(begin, end, strict=True)))
+                           for amount in pair])
+        if b is not None:
+            out = out + b.reshape(1, -1, *([1] * rank))
+        return out
+
+    def _crop(self, sizes, full_sizes, strides) -> tuple[list[int], list[int]]:
+        rank = len(sizes)
+        if self.output_shape is not None or self.auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+            wanted = list(self.output_shape)[-rank:] if self.output_shape is not None else \
+                [size * stride for size, stride in zip(sizes, strides, strict=True)]
+            totals = [full - want for full, want in zip(full_sizes, wanted, strict=True)]
+            if self.auto_pad == "SAME_UPPER":
+                return [t // 2 for t in totals], [t - t // 2 for t in totals]
+            return [t - t // 2 for t in totals], [t // 2 for t in totals]
+        if self.auto_pad == "VALID" or not self.pads:
+            return [0] * rank, [0] * rank
+        return list(self.pads[:rank]), list(self.pads[rank:])
+
+
+@converter("Conv", [1, 11, 22], replaces=True)
+@converter("ConvTranspose", [1, 11, 22], replaces=True)
+def convert_conv(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
+    """Conv/ConvTranspose-1/11/22: the stock nn.ConvNd where it is right, else functional."""
+    transpose = node.operation_type == "ConvTranspose"
+    if not (transpose and node.attributes.get("output_shape") is not None):
+        try:
+            return _STOCK(node, graph)
+        except (KeyError, NotImplementedError):  # computed W/B, or padding it cannot express
+            pass
+    module = OnnxConvTransposeFunctional(node.attributes) if transpose \
+        else OnnxConvFunctional(node.attributes)
+    return OperationConverterResult(torch_module=module, onnx_mapping=onnx_mapping_from_node(node))
