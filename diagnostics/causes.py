@@ -10,12 +10,11 @@ from __future__ import annotations
 import itertools
 import math
 
-from diagnostics import edits
+from diagnostics import anatomy
 from diagnostics.aggregate import cancelled_parameters
 from diagnostics.config import DiagnosisConfig, ProbeDtype
 from diagnostics.examination import Examination
 from diagnostics.model import LayerKind, LoadedModel
-from diagnostics.remedies import DEEP_CHAIN, INIT_TOLERANCE, init_plan
 from diagnostics.report import Cause, Flag, Status
 
 # Verdicts with no failure to explain (inconclusive: the profile is noise or another graph).
@@ -35,7 +34,7 @@ def _saturation(model, found, config) -> Cause | None:
                  for layer in layers if Flag.SATURATED in layer.flags and layer.activations
                  and layer.activations.saturated_fraction}
     hidden = [layer.name for layer in model.layers
-              if layer.activation in edits.SATURATING and layer.depth > 0]
+              if layer.activation in anatomy.SATURATING and layer.depth > 0]
     if not saturated and not (hidden and found.verdict.status is Status.VANISHING):
         return None
     return Cause(
@@ -71,8 +70,8 @@ def _initialization(model, found, config) -> Cause | None:
     if found.verdict.status in _NO_FAILURE:
         return None
     gains = _signal_gains(model, found)
-    off = [entry for entry in init_plan(model)
-           if not (1 / INIT_TOLERANCE <= entry["ratio"] <= INIT_TOLERANCE)]
+    off = [entry for entry in anatomy.init_plan(model)
+           if not (1 / anatomy.INIT_TOLERANCE <= entry["ratio"] <= anatomy.INIT_TOLERANCE)]
     if not off:
         return None
     return Cause(
@@ -89,7 +88,7 @@ def _initialization(model, found, config) -> Cause | None:
 def _signal_gains(model: LoadedModel, found: Examination) -> dict[str, float]:
     """Per layer with weights: ‖δ‖ at its output / ‖δ‖ at the next such layer above it."""
     weighted = [(index, layer) for index, layer in enumerate(found.layers)
-                if edits.weight_of(model, model.layers[index]) is not None
+                if anatomy.weight_of(model, model.layers[index]) is not None
                 and layer.output_grad_norm and layer.output_grad_norm.median]
     gains = {}
     for (_, lower), (_, upper) in itertools.pairwise(weighted):
@@ -98,11 +97,12 @@ def _signal_gains(model: LoadedModel, found: Examination) -> dict[str, float]:
 
 
 def _plain_depth(model, found, config) -> Cause | None:
-    count = sum(1 for layer in model.layers if edits.weight_of(model, layer) is not None)
+    count = sum(1 for layer in model.layers if anatomy.weight_of(model, layer) is not None)
     normalized = any(LayerKind.NORMALIZATION in layer.kinds for layer in model.layers)
     depths = [layer.depth for layer in model.layers]
     chain = len(set(depths)) == len(depths)
-    if found.verdict.status in _NO_FAILURE or count < DEEP_CHAIN or (normalized and not chain):
+    shallow = count < anatomy.DEEP_CHAIN
+    if found.verdict.status in _NO_FAILURE or shallow or (normalized and not chain):
         return None
     return Cause(
         id="plain_depth",

@@ -16,6 +16,7 @@ import torch
 
 from diagnostics import temporal
 from diagnostics.aggregate import build_layer_reports
+from diagnostics.anatomy import readout_indices, weight_names
 from diagnostics.config import DiagnosisConfig
 from diagnostics.inputs import SampleBatch
 from diagnostics.model import LoadedModel
@@ -23,7 +24,7 @@ from diagnostics.precision import float64_rounding_ratio
 from diagnostics.probe import SampleObservation, probe_mode, run_sample
 from diagnostics.report import Flag, LayerReport, Status, TemporalProfile, Verdict
 from diagnostics.scales import fan_in
-from diagnostics.verdict import Facts, judge, readout_indices, rounding_step, weight_names
+from diagnostics.verdict import Facts, judge, rounding_step
 
 Progress = Callable[[str], None]
 

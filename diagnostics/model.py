@@ -8,7 +8,8 @@ module takes.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import copy
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
 from torch import nn
@@ -138,3 +139,11 @@ class LoadedModel:
     source: SourceInfo
     notes: tuple[str, ...] = field(default=())
     folded_normalization: tuple[str, ...] = field(default=())
+
+
+def copy_model(model: LoadedModel) -> LoadedModel:
+    """A deep copy whose ``parameters`` point at the copy's tensors."""
+    memo: dict[int, object] = {}
+    module = copy.deepcopy(model.module, memo)
+    params = {name: memo[id(param)] for name, param in model.parameters.items()}
+    return replace(model, module=module, parameters=params)  # type: ignore[arg-type]

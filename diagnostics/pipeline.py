@@ -25,10 +25,11 @@ from diagnostics.inputs import InputsSource, SampleBatch, make_batches, read_inp
 from diagnostics.limits import DEFAULT_LIMITS, Limits
 from diagnostics.loading.nn_module import ModuleInputs
 from diagnostics.model import LoadedModel
-from diagnostics.remedies import Candidate, propose
-from diagnostics.repair import RepairContext
+from diagnostics.remedies.candidates import Candidate
+from diagnostics.remedies.proposal import propose
+from diagnostics.remedies.repair import RepairContext
+from diagnostics.remedies.verification import skip_verification, verify
 from diagnostics.report import Remedy, Report, SampleReport, SamplesReport, SourceReport, Timings
-from diagnostics.verification import skip_verification, verify
 
 Source = str | Path | bytes | Mapping[str, Any]
 Progress = Callable[[str], None]

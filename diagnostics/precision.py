@@ -9,12 +9,11 @@ sample tells them apart (README, "Verdict rules": rounding_noise).
 
 from __future__ import annotations
 
-from diagnostics import edits
 from diagnostics.aggregate import build_layer_reports
 from diagnostics.config import DiagnosisConfig
 from diagnostics.errors import DiagnosticsError
 from diagnostics.inputs import SampleBatch
-from diagnostics.model import LoadedModel
+from diagnostics.model import LoadedModel, copy_model
 from diagnostics.probe import probe_mode, run_sample
 from diagnostics.verdict import rounding_step
 
@@ -23,7 +22,7 @@ def float64_rounding_ratio(model: LoadedModel, batch: SampleBatch,
                            config: DiagnosisConfig) -> float | None:
     """The output-layer step ratio (see :func:`diagnostics.verdict.rounding_step`) measured in
     float64 on a copy of the model; None when the copy cannot run in float64."""
-    copy = edits.copy_model(model)
+    copy = copy_model(model)
     try:
         copy.module.double()
     except (RuntimeError, TypeError):

@@ -302,7 +302,7 @@ class Report(_Model):
     notes: list[str] = Field(default_factory=list)
 
     # In-memory only (never serialized): what repaired_model() needs, attached by diagnose()
-    # (diagnostics.repair.RepairContext). The schema itself imports no engine module.
+    # (diagnostics.remedies.repair.RepairContext). The schema itself imports no engine module.
     _repair: Any = PrivateAttr(default=None)
 
     def repaired_model(self, remedy_id: str) -> bytes:

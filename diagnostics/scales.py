@@ -14,7 +14,7 @@ import math
 import torch
 from torch import nn
 
-from diagnostics.edits import weight_layout
+from diagnostics.anatomy import weight_layout
 from diagnostics.model import LayerInfo, LoadedModel
 
 

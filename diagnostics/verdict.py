@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from diagnostics import anatomy
 from diagnostics.aggregate import is_weight, make_stat
 from diagnostics.config import DiagnosisConfig, Thresholds
 from diagnostics.model import LayerKind, LoadedModel
@@ -92,42 +93,6 @@ def width_corrected_ratio(norm_deep: float, norm_shallow: float, numel_deep: int
     return SignalRatio(robust, raw)
 
 
-# Table lookups: their output scale is whatever the table was initialized to, and a
-# normalization after them divides the gradient by it, so ‖δ‖ at a lookup says nothing about
-# the Jacobians of the hidden stack (BERT's embeddings at std 0.002 would read as "exploding").
-_LOOKUPS = frozenset({"Gather", "Embedding"})
-
-
-def readout_indices(model: LoadedModel) -> list[int]:
-    """The layers with a weight matrix or kernel nearest the outputs (smallest depth).
-
-    None when a normalization sits between them and the outputs: the model then returns a
-    normalized hidden state, and its last weight layer is a hidden layer, not a readout.
-    """
-    weighted = [i for i, layer in enumerate(model.layers)
-                if weight_names(model, i) and layer.op_type not in _LOOKUPS]
-    if not weighted:
-        return []
-    nearest = min(model.layers[i].depth for i in weighted)
-    if any(LayerKind.NORMALIZATION in layer.kinds and layer.depth < nearest
-           for layer in model.layers):
-        return []
-    return [i for i in weighted if model.layers[i].depth == nearest]
-
-
-def _is_table(model: LoadedModel, index: int) -> bool:
-    """A lookup table, or a table added to the signal (position/token-type embeddings)."""
-    layer = model.layers[index]
-    added = layer.op_type == "Add" and bool(weight_names(model, index))
-    return layer.op_type in _LOOKUPS or added
-
-
-def weight_names(model: LoadedModel, index: int) -> list[str]:
-    """The layer's weight matrices and kernels (parameters with two or more dimensions)."""
-    return [name for name in model.layers[index].parameters
-            if name in model.parameters and model.parameters[name].dim() >= 2]
-
-
 def _measured(layer: LayerReport) -> float | None:
     norm = layer.output_grad_norm
     return norm.median if norm is not None else None
@@ -139,7 +104,7 @@ def _endpoints(model: LoadedModel, layers: list[LayerReport],
     candidates = [
         i for i, layer in enumerate(layers)
         if LayerKind.PARAMETRIC in model.layers[i].kinds and layer.depth > above
-        and not _is_table(model, i) and _measured(layer) is not None and layer.output_numel
+        and not anatomy.is_table(model, i) and _measured(layer) is not None and layer.output_numel
     ]
     if len(candidates) < 2:
         return None
@@ -190,7 +155,7 @@ def judge(model: LoadedModel, layers: list[LayerReport], samples: list[SampleObs
     facts = facts or Facts()
     thresholds = config.thresholds
     evidence = Evidence(folded_normalization=list(model.folded_normalization))
-    readouts = readout_indices(model)
+    readouts = anatomy.readout_indices(model)
     evidence.readout_layers = [layers[i].name for i in readouts]
     evidence.readout_scale = _readout_scale(model, readouts)
     ends = _endpoints(model, layers, readouts)
@@ -235,7 +200,7 @@ def judge(model: LoadedModel, layers: list[LayerReport], samples: list[SampleObs
 def _readout_scale(model: LoadedModel, readouts: list[int]) -> float | None:
     scales = []
     for index in readouts:
-        for name in weight_names(model, index):
+        for name in anatomy.weight_names(model, index):
             param = model.parameters[name]
             reference = reference_norm(model, model.layers[index], param)
             if reference:
@@ -254,7 +219,8 @@ def _flag_profile(model: LoadedModel, layers: list[LayerReport], shallow: int,
     for index, layer in enumerate(layers):
         norm = _measured(layer)
         if norm is None or layer.depth <= top.depth or not layer.output_numel or \
-                LayerKind.PARAMETRIC not in model.layers[index].kinds or _is_table(model, index):
+                LayerKind.PARAMETRIC not in model.layers[index].kinds or \
+                anatomy.is_table(model, index):
             continue
         ratio = width_corrected_ratio(norm, top_norm, layer.output_numel,
                                       top.output_numel or 1).robust
@@ -308,7 +274,7 @@ def _relative_steps(model: LoadedModel, layers: list[LayerReport], config: Diagn
     """lr·‖g‖ / max(‖W‖, fan-in norm) for every weight; flag layers whose step is too large."""
     best: tuple[float, str] | None = None
     for index, layer in enumerate(layers):
-        if _is_table(model, index):
+        if anatomy.is_table(model, index):
             # Lookup tables and added tensors (position/token-type embeddings): a row moves only
             # where it is used, by the sum over every position that used it, and the
             # normalization after them makes the step scale-invariant, so a whole-table step

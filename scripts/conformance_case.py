@@ -48,7 +48,8 @@ _TORCH_DTYPES = {
     "uint32": torch.uint32, "uint64": torch.uint64,
 }
 _GRADCHECK_JITTER = 1e-3
-# Float inputs the loader keeps constant whatever the schema says (see ``diagnostics.loading.onnx.params``):
+# Float inputs the loader keeps constant whatever the schema says (see
+# ``diagnostics.loading.onnx.params``):
 # BatchNormalization's running statistics are state, and torch refuses gradients for them.
 _STATE_INPUTS = frozenset({("BatchNormalization", 3), ("BatchNormalization", 4)})
 # Ops the schema calls differentiable whose derivative is zero almost everywhere: an output

@@ -88,7 +88,7 @@ def test_no_import_circles():
 def test_report_schema_and_public_face_import_no_engine():
     probe = ("import sys, diagnostics, diagnostics.report, diagnostics.config; "
              "engine = [m for m in sys.modules if m == 'torch' or m.startswith(("
-             "'diagnostics.repair', 'diagnostics.pipeline', 'diagnostics.probe', "
+             "'diagnostics.remedies.repair', 'diagnostics.pipeline', 'diagnostics.probe', "
              "'diagnostics.loading'))]; print(engine); sys.exit(1 if engine else 0)")
     done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True,
                           text=True, timeout=120, check=False)

@@ -140,7 +140,7 @@ def run(args: argparse.Namespace) -> int:
             report = diagnose(args.model, inputs=args.inputs, config=config, progress=say,
                               limits=limits, data_dir=args.data_dir)
             if args.fix:
-                from diagnostics.repair import write_repaired_model
+                from diagnostics.remedies.repair import write_repaired_model
 
                 write_repaired_model(report, args.fix, args.fix_output)
     except UsageError as exc:

@@ -11,8 +11,9 @@ import logging
 
 _MODULES = (
     "torch", "onnx", "onnx2torch", "diagnostics",
-    "diagnostics.loading.onnx.loader", "diagnostics.loading.spec.loader", "diagnostics.remedies",
-    "diagnostics.verification", "diagnostics.render.html",
+    "diagnostics.loading.onnx.loader", "diagnostics.loading.spec.loader",
+    "diagnostics.remedies.proposal",
+    "diagnostics.remedies.verification", "diagnostics.render.html",
 )
 
 for _name in _MODULES:

@@ -20,7 +20,7 @@ from diagnostics import diagnose
 from diagnostics.config import DiagnosisConfig
 from diagnostics.errors import InvalidInputsError, ModelLoadError
 from diagnostics.probe import compute_loss
-from diagnostics.repair import RemedyNotRepairableError
+from diagnostics.remedies.repair import RemedyNotRepairableError
 from diagnostics.report import Report, Status
 from tests.model_zoo import BY_NAME, ZooModel, export
 from tests.model_zoo import FAMILIES as ZOO

@@ -8,7 +8,7 @@ from torch import nn
 
 from diagnostics import diagnose
 from diagnostics.errors import ModelLoadError
-from diagnostics.repair import RemedyNotRepairableError
+from diagnostics.remedies.repair import RemedyNotRepairableError
 from tests.onnx_export import export_legacy
 
 

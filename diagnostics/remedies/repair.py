@@ -19,13 +19,12 @@ import torch
 from onnx import numpy_helper
 from torch import nn
 
-from diagnostics import edits
 from diagnostics.config import DiagnosisConfig
 from diagnostics.errors import RemedyNotRepairableError
 from diagnostics.inputs import SampleBatch
-from diagnostics.model import LoadedModel
+from diagnostics.model import LoadedModel, copy_model
 from diagnostics.probe import probe_mode
-from diagnostics.remedies import Candidate
+from diagnostics.remedies.candidates import Candidate
 
 
 @dataclass
@@ -140,7 +139,7 @@ def _repairable(context: RepairContext, remedy_id: str) -> Candidate:
 
 
 def _edited_copy(context: RepairContext, candidate: Candidate) -> LoadedModel:
-    copy = edits.copy_model(context.model)
+    copy = copy_model(context.model)
     with probe_mode(copy.module, context.config.norm_stats):
         return candidate.edit(copy, context.batches)
 

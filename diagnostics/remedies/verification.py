@@ -9,14 +9,13 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
-from diagnostics import edits
 from diagnostics.config import DiagnosisConfig
 from diagnostics.errors import DiagnosticsError
 from diagnostics.examination import Examination, examine
 from diagnostics.inputs import SampleBatch
-from diagnostics.model import LoadedModel
+from diagnostics.model import LoadedModel, copy_model
 from diagnostics.probe import probe_mode
-from diagnostics.remedies import Candidate
+from diagnostics.remedies.candidates import Candidate
 from diagnostics.report import Remedy, Status, Verification
 
 
@@ -66,7 +65,7 @@ def verify(candidates: list[Candidate], model: LoadedModel, batches: list[Sample
             if candidate.rebuilds:  # a new model from an edited spec: copying the old is waste
                 edited = candidate.edit(model, batches)
             else:
-                copy = edits.copy_model(model)
+                copy = copy_model(model)
                 with probe_mode(copy.module, config.norm_stats):
                     edited = candidate.edit(copy, batches)
             after = examine(edited, batches, config)
