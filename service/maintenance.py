@@ -18,6 +18,7 @@ from datetime import timedelta
 
 from service.blobs import BlobStore
 from service.jobs import Runner
+from service.schemas import JobStatus
 from service.settings import Settings
 from service.store import Failure, Store, stale_cutoff, utcnow
 
@@ -31,11 +32,11 @@ RECHECK_S = 1.0
 
 def recover_interrupted(store: Store, runner: Runner) -> None:
     """Embedded startup: fail jobs whose worker died with the service, requeue queued ones."""
-    for job_id in store.ids_with_status("running"):
+    for job_id in store.ids_with_status(JobStatus.RUNNING):
         store.fail(job_id, Failure(
             "worker_lost", "the service stopped while this job was running; submit it again"))
         log.warning("job %s was running when the service stopped: marked failed", job_id)
-    for job_id in store.ids_with_status("queued"):
+    for job_id in store.ids_with_status(JobStatus.QUEUED):
         runner.enqueue(job_id)
 
 
@@ -68,7 +69,7 @@ def requeue_lost(store: Store, runner: Runner, older_than_s: float) -> list[str]
         if not missing:
             return []
     lost = [job_id for job_id in candidates if job_id in missing
-            and (record := store.get(job_id)) is not None and record.status == "queued"]
+            and (record := store.get(job_id)) is not None and record.status == JobStatus.QUEUED]
     for job_id in lost:
         runner.enqueue(job_id)
         log.warning("job %s was queued but the broker had lost its message: sent again", job_id)

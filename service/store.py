@@ -37,9 +37,10 @@ from sqlalchemy.exc import IntegrityError, ProgrammingError
 from sqlalchemy.orm import DeclarativeBase, Mapped, deferred, mapped_column, sessionmaker
 
 from diagnostics.report import Status
+from service.schemas import JobStatus
 
-ACTIVE = ("queued", "running")
-FINISHED = ("succeeded", "failed", "cancelled")
+ACTIVE = (JobStatus.QUEUED, JobStatus.RUNNING)
+FINISHED = tuple(status for status in JobStatus if status.finished)
 VERDICTS = tuple(status.value for status in Status)
 DURATION_BUCKETS = (0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 
@@ -186,7 +187,7 @@ class Store:
             record = session.scalars(
                 select(JobRecord).where(JobRecord.owner == owner,
                                         JobRecord.content_hash == content_hash,
-                                        JobRecord.status == "succeeded")
+                                        JobRecord.status == JobStatus.SUCCEEDED)
                 .order_by(JobRecord.created_at.desc()).limit(1)
             ).first()
             if record is not None:
@@ -212,27 +213,27 @@ class Store:
         second run.
         """
         now = utcnow()
-        claimable = ACTIVE if reclaim else ("queued",)
+        claimable = ACTIVE if reclaim else (JobStatus.QUEUED,)
         claimed = self._update(
             job_id, [JobRecord.status.in_(claimable), JobRecord.attempts < max_attempts],
-            status="running", attempts=JobRecord.attempts + 1, started_at=now, worker=worker,
-            progress="starting",
+            status=JobStatus.RUNNING, attempts=JobRecord.attempts + 1, started_at=now,
+            worker=worker, progress="starting",
         )
         record = self.get(job_id)
         if record is None:
             return None
         if not claimed:
-            if reclaim and record.status == "running":
+            if reclaim and record.status == JobStatus.RUNNING:
                 failure = Failure("worker_lost", f"the worker process died on each of "
                                   f"{record.attempts} attempts (killed, or out of memory); "
                                   "not retrying")
-                self._update(job_id, [JobRecord.status == "running"],
+                self._update(job_id, [JobRecord.status == JobStatus.RUNNING],
                              **_failed_values(failure, record.started_at))
             return None
         return Claim(job_id, record.attempts, record.kind, record.config, record.has_inputs)
 
     def set_progress(self, claim: Claim, progress: str) -> None:
-        self._update(claim.job_id, [JobRecord.status == "running",
+        self._update(claim.job_id, [JobRecord.status == JobStatus.RUNNING,
                                     JobRecord.attempts == claim.attempt], progress=progress[:255])
 
     def succeed(self, claim: Claim, result: dict[str, Any], verdict: str) -> bool:
@@ -240,8 +241,9 @@ class Store:
         record = self.get(claim.job_id)
         started = record.started_at if record else None
         return self._update(
-            claim.job_id, [JobRecord.status == "running", JobRecord.attempts == claim.attempt],
-            status="succeeded", result=result, verdict=verdict, progress=None,
+            claim.job_id,
+            [JobRecord.status == JobStatus.RUNNING, JobRecord.attempts == claim.attempt],
+            status=JobStatus.SUCCEEDED, result=result, verdict=verdict, progress=None,
             finished_at=utcnow(), duration_s=_seconds_since(started),
         )
 
@@ -249,14 +251,14 @@ class Store:
         """End an active job failed (only the given attempt's, when ``attempt`` is set)."""
         where: list[Any] = [JobRecord.status.in_(ACTIVE)]
         if attempt is not None:
-            where += [JobRecord.status == "running", JobRecord.attempts == attempt]
+            where += [JobRecord.status == JobStatus.RUNNING, JobRecord.attempts == attempt]
         record = self.get(job_id)
         return self._update(job_id, where, **_failed_values(
             failure, record.started_at if record else None))
 
     def cancel(self, job_id: str) -> bool:
         """Cancel a queued or running job; False if it had already finished."""
-        return self._update(job_id, [JobRecord.status.in_(ACTIVE)], status="cancelled",
+        return self._update(job_id, [JobRecord.status.in_(ACTIVE)], status=JobStatus.CANCELLED,
                             finished_at=utcnow(), progress=None)
 
     def delete(self, job_id: str) -> None:
@@ -273,14 +275,14 @@ class Store:
         """Jobs still queued that were created before ``cutoff``."""
         with self._session() as session:
             return list(session.scalars(select(JobRecord.id).where(
-                JobRecord.status == "queued", JobRecord.created_at < cutoff)
+                JobRecord.status == JobStatus.QUEUED, JobRecord.created_at < cutoff)
                 .order_by(JobRecord.created_at)))
 
     def running_since(self, cutoff: datetime) -> list[str]:
         """Jobs still running that started before ``cutoff``."""
         with self._session() as session:
             return list(session.scalars(select(JobRecord.id).where(
-                JobRecord.status == "running", JobRecord.started_at < cutoff)))
+                JobRecord.status == JobStatus.RUNNING, JobRecord.started_at < cutoff)))
 
     def finished_before(self, cutoff: datetime) -> list[str]:
         with self._session() as session:
@@ -322,7 +324,7 @@ def _seconds_since(started: datetime | None) -> float | None:
 
 
 def _failed_values(failure: Failure, started: datetime | None) -> dict[str, Any]:
-    return {"status": "failed", "error_type": failure.type, "error_detail": failure.detail,
+    return {"status": JobStatus.FAILED, "error_type": failure.type, "error_detail": failure.detail,
             "error_context": failure.context or None, "finished_at": utcnow(), "progress": None,
             "duration_s": _seconds_since(started)}
 

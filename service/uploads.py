@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import math
 import unicodedata
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -24,9 +23,10 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
+from diagnostics import strict_json
 from diagnostics.errors import InvalidSpecError, ResourceLimitError
 from diagnostics.limits import DEFAULT_LIMITS, Limits
-from diagnostics.loading.spec.strict_json import (
+from diagnostics.loading.spec.parsing import (
     check_document_bounds,
     max_document_bytes,
     max_json_values,
@@ -70,24 +70,8 @@ class Submission:
 def parse_json(raw: bytes | str, what: str) -> Any:
     """Strict JSON: no NaN/Infinity (nor numbers that overflow to it), no duplicated keys,
     bounded nesting."""
-    def reject(name: str) -> Any:
-        raise ValueError(f"{name} is not allowed")
-
-    def unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-        result: dict[str, Any] = {}
-        for key, value in pairs:  # {"spec": a, "spec": b} would silently keep b
-            if key in result:
-                raise ValueError(f"duplicated key {key[:40]!r}")
-            result[key] = value
-        return result
-
-    def finite(text: str) -> float:
-        number = float(text)
-        return number if math.isfinite(number) else reject(text)
-
     try:
-        return json.loads(raw, parse_constant=reject, parse_float=finite,
-                          object_pairs_hook=unique)
+        return strict_json.loads(raw)
     except RecursionError:
         raise InvalidJSONError(f"{what}: JSON nested too deeply", field=what) from None
     except (ValueError, UnicodeDecodeError) as exc:

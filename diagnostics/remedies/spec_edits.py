@@ -10,12 +10,13 @@ import copy
 from collections.abc import Iterator
 from typing import Any
 
-CONTAINERS = frozenset({"Sequential", "Repeat", "Residual"})
-ACTIVATIONS = frozenset({
-    "ReLU", "ReLU6", "LeakyReLU", "PReLU", "ELU", "SELU", "CELU", "GELU", "SiLU", "Mish",
-    "Softplus", "Softsign", "Sigmoid", "Tanh", "Hardtanh", "Hardsigmoid", "Hardswish",
-    "LogSigmoid"})
-NORMS = frozenset({"BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "LayerNorm", "GroupNorm"})
+from diagnostics.loading.spec.layers import CONTAINER_TYPES, Group, names_in
+
+CONTAINERS = frozenset(CONTAINER_TYPES)
+# Softmax and LogSoftmax normalize across a dimension: an output layer, never part of a hidden
+# block a residual connection would wrap.
+ACTIVATIONS = names_in(Group.ACTIVATION) - {"Softmax", "LogSoftmax"}
+NORMS = names_in(Group.NORMALIZATION)
 _CONV_NORM = {"Conv1d": "BatchNorm1d", "Conv2d": "BatchNorm2d", "Conv3d": "BatchNorm3d"}
 
 

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
 from typing import Any
 
+from diagnostics import strict_json
 from service.commands._console import emit, fail, progress_display, quiet_third_party
 from service.exit_codes import ExitCode, for_verdict
 
@@ -59,10 +59,10 @@ def build_config(args: argparse.Namespace) -> dict[str, Any]:
     config: dict[str, Any] = {}
     if args.config:
         try:
-            loaded = json.loads(Path(args.config).read_text())
+            loaded = strict_json.loads(Path(args.config).read_text())
         except OSError as exc:
             raise UsageError(f"cannot read config file {args.config}: {exc.strerror}") from None
-        except json.JSONDecodeError as exc:
+        except ValueError as exc:  # not JSON, or JSON we refuse (NaN, duplicated keys)
             raise UsageError(f"config file {args.config} is not valid JSON: {exc}") from None
         if not isinstance(loaded, dict):
             raise UsageError(f"config file {args.config} must hold a JSON object")

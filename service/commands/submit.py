@@ -14,7 +14,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from diagnostics import strict_json
 from service.exit_codes import ExitCode, for_verdict
+from service.schemas import JobStatus
 
 # Job errors the user can fix (the engine's input errors and the service's size/time budgets).
 _INPUT_ERRORS = {"invalid_model", "external_data", "unsupported_operator", "invalid_spec",
@@ -138,7 +140,7 @@ def _tensors(graph: Any, depth: int) -> Any:
 def _wait(client: Any, job: dict[str, Any], timeout: float) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     last = ""
-    while job["status"] in ("queued", "running"):
+    while job["status"] in (JobStatus.QUEUED, JobStatus.RUNNING):
         state = f"{job['status']}" + (f": {job['progress']}" if job.get("progress") else "")
         if state != last:
             print(f"graddoctor submit: {job['id']} {state}", file=sys.stderr)
@@ -153,11 +155,11 @@ def _wait(client: Any, job: dict[str, Any], timeout: float) -> dict[str, Any]:
 
 def _show(job: dict[str, Any], args: argparse.Namespace, base: str) -> int:
     status = job["status"]
-    if status in ("queued", "running"):
+    if status in (JobStatus.QUEUED, JobStatus.RUNNING):
         print(json.dumps(job, indent=2) if args.format == "json"
               else f"{job['id']} {status}: {base}{job['links']['self']}")
         return ExitCode.HEALTHY
-    if status != "succeeded":
+    if status != JobStatus.SUCCEEDED:
         error = job.get("error") or {"type": status, "detail": f"the job was {status}"}
         if args.format == "json":
             print(json.dumps({"error": error["type"], "detail": error["detail"], "id": job["id"]}))
@@ -202,7 +204,7 @@ def _check(response: Any) -> dict[str, Any]:
 
 def _read_json(path: Path, what: str) -> Any:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return strict_json.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise SubmitError(f"cannot read {what} {path}: {exc.strerror}",
                           ExitCode.BAD_INPUT) from None

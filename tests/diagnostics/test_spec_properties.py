@@ -29,7 +29,7 @@ from diagnostics.errors import InvalidSpecError, ResourceLimitError
 from diagnostics.limits import Limits
 from diagnostics.loading.spec.layers import CONTAINER_TYPES, LAYER_TYPES
 from diagnostics.loading.spec.loader import load_spec, parse_spec
-from diagnostics.loading.spec.strict_json import max_json_depth, parse_json_text
+from diagnostics.loading.spec.parsing import max_json_depth, parse_json_text
 
 LIMITS = Limits(max_parameters=100_000, max_nodes=64, max_nesting=3,
                 max_tensor_elements=200_000, max_input_elements=20_000)

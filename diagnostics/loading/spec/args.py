@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from diagnostics.errors import InvalidSpecError
-from diagnostics.loading.spec.strict_json import OutOfRangeNumber
+from diagnostics.loading.spec.parsing import OutOfRangeNumber
 
 # torch indexes sizes with int64, but no sane layer has a dimension near 2**31; the cap keeps
 # products of a few dimensions inside int64 while the parameter budget does the real limiting.

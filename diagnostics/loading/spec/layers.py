@@ -366,3 +366,8 @@ _TYPES: list[LayerType] = [
 
 LAYER_TYPES: Mapping[str, LayerType] = {layer.name: layer for layer in _TYPES}
 CONTAINER_TYPES = ("Sequential", "Repeat", "Residual")
+
+
+def names_in(group: Group) -> frozenset[str]:
+    """The layer types of one group (remedies editing a spec document ask by group)."""
+    return frozenset(name for name, layer in LAYER_TYPES.items() if layer.group is group)

@@ -27,8 +27,8 @@ from typing import Any
 
 from diagnostics.limits import DEFAULT_LIMITS, Limits
 from diagnostics.loading.spec.build import build_spec
+from diagnostics.loading.spec.parsing import parse_json_text
 from diagnostics.loading.spec.schema import SpecModel, validate_spec
-from diagnostics.loading.spec.strict_json import parse_json_text
 from diagnostics.model import LoadedModel
 
 __all__ = ["SpecModel", "build_spec", "load_spec", "parse_spec"]

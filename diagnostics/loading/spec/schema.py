@@ -134,7 +134,7 @@ def validate_spec(raw: Any, limits: Limits) -> SpecModel:
 
     Args:
         raw: The JSON value (from
-            :func:`~diagnostics.loading.spec.strict_json.parse_json_text`, or a caller's dict).
+            :func:`~diagnostics.loading.spec.parsing.parse_json_text`, or a caller's dict).
         limits: Budgets; see :func:`check_budgets`.
 
     Returns:

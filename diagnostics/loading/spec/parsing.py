@@ -13,6 +13,7 @@ import math
 import re
 from typing import Any
 
+from diagnostics import strict_json
 from diagnostics.errors import InvalidSpecError, ResourceLimitError
 from diagnostics.limits import Limits
 
@@ -108,8 +109,9 @@ def parse_json_text(text: str | bytes, limits: Limits) -> Any:
                                        f"{exc.start})") from None
     check_document_bounds(text, limits)
     try:
-        return json.loads(text, parse_constant=_reject_constant, parse_int=_parse_int,
-                          parse_float=_parse_float, object_pairs_hook=_unique_keys)
+        return strict_json.loads(text, parse_int=_parse_int, parse_float=_parse_float)
+    except strict_json.StrictJSONError as exc:
+        raise InvalidSpecError("", str(exc)) from None
     except json.JSONDecodeError as exc:
         raise InvalidSpecError(
             "", f"not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
@@ -144,10 +146,6 @@ def _check_depth(text: str, bound: int) -> None:
             return  # not JSON; the parser says where
 
 
-def _reject_constant(name: str) -> Any:
-    raise InvalidSpecError("", f"{name} is not valid JSON: numbers must be finite")
-
-
 def _parse_int(literal: str) -> int | OutOfRangeNumber:
     if len(literal.lstrip("-")) > _MAX_INT_DIGITS:
         return OutOfRangeNumber(literal)
@@ -157,12 +155,3 @@ def _parse_int(literal: str) -> int | OutOfRangeNumber:
 def _parse_float(literal: str) -> float | OutOfRangeNumber:
     value = float(literal)
     return value if math.isfinite(value) else OutOfRangeNumber(literal)
-
-
-def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in result:
-            raise InvalidSpecError("", f"duplicated key {key[:40]!r} in a JSON object")
-        result[key] = value
-    return result
