@@ -93,3 +93,43 @@ def test_report_schema_and_public_face_import_no_engine():
     done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True,
                           text=True, timeout=120, check=False)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+# Functions allowed over ruff's complexity limit of 10 (a C901 noqa comment on their def line). The
+# list may only shrink: split a function rather than add it here.
+COMPLEXITY_EXCEPTIONS = frozenset({
+    "diagnostics/probe.py:run_sample",
+    "diagnostics/loading/onnx/graph.py:symbol_bounds",
+    "diagnostics/loading/onnx/ops/reduce.py:_reduce",
+    "diagnostics/loading/onnx/ops/_recurrent_cells.py:Activation.__call__",
+    "diagnostics/render/text.py:render_text",
+    "scripts/conformance_case.py:evaluate",
+    "scripts/standard_models.py:survey",
+})
+
+
+def _complexity_waivers(path: Path) -> set[str]:
+    source = path.read_text(encoding="utf-8")
+    lines = source.splitlines()
+    waived = set()
+
+    def visit(node: ast.AST, prefix: str) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.ClassDef):
+                visit(child, f"{prefix}{child.name}.")
+            elif isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef):
+                if "noqa: C901" in lines[child.lineno - 1]:
+                    waived.add(f"{path.relative_to(ROOT)}:{prefix}{child.name}")
+                visit(child, f"{prefix}{child.name}.")
+
+    visit(ast.parse(source), "")
+    return waived
+
+
+def test_complexity_exceptions_only_shrink():
+    waived = set()
+    for package in ("diagnostics", "service", "tests", "bench", "scripts"):
+        for path in (ROOT / package).rglob("*.py"):
+            waived |= _complexity_waivers(path)
+    assert sorted(waived - COMPLEXITY_EXCEPTIONS) == [], "new exception: split the function"
+    assert sorted(COMPLEXITY_EXCEPTIONS - waived) == [], "fixed: remove it from the list"

@@ -1,4 +1,4 @@
-"""The anchors' one-batch rules (DOMAIN.md §3), as this benchmark implements them.
+"""The anchors' one-batch rules (docs/trainability.md, "What is scored"), as implemented here.
 
 All three are computed from ONE batch of the model's own training loss (cross-entropy on the
 teacher's labels, or the adding problem's last-step MSE) at the initial weights — the weights

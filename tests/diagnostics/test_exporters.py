@@ -121,7 +121,8 @@ def test_sklearn_classifier_loss_uses_the_probabilities() -> None:
 
 class _ProjectedAlbert(torch.nn.Module):
     """ALBERT's hidden states through a random projection: mean(y²) of a LayerNorm output with
-    unit gain is constant (DOMAIN.md §2b), so the projection gives every weight a real gradient."""
+    unit gain is constant (docs/guide/math.md, "Traps in real exports"), so the projection gives
+    every weight a real gradient."""
 
     def __init__(self) -> None:
         super().__init__()

@@ -17,7 +17,6 @@ inside strings, huge number literals, invalid UTF-8), and valid specs generated 
 from __future__ import annotations
 
 import json
-import time
 from typing import Any
 
 import pytest
@@ -101,14 +100,12 @@ def _assert_within_budgets(model: Any, limits: Limits) -> None:
 @settings(PROPERTIES, max_examples=300)
 @given(spec=SPECS)
 def test_spec_trees_raise_only_spec_errors_and_respect_the_budgets(spec: dict[str, Any]) -> None:
-    started = time.perf_counter()
     try:
         model = load_spec(spec, limits=LIMITS)
     except SPEC_ERRORS:
         pass
     else:
         _assert_within_budgets(model, LIMITS)
-    assert time.perf_counter() - started < 5.0
 
 
 # JSON-ish text: real JSON, then cut, spliced or salted with what trips scanners up.
