@@ -10,20 +10,7 @@ from diagnostics import diagnose
 from diagnostics.errors import ModelLoadError
 from diagnostics.remedies.repair import RemedyNotRepairableError
 from tests.onnx_export import export_legacy
-
-
-def linear(n_in, n_out, **extra):
-    return {"type": "Linear", "in_features": n_in, "out_features": n_out, **extra}
-
-
-def plain_mlp(depth, activation, init=None, width=64):
-    spec = {"inputs": [{"name": "x", "shape": [16, width]}],
-            "layers": [{"type": "Repeat", "times": depth - 1,
-                        "layers": [linear(width, width), {"type": activation}]},
-                       linear(width, 10)]}
-    if init:
-        spec["init"] = init
-    return spec
+from tests.spec_builders import linear, mlp_spec
 
 
 def by_id(report):
@@ -32,7 +19,7 @@ def by_id(report):
 
 @pytest.fixture(scope="module")
 def sigmoid_report():
-    return diagnose(plain_mlp(12, "Sigmoid"), config={"samples": 2})
+    return diagnose(mlp_spec(12, "Sigmoid"), config={"samples": 2})
 
 
 def test_deep_sigmoid_gets_activation_and_reinit_verified_healthy(sigmoid_report):
@@ -87,7 +74,7 @@ def test_causes_carry_their_evidence(sigmoid_report):
 
 
 def test_too_large_relu_init_gets_reinit_verified_and_clipping_with_max_norm():
-    report = diagnose(plain_mlp(16, "ReLU", init={"scheme": "normal", "std": 0.5}),
+    report = diagnose(mlp_spec(16, "ReLU", init={"scheme": "normal", "std": 0.5}),
                       config={"samples": 2})
     assert report.verdict.status == "exploding"
     remedies = by_id(report)
@@ -168,18 +155,18 @@ def test_repaired_onnx_from_a_file_reads_it_again_and_refuses_a_changed_one(tmp_
 
 
 def test_verification_can_be_switched_off_or_bounded_by_size():
-    off = diagnose(plain_mlp(12, "Sigmoid"), config={"samples": 1, "verify_remedies": False})
+    off = diagnose(mlp_spec(12, "Sigmoid"), config={"samples": 1, "verify_remedies": False})
     assert off.remedies
     assert all(r.verified is None for r in off.remedies)
     assert "verify_remedies is off" in off.remedies[0].verification_note
-    bounded = diagnose(plain_mlp(12, "Sigmoid"),
+    bounded = diagnose(mlp_spec(12, "Sigmoid"),
                        config={"samples": 1, "max_verify_parameters": 1000})
     assert all(r.verified is None for r in bounded.remedies)
     assert "max_verify_parameters" in bounded.remedies[0].verification_note
 
 
 def test_half_precision_probe_flags_underflow_and_proposes_loss_scaling():
-    report = diagnose(plain_mlp(12, "Sigmoid"),
+    report = diagnose(mlp_spec(12, "Sigmoid"),
                       config={"samples": 1, "dtype": "float16", "verify_remedies": False})
     assert "fp16_underflow" in report.verdict.flags
     scaling = by_id(report)["loss-scaling"]
@@ -188,7 +175,7 @@ def test_half_precision_probe_flags_underflow_and_proposes_loss_scaling():
 
 
 def test_healthy_model_gets_no_remedies():
-    report = diagnose(plain_mlp(12, "ReLU", init={"scheme": "kaiming_normal"}),
+    report = diagnose(mlp_spec(12, "ReLU", init={"scheme": "kaiming_normal"}),
                       config={"samples": 1})
     assert report.verdict.status == "healthy"
     assert report.remedies == []

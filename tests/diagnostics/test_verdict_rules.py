@@ -14,12 +14,9 @@ from torch import nn
 
 from diagnostics import diagnose
 from tests.onnx_export import export_dynamo, export_legacy
+from tests.spec_builders import linear
 
 QUICK = {"samples": 1, "verify_remedies": False}
-
-
-def linear(n_in: int, n_out: int, **extra) -> dict:
-    return {"type": "Linear", "in_features": n_in, "out_features": n_out, **extra}
 
 
 def relu_mlp(depth: int, gain: float = 1.0, width: int = 64, head: dict | None = None,

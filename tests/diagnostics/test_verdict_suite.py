@@ -8,45 +8,7 @@ for the case.
 import pytest
 
 from diagnostics import diagnose
-
-
-def linear(n_in, n_out, **init):
-    layer = {"type": "Linear", "in_features": n_in, "out_features": n_out}
-    if init:
-        layer["init"] = init
-    return layer
-
-
-def conv(c_in, c_out, **init):
-    layer = {"type": "Conv2d", "in_channels": c_in, "out_channels": c_out, "kernel_size": 3,
-             "padding": 1}
-    if init:
-        layer["init"] = init
-    return layer
-
-
-def mlp_spec(depth, activation, width=64, init=None, batch=16):
-    spec = {"inputs": [{"name": "x", "shape": [batch, width]}],
-            "layers": [{"type": "Repeat", "times": depth - 1,
-                        "layers": [linear(width, width), {"type": activation}]},
-                       linear(width, 10)]}
-    if init:
-        spec["init"] = init
-    return spec
-
-
-def cnn_spec(depth, activation, init=None, norm=False):
-    block = [conv(16, 16)] + ([{"type": "BatchNorm2d", "num_features": 16}] if norm else []) + \
-        [{"type": activation}]
-    spec = {"inputs": [{"name": "image", "shape": [8, 3, 16, 16]}],
-            "layers": [conv(3, 16), {"type": activation},
-                       {"type": "Repeat", "times": depth, "layers": block},
-                       {"type": "AdaptiveAvgPool2d", "output_size": 1}, {"type": "Flatten"},
-                       linear(16, 10)]}
-    if init:
-        spec["init"] = init
-    return spec
-
+from tests.spec_builders import cnn_spec, linear, mlp_spec
 
 HE = {"scheme": "kaiming_normal", "nonlinearity": "relu"}
 
@@ -76,7 +38,7 @@ CASES = {
     "residual-layernorm-mlp-16": ({
         "inputs": [{"name": "x", "shape": [16, 64]}],
         "layers": [{"type": "Repeat", "times": 16, "layers": [{"type": "Residual", "layers": [
-            {"type": "LayerNorm", "normalized_shape": 64}, linear(64, 128, **HE),
+            {"type": "LayerNorm", "normalized_shape": 64}, linear(64, 128, init=HE),
             {"type": "ReLU"}, linear(128, 64)]}]}, linear(64, 10)]}, "healthy"),
     "pre-ln-transformer-6": ({
         "inputs": [{"name": "tokens", "shape": [4, 12, 32]}],
@@ -106,7 +68,7 @@ def test_verdict(spec, expected):
 
 def test_dead_layer_is_named_and_blocks_the_gradient():
     spec = {"inputs": [{"name": "x", "shape": [16, 32]}],
-            "layers": [linear(32, 32, **HE), {"type": "ReLU"},
+            "layers": [linear(32, 32, init=HE), {"type": "ReLU"},
                        {"type": "Linear", "in_features": 32, "out_features": 32,
                         "bias_init": {"scheme": "constant", "value": -50.0}},
                        {"type": "ReLU"}, linear(32, 32), {"type": "ReLU"}, linear(32, 4)]}

@@ -172,17 +172,6 @@ def server(start_service: StartService) -> ServiceProcess:
     return proc
 
 
-def spec_mlp(depth: int = 2, width: int = 16, activation: str = "ReLU", batch: int = 8,
-             name: str = "mlp") -> dict[str, Any]:
-    """A plain MLP spec: ``depth`` Linear+activation blocks and a Linear head."""
-    layers: list[dict[str, Any]] = []
-    for _ in range(depth):
-        layers += [{"type": "Linear", "in_features": width, "out_features": width},
-                   {"type": activation}]
-    layers.append({"type": "Linear", "in_features": width, "out_features": 1})
-    return {"name": name, "inputs": [{"name": "x", "shape": [batch, width]}], "layers": layers}
-
-
 def wait_for_status(client: httpx.Client, job_id: str, statuses: set[str],
                     timeout: float = 90.0) -> dict[str, Any]:
     """Poll a job until its status is in ``statuses``."""

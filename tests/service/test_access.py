@@ -18,7 +18,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.service.conftest import WORKER_READY, ServiceProcess, StartService, dump, spec_mlp
+from tests.service.conftest import WORKER_READY, ServiceProcess, StartService, dump
+from tests.spec_builders import spec_mlp
 
 pytestmark = pytest.mark.service
 

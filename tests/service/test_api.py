@@ -17,7 +17,8 @@ from fastapi.testclient import TestClient
 from service.app import create_app
 from service.errors import ServiceUnavailableError
 from service.settings import Settings
-from tests.service.conftest import npz_bytes, onnx_mlp, spec_mlp
+from tests.service.conftest import npz_bytes, onnx_mlp
+from tests.spec_builders import spec_mlp
 
 KEYS = ("key-alice", "key-bob")
 

@@ -10,7 +10,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.service.conftest import ROOT, ServiceProcess, free_port, onnx_mlp, spec_mlp
+from tests.service.conftest import ROOT, ServiceProcess, free_port, onnx_mlp
+from tests.spec_builders import spec_mlp
 
 pytestmark = pytest.mark.service
 
