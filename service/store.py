@@ -304,7 +304,7 @@ class Store:
                 select(JobRecord.verdict, func.count()).where(JobRecord.verdict.is_not(None))
                 .group_by(JobRecord.verdict)).all()
         counts = dict.fromkeys(VERDICTS, 0)
-        counts.update({verdict: int(count) for verdict, count in rows})
+        counts.update({verdict: int(count) for verdict, count in rows if verdict is not None})
         return counts
 
     def duration_histogram(self) -> tuple[list[int], float, int]:
