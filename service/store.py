@@ -293,7 +293,7 @@ class Store:
         with self._session() as session:
             rows = session.execute(
                 select(JobRecord.status, func.count()).group_by(JobRecord.status)).all()
-        counts = dict.fromkeys(ACTIVE + FINISHED, 0)
+        counts: dict[str, int] = dict.fromkeys(ACTIVE + FINISHED, 0)
         counts.update({status: int(count) for status, count in rows})
         return counts
 
