@@ -19,10 +19,12 @@ install: $(STAMP)
 serve: $(STAMP)
 	$(BIN)/graddoctor serve
 
-# CI's suite: lint, then everything but the exports of the larger model families (marked slow).
+# CI's suite: lint and type check, then everything but the exports of the larger model families
+# (marked slow). mypy checks diagnostics/ and service/ as [tool.mypy] in pyproject.toml says.
 test: $(STAMP)
 	bash scripts/test-prereqs.sh
 	$(BIN)/ruff check diagnostics service tests bench scripts
+	$(BIN)/mypy
 	$(BIN)/python -m pytest -q -m 'not slow'
 
 test-all: $(STAMP)
@@ -34,6 +36,7 @@ test-fast: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check diagnostics service tests bench scripts
+	$(BIN)/mypy
 
 # report.schema.json from the pydantic report models; a test fails when it is not current.
 schema: $(STAMP)

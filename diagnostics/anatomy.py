@@ -82,8 +82,9 @@ def preceding_activation(model: LoadedModel, index: int) -> Activation | None:
 
 
 # Mean output of an activation at its centre of symmetry: what a layer fed by it must subtract
-# so its pre-activations start centred (sigmoid(x) = 1/2 + tanh(x/2)/2).
-INPUT_MEANS = {Activation.SIGMOID: 0.5, Activation.HARDSIGMOID: 0.5}
+# so its pre-activations start centred (sigmoid(x) = 1/2 + tanh(x/2)/2). Keyed by what
+# preceding_activation returns: None (no activation before the layer) has mean 0 like the rest.
+INPUT_MEANS: dict[Activation | None, float] = {Activation.SIGMOID: 0.5, Activation.HARDSIGMOID: 0.5}
 
 
 def recommended_init(activation: Activation | str | None, fan_in: int, fan_out: int,

@@ -85,15 +85,14 @@ def _initialization(model, found, config) -> Cause | None:
     )
 
 
-def _signal_gains(model: LoadedModel, found: Examination) -> dict[str, float]:
+def _signal_gains(model: LoadedModel, found: Examination) -> dict[str, float | None]:
     """Per layer with weights: ‖δ‖ at its output / ‖δ‖ at the next such layer above it."""
-    weighted = [(index, layer) for index, layer in enumerate(found.layers)
-                if anatomy.weight_of(model, model.layers[index]) is not None
-                and layer.output_grad_norm and layer.output_grad_norm.median]
-    gains = {}
-    for (_, lower), (_, upper) in itertools.pairwise(weighted):
-        gains[lower.name] = _round(lower.output_grad_norm.median / upper.output_grad_norm.median)
-    return gains
+    signals = [(layer.name, layer.output_grad_norm.median)
+               for index, layer in enumerate(found.layers)
+               if anatomy.weight_of(model, model.layers[index]) is not None
+               and layer.output_grad_norm and layer.output_grad_norm.median]
+    return {lower: _round(below / above)
+            for (lower, below), (_, above) in itertools.pairwise(signals)}
 
 
 def _plain_depth(model, found, config) -> Cause | None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from typing import TypeGuard
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -197,10 +198,10 @@ def _median(stat: Stat | None) -> float | None:
 def _ratio(numerator: float | None, denominator: float | None) -> float | None:
     if numerator is None or not _positive(denominator) or not math.isfinite(numerator):
         return None
-    return numerator / denominator  # type: ignore[operator]
+    return numerator / denominator
 
 
-def _positive(value: float | None) -> bool:
+def _positive(value: float | None) -> TypeGuard[float]:
     return value is not None and math.isfinite(value) and value > 0
 
 

@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 
 import torch
+from torch import nn
 
 from diagnostics import temporal
 from diagnostics.aggregate import build_layer_reports
@@ -66,8 +67,9 @@ def examine(model: LoadedModel, batches: list[SampleBatch], config: DiagnosisCon
         if target is not None:
             say("measuring the temporal profile")
             norms = [temporal.step_norms(model, batch, config, target) for batch in batches]
-            if all(norms):
-                profiles.append(temporal.profile(target, norms, config.thresholds))
+            measured = [n for n in norms if n]
+            if len(measured) == len(norms):
+                profiles.append(temporal.profile(target, measured, config.thresholds))
     probe_s = time.perf_counter() - clock
 
     clock = time.perf_counter()
@@ -125,7 +127,7 @@ def _substitute_readouts(model: LoadedModel, indices: list[int], seed: int) -> I
     gradient (outer product of the signal at the outputs and the features) does not depend on
     its weights, and it moves in the first step; the body is then judged as it will be.
     """
-    saved: list[tuple[torch.Tensor, torch.Tensor]] = []
+    saved: list[tuple[nn.Parameter, torch.Tensor]] = []
     generator = torch.Generator().manual_seed(seed + 104729)
     try:
         with torch.no_grad():

@@ -64,10 +64,13 @@ def read_inputs(source: InputsSource, limits: Limits = DEFAULT_LIMITS) -> dict[s
                                          input_name=str(name)) from None
         _check_elements((array.size for array in arrays.values()), limits)
         return _check_arrays(arrays)
-    try:
-        data = source if isinstance(source, bytes) else Path(source).read_bytes()
-    except OSError as exc:
-        raise InvalidInputsError(f"cannot read inputs file {source}: {exc.strerror}") from None
+    if isinstance(source, bytes):
+        data = source
+    else:
+        try:
+            data = Path(source).read_bytes()
+        except OSError as exc:
+            raise InvalidInputsError(f"cannot read inputs file {source}: {exc.strerror}") from None
     if not data.startswith(_ZIP_MAGIC):
         raise InvalidInputsError("inputs are not an .npz archive (numpy.savez output): the data "
                                  "does not start like a zip file")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
+from typing import cast
 
 from torch import nn
 
@@ -145,5 +146,7 @@ def copy_model(model: LoadedModel) -> LoadedModel:
     """A deep copy whose ``parameters`` point at the copy's tensors."""
     memo: dict[int, object] = {}
     module = copy.deepcopy(model.module, memo)
-    params = {name: memo[id(param)] for name, param in model.parameters.items()}
-    return replace(model, module=module, parameters=params)  # type: ignore[arg-type]
+    # deepcopy's memo maps each original's id to its copy: a parameter's copy is a parameter.
+    params = {name: cast(nn.Parameter, memo[id(param)])
+              for name, param in model.parameters.items()}
+    return replace(model, module=module, parameters=params)

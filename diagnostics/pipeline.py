@@ -100,6 +100,15 @@ def _load(payload: bytes | dict, name: str | None, limits: Limits, seed: int,
     return load_model(payload, name=name, limits=limits, seed=seed, data_dir=data_dir), None
 
 
+def _array_inputs(inputs: InputsSource | ModuleInputs) -> InputsSource:
+    """The inputs of an ONNX model or a spec, which a module's tensor arguments are not."""
+    if isinstance(inputs, (torch.Tensor, tuple, list)):
+        raise InvalidInputsError(
+            f"inputs of type {type(inputs).__name__} are an nn.Module's arguments; an ONNX model "
+            "or a spec takes an .npz (path or bytes) or a mapping name -> array")
+    return inputs
+
+
 def _load_module(module: torch.nn.Module, inputs: Any, config: DiagnosisConfig,
                  limits: Limits) -> tuple[LoadedModel, list[SampleBatch]]:
     """A live module and its inputs: the same batch for every sample, as provided inputs are."""
@@ -155,8 +164,7 @@ def diagnose(source: Source | torch.nn.Module, *,
     clock = time.perf_counter()
     folder: str | Path | None = None
     repair_source: bytes | Callable[[], bytes] | None = None
-    from_module = isinstance(source, torch.nn.Module)
-    if from_module:
+    if isinstance(source, torch.nn.Module):
         model, batches = _load_module(source, inputs, settings, limits)
         spec_document = None
     else:
@@ -168,8 +176,8 @@ def diagnose(source: Source | torch.nn.Module, *,
     timings.load_s = time.perf_counter() - clock
 
     clock = time.perf_counter()
-    if not from_module:
-        provided = read_inputs(inputs, limits) if inputs is not None else None
+    if not isinstance(source, torch.nn.Module):
+        provided = read_inputs(_array_inputs(inputs), limits) if inputs is not None else None
         batches = make_batches(model, settings, limits, provided)
     device = _device(settings)
     model, batches = _place(model, batches, device, settings.dtype)

@@ -156,7 +156,9 @@ def run_sample(model: LoadedModel, batch: SampleBatch,  # noqa: C901
         def hook(param: torch.Tensor) -> None:
             grad = param.grad
             param.grad = None
-            if grad is not None and grad.numel() >= SUMMARIZE_AT_ONCE_ELEMENTS:
+            if grad is None:  # torch fills .grad before this hook runs; nothing to summarize
+                return
+            if grad.numel() >= SUMMARIZE_AT_ONCE_ELEMENTS:
                 # A large gradient is summarized as soon as autograd has summed it and then
                 # dropped, so the pass never holds every gradient at once: on a large model
                 # that is what decides whether it fits in memory (GPT-2 large: weights plus all

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import statistics
 from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
 import torch
 from torch import nn
@@ -34,6 +35,20 @@ class TemporalTarget:
     argument: int = 0  # which forward argument of the module is the sequence
 
 
+@runtime_checkable
+class _SequenceLoop(Protocol):
+    """A loop module that reads a sequence one step per iteration (``loading/ops/loop.py``)."""
+
+    sequence_argument: int | None
+    layout: int  # the sequence's time axis
+
+
+@dataclass
+class _Captured:
+    length: int = 0
+    norms: list[float] | None = None
+
+
 def find_target(model: LoadedModel) -> TemporalTarget | None:
     """The first recurrent layer and the time axis of its input, or None.
 
@@ -43,13 +58,13 @@ def find_target(model: LoadedModel) -> TemporalTarget | None:
     """
     for layer in model.layers:
         module = model.module.get_submodule(layer.module_path)
-        argument = getattr(module, "sequence_argument", None)
         if layer.op_type in RECURRENT_OPS:
             batch_first = bool(getattr(module, "batch_first", False)) or \
                 getattr(module, "layout", 0) == 1
             return TemporalTarget(layer.name, layer.module_path, 1 if batch_first else 0)
-        if argument is not None:
-            return TemporalTarget(layer.name, layer.module_path, int(module.layout), argument)
+        if isinstance(module, _SequenceLoop) and module.sequence_argument is not None:
+            return TemporalTarget(layer.name, layer.module_path, int(module.layout),
+                                  module.sequence_argument)
     return None
 
 
@@ -61,25 +76,25 @@ def step_norms(model: LoadedModel, batch: SampleBatch, config: DiagnosisConfig,
     than two steps or no gradient reaches it.
     """
     module = model.module.get_submodule(target.module_path)
-    captured: dict[str, object] = {}
+    captured = _Captured()
 
     def record(grad: torch.Tensor) -> None:
         steps = grad.detach().movedim(target.time_axis, 0)
         wide = steps.reshape(steps.shape[0], -1).to(torch.float64)
-        captured["norms"] = [float(v) for v in torch.linalg.vector_norm(wide, dim=1)]
+        captured.norms = [float(v) for v in torch.linalg.vector_norm(wide, dim=1)]
 
     def pre_hook(_module: nn.Module, args: tuple) -> tuple:
         x = args[target.argument]
         if not x.requires_grad:
             x = x.detach().requires_grad_(True)
-        captured["length"] = int(x.shape[target.time_axis])
+        captured.length = int(x.shape[target.time_axis])
         x.register_hook(record)
         return (*args[:target.argument], x, *args[target.argument + 1:])
 
     handle = module.register_forward_pre_hook(pre_hook)
     try:
         outputs = model.module(*batch.tensors)
-        length = int(captured.get("length", 0))
+        length = captured.length
         if length < 2:
             return None
         loss = compute_loss(_last_step(outputs, length, target.time_axis), config.loss, batch.seed)
@@ -89,7 +104,7 @@ def step_norms(model: LoadedModel, batch: SampleBatch, config: DiagnosisConfig,
         handle.remove()
         for param in model.parameters.values():
             param.grad = None
-    return captured.get("norms")  # type: ignore[return-value]
+    return captured.norms
 
 
 def _last_step(outputs: object, length: int, axis: int) -> list[torch.Tensor]:

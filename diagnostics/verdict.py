@@ -119,7 +119,7 @@ def sample_ratios(layers: list[LayerReport], samples: list[SampleObservation],
                   ends: tuple[int, int]) -> list[SignalRatio | None]:
     """The signal ratio between the endpoints in each sample (None where not measured)."""
     deep, shallow = ends
-    ratios = []
+    ratios: list[SignalRatio | None] = []
     for sample in samples:
         a = sample.layers[deep].output_grad_norm
         b = sample.layers[shallow].output_grad_norm
@@ -310,7 +310,7 @@ def _forward_growth(layers: list[LayerReport], samples: list[SampleObservation],
         (i for i, layer in enumerate(layers) if layer.depth == 0 and layer.activations), None)
     if target is None:
         return None
-    values = []
+    values: list[float | None] = []
     for sample, rms_in in zip(samples, facts.input_rms, strict=False):
         summary = sample.layers[target].activation
         if summary is None or not rms_in:

@@ -6,6 +6,7 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from service.exit_codes import ExitCode
 
@@ -15,7 +16,7 @@ COMMANDS = ("diagnose", "compare", "serve", "worker", "submit")
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # usage errors: one line, exit status 2
+    def error(self, message: str) -> NoReturn:  # usage errors: one line, exit status 2
         self.exit(ExitCode.BAD_INPUT, f"graddoctor: error: {message}\n")
 
 

@@ -42,7 +42,7 @@ class InvalidArchiveError(InvalidRequestError):
 
 def is_archive_name(filename: str | None) -> bool:
     """Whether a model part's filename says it is an archive."""
-    return bool(filename) and filename.lower().endswith(ARCHIVE_SUFFIXES)
+    return filename is not None and filename.lower().endswith(ARCHIVE_SUFFIXES)
 
 
 def checked_name(name: str, what: str) -> PurePosixPath:

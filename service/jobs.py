@@ -11,8 +11,9 @@ import asyncio
 import hashlib
 import json
 import logging
+import threading
 import time
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from fastapi import Request
 from starlette.concurrency import run_in_threadpool
@@ -41,6 +42,14 @@ class Runner(Protocol):
     def check(self) -> None: ...
     def queue_depth(self) -> int | None: ...
     def pending_ids(self) -> set[str] | None: ...
+
+
+@runtime_checkable
+class WatchingRunner(Runner, Protocol):
+    """A runner that can say when a job ends (the embedded pool), so ``?wait`` needn't poll."""
+
+    def watch(self, job_id: str) -> threading.Event: ...
+    def unwatch(self, job_id: str) -> None: ...
 
 
 class JobService:
@@ -119,8 +128,8 @@ class JobService:
         """Poll until the job has finished or ``timeout_s`` has passed; return it either way."""
         deadline = time.monotonic() + timeout_s
         delay = 0.05
-        watch = getattr(self.runner, "watch", None)  # the embedded pool says when a job ends
-        finished = watch(job_id) if watch is not None else None
+        watcher = self.runner if isinstance(self.runner, WatchingRunner) else None
+        finished = watcher.watch(job_id) if watcher is not None else None
         try:
             while True:
                 record = await run_in_threadpool(self.get, job_id, owner, with_result=False)
@@ -133,8 +142,8 @@ class JobService:
                     await asyncio.sleep(min(delay, remaining))
                 delay = min(delay * 1.5, 0.5)
         finally:
-            if finished is not None:
-                self.runner.unwatch(job_id)
+            if watcher is not None:
+                watcher.unwatch(job_id)
 
 
 def _content_hash(submission: Submission, config: dict[str, Any]) -> str:

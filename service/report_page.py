@@ -63,16 +63,18 @@ def comparison_page(jobs: JobService, owner: str, *, baseline: str, job_id: str)
     from diagnostics.compare import compare_reports
     from diagnostics.render.comparison import render_comparison_html
 
-    reports = []
-    for which in (baseline, job_id):
-        record = jobs.get(which, owner)
-        if record.status != JobStatus.SUCCEEDED:
-            raise ConflictError(f"diagnosis {which} is {record.status}; it can be compared once "
-                                "it has succeeded", status=record.status)
-        reports.append(_report(which, record.result or {}))
+    before, after = (_succeeded_report(jobs, which, owner) for which in (baseline, job_id))
     links = {f"report {baseline} (before)": f"{API_PREFIX}/{baseline}/report",
              f"report {job_id} (after)": f"{API_PREFIX}/{job_id}/report"}
-    return render_comparison_html(compare_reports(*reports), baseline, job_id, links)
+    return render_comparison_html(compare_reports(before, after), baseline, job_id, links)
+
+
+def _succeeded_report(jobs: JobService, job_id: str, owner: str) -> Report:
+    record = jobs.get(job_id, owner)
+    if record.status != JobStatus.SUCCEEDED:
+        raise ConflictError(f"diagnosis {job_id} is {record.status}; it can be compared once "
+                            "it has succeeded", status=record.status)
+    return _report(job_id, record.result or {})
 
 
 def _report(job_id: str, result: dict[str, Any]) -> Report:

@@ -293,7 +293,7 @@ class Store:
         with self._session() as session:
             rows = session.execute(
                 select(JobRecord.status, func.count()).group_by(JobRecord.status)).all()
-        counts = dict.fromkeys(ACTIVE + FINISHED, 0)
+        counts: dict[str, int] = dict.fromkeys(ACTIVE + FINISHED, 0)
         counts.update({status: int(count) for status, count in rows})
         return counts
 
@@ -304,7 +304,7 @@ class Store:
                 select(JobRecord.verdict, func.count()).where(JobRecord.verdict.is_not(None))
                 .group_by(JobRecord.verdict)).all()
         counts = dict.fromkeys(VERDICTS, 0)
-        counts.update({verdict: int(count) for verdict, count in rows})
+        counts.update({verdict: int(count) for verdict, count in rows if verdict is not None})
         return counts
 
     def duration_histogram(self) -> tuple[list[int], float, int]:

@@ -161,7 +161,8 @@ def unwrap(model: LoadedModel) -> nn.Module:
 def restore_inplace(wrapper: ModuleCall) -> None:
     """Give in-place activations back the ``inplace=True`` the caller's module had."""
     for path in wrapper.inplace_paths:
-        wrapper.get_submodule(path).inplace = True
+        # torch types Module.__setattr__ for tensors and modules only; any value is accepted.
+        wrapper.get_submodule(path).inplace = True  # type: ignore[assignment]
 
 
 def module_sha256(module: nn.Module) -> str:
@@ -278,12 +279,12 @@ def _layers(wrapper: ModuleCall, calls: _Calls) -> tuple[tuple[LayerInfo, ...],
                                                          dict[str, nn.Parameter], list[str]]:
     called = set(calls.order)
     containers = {ancestor for path in called for ancestor in _ancestors(path)} & called
-    display = {}  # id(parameter) -> state_dict name (first name of a tied tensor)
+    display: dict[int, str] = {}  # id(parameter) -> state_dict name (first of a tied tensor)
     for name, param in wrapper.model.named_parameters():
         display.setdefault(id(param), name)
     owned: dict[str, list[nn.Parameter]] = {}
     held: dict[str, list[nn.Parameter]] = {}  # parameters a container uses in its own forward
-    unused = []
+    unused: list[str] = []
     for path, sub in wrapper.named_modules():
         own = list(sub.parameters(recurse=False))
         if not own:

@@ -75,8 +75,8 @@ def fix_dead_units(context: Context) -> Candidate | None:
         return None
     described = []
     for i in targets:
-        dead = layers[i].activations.dead_fraction.median if layers[i].activations and \
-            layers[i].activations.dead_fraction else None
+        stats = layers[i].activations
+        dead = stats.dead_fraction.median if stats and stats.dead_fraction else None
         described.append(f"{layers[i].name} ({dead:.0%} of units never active)" if dead is not None
                          else layers[i].name)
     biases = {i: anatomy.bias_of(model, f) for i in targets

@@ -75,18 +75,19 @@ def rescale_data_dependent(model: LoadedModel, inputs: tuple[torch.Tensor, ...])
     """
     handles, touched = [], []
 
-    def hook(module: nn.Module, _args: object, output: torch.Tensor) -> torch.Tensor:
+    def hook(module: nn.Linear | nn.modules.conv._ConvNd, _args: object,
+             output: torch.Tensor) -> torch.Tensor:
         unit_axis = 1 if isinstance(module, nn.modules.conv._ConvNd) else output.dim() - 1
         if output.dim() < 2:
             return output
         with torch.no_grad():
             wide = output.double()
             reduce_axes = [axis for axis in range(output.dim()) if axis != unit_axis]
-            has_bias = getattr(module, "bias", None) is not None
+            bias: torch.Tensor | None = module.bias
             # Centre each unit (a per-unit bias is cheap to fit), but scale the whole layer by
             # one number: per-unit scales fitted on a small batch are noisy, and the noise
             # compounds into a spurious gain over depth.
-            mean = wide.mean(dim=reduce_axes) if has_bias else torch.zeros(
+            mean = wide.mean(dim=reduce_axes) if bias is not None else torch.zeros(
                 output.shape[unit_axis], dtype=torch.float64)
             broadcast = [1] * output.dim()
             broadcast[unit_axis] = -1
@@ -94,16 +95,16 @@ def rescale_data_dependent(model: LoadedModel, inputs: tuple[torch.Tensor, ...])
             std = float(centred.pow(2).mean().sqrt())
             std = std if std > 1e-12 else 1.0
             module.weight.div_(std)
-            if has_bias:
-                module.bias.sub_(mean.to(module.bias.dtype)).div_(std)
+            if bias is not None:
+                bias.sub_(mean.to(bias.dtype)).div_(std)
             return (centred / std).to(output.dtype)
 
     for layer in model.layers:
         module = model.module.get_submodule(layer.module_path)
         if isinstance(module, (nn.Linear, nn.modules.conv._ConvNd)) and \
-                anatomy.weight_of(model, layer) is not None:
+                (weight := anatomy.weight_of(model, layer)) is not None:
             handles.append(module.register_forward_hook(hook))
-            touched.append(anatomy.weight_of(model, layer)[0])
+            touched.append(weight[0])
     try:
         with torch.no_grad():
             model.module(*inputs)

@@ -4,6 +4,8 @@ cells, chrono initialization of the gates, truncated backpropagation through tim
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 from torch import nn
 
 from diagnostics import temporal
@@ -38,7 +40,8 @@ def gated_cells(context: Context) -> Candidate | None:
     )
     if context.spec is None:
         return Candidate(remedy, None, ONNX_STRUCTURE_NOTE, temporal=True)
-    edited = spec_edits.replace_recurrent(context.spec, "RNN", "LSTM")
+    # Not None: the model's RNN layers were built from RNN leaves of this very document.
+    edited = cast("dict[str, Any]", spec_edits.replace_recurrent(context.spec, "RNN", "LSTM"))
 
     def edit(_copy: LoadedModel, _batches: list[SampleBatch]) -> LoadedModel:
         rebuilt = context.rebuild(edited)

@@ -24,7 +24,7 @@ from diagnostics.errors import RemedyNotRepairableError
 from diagnostics.inputs import SampleBatch
 from diagnostics.model import LoadedModel, copy_model
 from diagnostics.probe import probe_mode
-from diagnostics.remedies.candidates import Candidate
+from diagnostics.remedies.candidates import Candidate, Edit
 
 
 @dataclass
@@ -36,7 +36,7 @@ class RepairContext:
     batches: list[SampleBatch]
     config: DiagnosisConfig
     candidates: list[Candidate]
-    data_dir: Path | None = None  # where the source's external data files are
+    data_dir: str | Path | None = None  # where the source's external data files are
     # An nn.Module source's (device, float dtype), which the probe may have changed.
     original: tuple[torch.device, torch.dtype] | None = None
 
@@ -55,7 +55,7 @@ def repaired_onnx(context: RepairContext, remedy_id: str) -> bytes:
         RemedyNotRepairableError: Unknown remedy id, a remedy that edits the architecture, or a
             model that did not come from an ONNX file.
     """
-    candidate = _repairable(context, remedy_id)
+    edit = _repairable(context, remedy_id)
     if context.model.source.kind == "module":
         raise RemedyNotRepairableError(
             "this report is of an nn.Module: report.repaired_module(remedy_id) returns the "
@@ -64,7 +64,7 @@ def repaired_onnx(context: RepairContext, remedy_id: str) -> bytes:
         raise RemedyNotRepairableError(
             "repaired models are written for ONNX sources; for a spec, set the init shown in the "
             "remedy's params", remedy=remedy_id)
-    copy = _edited_copy(context, candidate)
+    copy = _edited_copy(context, edit)
     source = context.source_bytes
     model = onnx.load_from_string(source() if callable(source) else source)
     by_name = {init.name: init for init in model.graph.initializer}
@@ -84,7 +84,7 @@ def repaired_onnx(context: RepairContext, remedy_id: str) -> bytes:
 _PROTO_LIMIT = 2**31 - 1
 
 
-def _one_file(model: onnx.ModelProto, data_dir: Path | None, remedy_id: str) -> bytes:
+def _one_file(model: onnx.ModelProto, data_dir: str | Path | None, remedy_id: str) -> bytes:
     """The repaired model as one file: external tensors it kept (constants) embedded."""
     from diagnostics.limits import Limits
     from diagnostics.loading.onnx.external_data import embed_external_data
@@ -114,18 +114,19 @@ def repaired_module(context: RepairContext, remedy_id: str) -> nn.Module:
     """
     from diagnostics.loading.nn_module import unwrap
 
-    candidate = _repairable(context, remedy_id)
+    edit = _repairable(context, remedy_id)
     if context.model.source.kind != "module":
         raise RemedyNotRepairableError(
             "repaired_module is for reports of an nn.Module; use repaired_model for ONNX sources",
             remedy=remedy_id)
-    module = unwrap(_edited_copy(context, candidate))
+    module = unwrap(_edited_copy(context, edit))
     if context.original is not None:
         module.to(device=context.original[0], dtype=context.original[1])
     return module
 
 
-def _repairable(context: RepairContext, remedy_id: str) -> Candidate:
+def _repairable(context: RepairContext, remedy_id: str) -> Edit:
+    """The edit of the remedy ``remedy_id``, which must only change initializer values."""
     candidate = next((c for c in context.candidates if c.remedy.id == remedy_id), None)
     if candidate is None:
         known = ", ".join(c.remedy.id for c in context.candidates) or "none"
@@ -135,13 +136,13 @@ def _repairable(context: RepairContext, remedy_id: str) -> Candidate:
         raise RemedyNotRepairableError(
             f"remedy {remedy_id!r} changes the architecture or the training setup, not only "
             "initializer values; apply it in your model code", remedy=remedy_id)
-    return candidate
+    return candidate.edit
 
 
-def _edited_copy(context: RepairContext, candidate: Candidate) -> LoadedModel:
+def _edited_copy(context: RepairContext, edit: Edit) -> LoadedModel:
     copy = copy_model(context.model)
     with probe_mode(copy.module, context.config.norm_stats):
-        return candidate.edit(copy, context.batches)
+        return edit(copy, context.batches)
 
 
 def write_repaired_model(report: Any, remedy_id: str, output: str | Path) -> None:

@@ -26,6 +26,7 @@ def clip_gradients(context: Context) -> Candidate | None:
         return None
     total = total_grad_norm(layers)
     g2w = verdict.evidence.max_grad_to_weight
+    params: dict[str, float | None]
     if not total or not math.isfinite(total):
         params = {"max_norm": 1.0, "norm_type": 2.0}
         rationale = ("gradients are not finite, so no norm can be measured: clip at the common "

@@ -12,6 +12,7 @@ import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TypeGuard
 
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
@@ -139,7 +140,7 @@ def temporal_svg(profiles: Sequence[TemporalProfile]) -> str:
     return _to_svg(fig, TEMPORAL_PLOT_ID, "Gradient norm per time step of sequence inputs")
 
 
-def _positive(value: float | None) -> bool:
+def _positive(value: float | None) -> TypeGuard[float]:
     return value is not None and math.isfinite(value) and value > 0
 
 
@@ -155,17 +156,18 @@ def _series(
     label: str,
 ) -> bool:
     """Plot the positive values joined by a line (gaps skipped), with a band when given."""
-    xs = [x for x, v in enumerate(values) if _positive(v)]
-    if not xs:
+    shown = [(x, v) for x, v in enumerate(values) if _positive(v)]
+    if not shown:
         return False
-    ax.plot(xs, [values[x] for x in xs], color=color, marker="o", markersize=3, linewidth=1.4,
+    xs = [x for x, _ in shown]
+    ax.plot(xs, [v for _, v in shown], color=color, marker="o", markersize=3, linewidth=1.4,
             label=label)
     if bands is not None:
         spread = [(x, lo, hi) for x in xs if _positive(lo := bands[x][0])
                   and _positive(hi := bands[x][1])]
         if spread:
-            bx, lo, hi = zip(*spread, strict=True)
-            ax.fill_between(bx, lo, hi, color=color, alpha=0.18, linewidth=0)
+            ax.fill_between([x for x, _, _ in spread], [lo for _, lo, _ in spread],
+                            [hi for _, _, hi in spread], color=color, alpha=0.18, linewidth=0)
     return True
 
 

@@ -67,7 +67,7 @@ def render_text(report: Report, color: bool = False, width: int = 120) -> str:  
         console.print(Text("Causes", style="bold"))
         for cause in report.causes:
             line = Text(f"- {printable(cause.title)}  [{printable(cause.id)}]")
-            if getattr(cause, "doc", None):  # absent from reports older than the guide
+            if cause.doc:  # None in reports older than the guide
                 line.append(f"  guide: {printable(cause.doc)}", style="dim")
             if cause.layers:
                 shown = ", ".join(printable(n) for n in cause.layers[:_MAX_LISTED_LAYERS])
@@ -104,7 +104,7 @@ def _header(report: Report) -> Panel:
     fired = [r for r in verdict.evidence.rules if r.fired]
     lines += [Text(f"  fired: {printable(r.rule)}: {number(r.value)} vs {number(r.threshold)}"
                    f" ({printable(r.detail)})"
-                   + (f"  guide: {printable(r.doc)}" if getattr(r, "doc", None) else ""),
+                   + (f"  guide: {printable(r.doc)}" if r.doc else ""),
                    style="yellow") for r in fired]
     return Panel(Group(*lines), title=Text(f"GradDoctor · {source_line(report.source)}"),
                  title_align="left", box=box.ROUNDED)
@@ -247,7 +247,7 @@ def _line(cells: Sequence[str], widths: Sequence[int],
 def _remedy(remedy: Remedy) -> Group:
     title = Text.assemble((f"{remedy.rank}. {printable(remedy.title)}", "bold"),
                           (f"  [{printable(remedy.id)}]", "dim"))
-    if getattr(remedy, "doc", None):  # absent from reports older than the guide
+    if remedy.doc:  # None in reports older than the guide
         title.append(f"  guide: {printable(remedy.doc)}", style="dim")
     body = Text(printable(remedy.rationale))
     if remedy.layers:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import signal
@@ -55,7 +56,7 @@ def child_main(conn: Connection, settings_data: dict[str, Any]) -> None:
             break
         try:
             execute_job(job_id, store, blobs, settings,
-                        on_stored=lambda job_id=job_id: conn.send(("stored", job_id)))
+                        on_stored=functools.partial(conn.send, ("stored", job_id)))
         except Exception as exc:  # the store failed under us: record what we can, keep serving
             log.exception("job %s could not be executed", job_id)
             _try_fail(store, job_id, exc)

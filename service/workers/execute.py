@@ -145,7 +145,7 @@ def _repaired_models(report: Any) -> dict[str, bytes]:
     """The ONNX file for each remedy that only changes initializer values, written now while
     the worker holds the model (the API never loads one). A model too large for one file gets
     none (the remedy's advice stands)."""
-    from diagnostics.remedies.repair import RemedyNotRepairableError
+    from diagnostics.errors import RemedyNotRepairableError
 
     models = {}
     for remedy in report.remedies:

@@ -189,6 +189,18 @@ def test_inputs_are_required_and_named_when_wrong() -> None:
         diagnose(torch.jit.script(nn.Linear(2, 2)), inputs=torch.ones(1, 2))
 
 
+@pytest.mark.parametrize("inputs", [torch.ones(4, 8), (torch.ones(4, 8),), [torch.ones(4, 8)]],
+                         ids=["tensor", "tuple", "list"])
+def test_module_arguments_given_to_a_spec_are_bad_inputs(inputs: object) -> None:
+    """A spec or ONNX model takes arrays by input name; tensors used to fail with a TypeError."""
+    spec = {"inputs": [{"name": "x", "shape": [4, 8]}],
+            "layers": [{"type": "Linear", "in_features": 8, "out_features": 2}]}
+    with pytest.raises(InvalidInputsError) as caught:
+        diagnose(spec, inputs=inputs, config=CONFIG)
+    assert f"inputs of type {type(inputs).__name__} are an nn.Module's" in caught.value.detail
+    assert "an .npz (path or bytes) or a mapping name -> array" in caught.value.detail
+
+
 def test_repaired_module_is_a_fresh_module_that_is_healthy() -> None:
     torch.manual_seed(0)
     module = nn.Sequential(*[layer for _ in range(10)

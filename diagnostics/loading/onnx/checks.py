@@ -372,9 +372,10 @@ def validate_and_infer(model: ModelProto, limits: Limits, notes: list[str] | Non
     try:
         inferred = _infer_strict(model)
     except Exception as exc:  # InferenceError, or a C++ error surfaced as RuntimeError
-        inferred = _infer_without_annotations(model, notes)
-        if inferred is None:
+        fallback = _infer_without_annotations(model, notes)
+        if fallback is None:
             raise ModelLoadError(f"ONNX shape inference: {one_line(exc)}") from None
+        inferred = fallback
     check_declared_sizes(inferred, limits, inferred=True)
     return inferred
 

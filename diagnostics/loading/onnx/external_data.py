@@ -377,7 +377,7 @@ def _to_numpy(self: OnnxTensor) -> np.ndarray:
     return _original_to_numpy(self)
 
 
-OnnxTensor.to_numpy = _to_numpy  # type: ignore[method-assign]
+OnnxTensor.to_numpy = _to_numpy
 
 __all__ = ["ExternalRef", "ExternalWeights", "initializer_array", "prepare_external_data",
            "read_array", "uses_external_data"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
+from typing import TypeGuard
 
 import numpy as np
 import onnx
@@ -295,7 +296,9 @@ _POSITION_PASSTHROUGH = INDEX_PASSTHROUGH | {"CastLike", "Expand"}
 _SMALL = 16  # constants decoded for shape arithmetic: Range bounds, Gather/Slice indices
 _TO_THE_END = 2**62  # Slice ends at or above this take everything (exporters write INT64_MAX)
 
-Dim = int | str | None
+# An element of a vector symbol_bounds follows: a size, a symbolic axis, an unknown size (None),
+# or a small constant, which may be a float (see _small_constants).
+Dim = int | float | str | None
 
 
 def symbol_bounds(graph: GraphProto) -> dict[str, int]:  # noqa: C901
@@ -317,7 +320,7 @@ def symbol_bounds(graph: GraphProto) -> dict[str, int]:  # noqa: C901
     """
     shapes = _static_or_symbolic_shapes(graph)
     constants = _small_constants(graph)
-    vectors: dict[str, tuple[Dim, ...]] = dict(constants)  # known values: ints and symbols
+    vectors: dict[str, tuple[Dim, ...]] = dict(constants)  # known values: numbers and symbols
     arrays = {init.name: tuple(init.dims) for init in graph.initializer}
     arrays.update(_constant_node_dims(graph))
     tables = {init.name: tuple(init.dims) for init in graph.initializer
@@ -336,14 +339,14 @@ def symbol_bounds(graph: GraphProto) -> dict[str, int]:  # noqa: C901
             vectors[out] = vectors[inputs[0]]
         elif op == "Concat" and all(name in vectors for name in inputs):
             vectors[out] = tuple(dim for name in inputs for dim in vectors[name])
-        elif op == "Gather" and inputs[0] in vectors and _ints(vectors.get(inputs[1])):
-            vector, picks = vectors[inputs[0]], vectors[inputs[1]]
+        elif op == "Gather" and inputs[0] in vectors and _ints(picks := vectors.get(inputs[1])):
+            vector = vectors[inputs[0]]
             if not attribute_value(node, "axis") and all(-len(vector) <= i < len(vector)
                                                          for i in picks):
                 vectors[out] = tuple(vector[i] for i in picks)
         elif op == "Range" and len(inputs) == 3 and vectors.get(inputs[0]) == (0,) \
-                and vectors.get(inputs[2]) == (1,) and _symbol(vectors.get(inputs[1])):
-            positions[out] = (_symbol(vectors[inputs[1]]), None)
+                and vectors.get(inputs[2]) == (1,) and (limit := _symbol(vectors.get(inputs[1]))):
+            positions[out] = (limit, None)
         elif op == "Slice" and inputs[0] in positions:
             if _whole_slice(inputs, vectors, positions[inputs[0]][0]):
                 positions[out] = positions[inputs[0]]
@@ -376,10 +379,10 @@ def _symbol(vector: tuple[Dim, ...] | None) -> str | None:
 
 
 def _zeros(vector: tuple[Dim, ...] | None) -> bool:
-    return bool(vector) and all(dim == 0 for dim in vector)
+    return vector is not None and len(vector) > 0 and all(dim == 0 for dim in vector)
 
 
-def _ints(vector: tuple[Dim, ...] | None) -> bool:
+def _ints(vector: tuple[Dim, ...] | None) -> TypeGuard[tuple[int, ...]]:
     return vector is not None and all(isinstance(dim, int) for dim in vector)
 
 
@@ -502,8 +505,9 @@ def captured_names(node: NodeProto) -> list[str]:
     values, so only what the body captures from the enclosing graph is listed.
     """
     found: dict[str, None] = {}
-    stack = [(g, frozenset()) for attribute in node.attribute
-             for g in ([attribute.g] if attribute.HasField("g") else []) + list(attribute.graphs)]
+    stack: list[tuple[GraphProto, frozenset[str]]] = [
+        (g, frozenset()) for attribute in node.attribute
+        for g in ([attribute.g] if attribute.HasField("g") else []) + list(attribute.graphs)]
     while stack:
         graph, outer_local = stack.pop()
         local = set(outer_local) | {value.name for value in graph.input} | {

@@ -20,12 +20,14 @@ trainable and reported under ``{node}.{path}``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import cast
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from onnx import GraphProto, NodeProto, TensorProto
 from onnx.defs import OpSchema, SchemaError, get_schema
+from onnx2torch.utils.common import OnnxMapping
 from torch import fx, nn
 
 from diagnostics.loading.onnx.checks import FLOAT_TYPES, attribute_value
@@ -195,7 +197,7 @@ class _Binder:
         produced = {name for node in self.graph.node for name in node.output}
         sources: dict[str, str] = {}
         for node in self.graph.node:
-            for name in self.gm.get_submodule(node.name).onnx_mapping.inputs:
+            for name in self.fed_inputs(node):
                 if name in inputs or name in produced or name not in self.initializers:
                     continue
                 sources[f"{_BUFFER_PREFIX}{len(sources)}"] = name
@@ -207,7 +209,16 @@ class _Binder:
                 raise RuntimeError(f"onnx2torch buffer {attr} does not match initializer {name!r}")
         return sources
 
+    def fed_inputs(self, node: NodeProto) -> tuple[str, ...]:
+        """The values onnx2torch feeds the node's module, subgraph captures included."""
+        module = self.gm.get_submodule(node.name)
+        # convert(attach_onnx_mapping=True) set it as a plain attribute; torch types a module's
+        # attributes as tensors or submodules.
+        return tuple(cast(OnnxMapping, module.onnx_mapping).inputs)
+
     def bind_buffers(self, sources: dict[str, str]) -> None:
+        if not sources:
+            return
         first: dict[str, str] = {}
         for attr, name in sources.items():
             first.setdefault(name, attr)
@@ -216,7 +227,7 @@ class _Binder:
                 attr = fx_node.target.removeprefix("initializers.")
                 if attr in sources:
                     fx_node.target = f"initializers.{first[sources[attr]]}"
-        container = self.gm.get_submodule("initializers") if sources else None
+        container = self.gm.get_submodule("initializers")
         for attr, name in sources.items():
             if first[name] != attr:
                 del container._buffers[attr]  # a duplicate copy: its uses now read the first
@@ -248,9 +259,8 @@ class _Binder:
 
     def subgraph_reads(self, node: NodeProto) -> set[str]:
         if node.name not in self._subgraph_reads:
-            module = self.gm.get_submodule(node.name)
             self._subgraph_reads[node.name] = (
-                set(module.onnx_mapping.inputs) - set(node.input)
+                set(self.fed_inputs(node)) - set(node.input)
                 if any(a.HasField("g") or a.graphs for a in node.attribute) else set())
         return self._subgraph_reads[node.name]
 

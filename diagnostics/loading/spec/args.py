@@ -89,6 +89,10 @@ class Int:
         """See :class:`Arg`."""
         if value is None and self.nullable:
             return None
+        return self.parse_int(value, path)
+
+    def parse_int(self, value: Any, path: str) -> int:
+        """:meth:`parse` where null is not an answer (``nullable`` only words the error)."""
         if not is_int(value):
             raise wrong_type(path, "an integer" + (" or null" if self.nullable else ""), value)
         if value < self.low:

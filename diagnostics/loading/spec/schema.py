@@ -15,7 +15,7 @@ import difflib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, Literal, cast
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
@@ -191,7 +191,7 @@ def _inputs(raw: Any, limits: Limits) -> tuple[InputModel, ...]:
     if not isinstance(shape, list) or not 1 <= len(shape) <= MAX_RANK:
         raise wrong_type("inputs[0].shape", f"a list of 1 to {MAX_RANK} sizes, batch first",
                          shape)
-    dims = tuple(cast(int, Int().parse(dim, f"inputs[0].shape[{axis}]"))
+    dims = tuple(Int().parse_int(dim, f"inputs[0].shape[{axis}]")
                  for axis, dim in enumerate(shape))
     dtype = item.get("dtype", InputDtype.FLOAT32.value)
     if dtype not in InputDtype.__members__.values():
@@ -250,7 +250,7 @@ def _container(raw: dict[str, Any], kind: str, path: str, nesting: int,
     layers = _layer_list(raw["layers"], f"{path}.layers", nesting, limits)
     if kind == "Repeat":
         # Any count is accepted here; check_budgets compares the expanded size with max_nodes.
-        times = Int(high=2**63 - 1).parse(raw["times"], f"{path}.times")
+        times = Int(high=2**63 - 1).parse_int(raw["times"], f"{path}.times")
         return RepeatSpec(layers=layers, times=times)
     return ResidualSpec(layers=layers) if kind == "Residual" else SequentialSpec(layers=layers)
 

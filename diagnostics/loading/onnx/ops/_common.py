@@ -95,6 +95,17 @@ def mapping(node: OnnxNode, inputs: tuple[str, ...] | None = None) -> OnnxMappin
                        outputs=node.output_values)
 
 
+def runtime_input(value: torch.Tensor | None, op_type: str, name: str) -> torch.Tensor:
+    """An input that ``forward`` reads because it was not a constant at conversion.
+
+    Converters leave the matching attribute None only for a node that has the input (the op's
+    schema requires it), so None here is a module fed without it.
+    """
+    if value is None:
+        raise ValueError(f"{op_type} needs its {name!r} input")
+    return value
+
+
 def normalize_axis(axis: int, rank: int) -> int:
     """``axis`` in ``[0, rank)``; ONNX allows negative axes counted from the end."""
     return axis + rank if axis < 0 else axis

@@ -26,7 +26,9 @@ from torch import nn
 from diagnostics.loading.onnx.ops.registry import converter
 
 
-def _split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
+def _split_heads(x: torch.Tensor, heads: int | None) -> torch.Tensor:
+    if heads is None:  # optional attributes, but the spec requires them with 3-D inputs
+        raise ValueError("Attention with 3-D inputs needs q_num_heads and kv_num_heads")
     batch, length, hidden = x.shape
     return x.reshape(batch, length, heads, hidden // heads).transpose(1, 2)
 
@@ -48,8 +50,8 @@ class OnnxAttention(nn.Module, OnnxToTorchModule):
         super().__init__()
         self.scale = attributes.get("scale")
         self.is_causal = bool(attributes.get("is_causal", 0))
-        self.q_num_heads = attributes.get("q_num_heads")
-        self.kv_num_heads = attributes.get("kv_num_heads")
+        self.q_num_heads: int | None = attributes.get("q_num_heads")
+        self.kv_num_heads: int | None = attributes.get("kv_num_heads")
         self.softcap = float(attributes.get("softcap", 0.0))
         self.mode = int(attributes.get("qk_matmul_output_mode", 0))
         self.left = int(attributes.get("left_window_size", -1))
@@ -67,6 +69,8 @@ class OnnxAttention(nn.Module, OnnxToTorchModule):
             k = _split_heads(k, self.kv_num_heads)
             v = _split_heads(v, self.kv_num_heads)
         if past_key is not None:
+            if past_value is None:
+                raise ValueError("Attention: past_key is given without past_value")
             k = torch.cat([past_key, k], dim=2)
             v = torch.cat([past_value, v], dim=2)
         present_key, present_value = k, v

@@ -46,6 +46,8 @@ class OnnxBitwise(nn.Module, OnnxToTorchModule):
         """The bitwise result in the inputs' dtype."""
         if self.op_type == "BitwiseNot":
             return torch.bitwise_not(_as_signed(a)).view(a.dtype)
+        if b is None:
+            raise ValueError(f"{self.op_type} takes two inputs")
         return _BITWISE[self.op_type](_as_signed(a), _as_signed(b)).view(a.dtype)
 
 

@@ -19,7 +19,7 @@ from onnx2torch.utils.common import (
 )
 from torch import nn
 
-from diagnostics.loading.onnx.ops._common import constant_ints, input_at, mapping
+from diagnostics.loading.onnx.ops._common import constant_ints, input_at, mapping, runtime_input
 from diagnostics.loading.onnx.ops.registry import converter
 
 
@@ -65,7 +65,8 @@ class OnnxCumSum(nn.Module, OnnxToTorchModule):
 
     def forward(self, x: torch.Tensor, axis: torch.Tensor | None = None) -> torch.Tensor:
         """The cumulative sum, in ``x``'s dtype."""
-        dim = self.axis if self.axis is not None else int(axis.reshape(-1)[0])
+        dim = self.axis if self.axis is not None else int(
+            runtime_input(axis, "CumSum", "axis").reshape(-1)[0])
         if self.reverse:
             x = torch.flip(x, dims=(dim,))
         result = torch.cumsum(x, dim=dim, dtype=x.dtype)

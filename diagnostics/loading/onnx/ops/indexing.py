@@ -30,7 +30,7 @@ from onnx2torch.utils.common import (
 )
 from torch import nn
 
-from diagnostics.loading.onnx.ops._common import mapping
+from diagnostics.loading.onnx.ops._common import mapping, runtime_input
 from diagnostics.loading.onnx.ops.registry import converter
 
 # ONNX ScatterElements reduction -> torch.scatter_reduce's name for it.
@@ -222,7 +222,8 @@ class OnnxTopK(nn.Module, OnnxToTorchModule):
 
     def forward(self, x: torch.Tensor, k: torch.Tensor | None = None):
         """``(values, indices)``, each with ``k`` entries along ``axis``."""
-        count = self.k if self.k is not None else int(k.reshape(-1)[0].item())
+        count = self.k if self.k is not None else int(
+            runtime_input(k, "TopK", "K").reshape(-1)[0].item())
         values, indices = torch.sort(x, dim=self.axis, descending=self.largest, stable=True)
         return values.narrow(self.axis, 0, count), indices.narrow(self.axis, 0, count)
 

@@ -16,7 +16,13 @@ from onnx2torch.onnx_node import OnnxNode
 from onnx2torch.utils.common import OnnxToTorchModule, OperationConverterResult
 from torch import nn
 
-from diagnostics.loading.onnx.ops._common import constant_ints, constant_tensor, input_at, mapping
+from diagnostics.loading.onnx.ops._common import (
+    constant_ints,
+    constant_tensor,
+    input_at,
+    mapping,
+    runtime_input,
+)
 from diagnostics.loading.onnx.ops.registry import converter
 
 
@@ -48,7 +54,8 @@ class OnnxPad(nn.Module, OnnxToTorchModule):
                 constant_value: torch.Tensor | None = None,
                 axes: torch.Tensor | None = None) -> torch.Tensor:
         """The padded tensor."""
-        amounts = self.pads if self.pads is not None else [int(v) for v in pads.tolist()]
+        amounts = self.pads if self.pads is not None else [
+            int(v) for v in runtime_input(pads, "Pad", "pads").tolist()]
         chosen = self.axes if self.axes is not None else (
             None if axes is None else [int(v) for v in axes.tolist()])
         rank = data.dim()

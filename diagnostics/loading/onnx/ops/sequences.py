@@ -8,6 +8,9 @@ the tensors they hold.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import cast
+
 import torch
 from onnx2torch.onnx_graph import OnnxGraph
 from onnx2torch.onnx_node import OnnxNode
@@ -55,16 +58,19 @@ class OnnxSequenceOp(nn.Module, OnnxToTorchModule):
         """Apply the operation; sequences are never modified in place."""
         if self.op_type == "SequenceConstruct":
             return list(args)
-        sequence = list(args[0])
+        # The other ops' ONNX schemas: a sequence of tensors, then tensors.
+        first, *rest = args
+        sequence = list(cast("Sequence[torch.Tensor]", first))
+        tensors = cast("list[torch.Tensor]", rest)
         if self.op_type == "SequenceAt":
-            return sequence[_position(sequence, args[1])]
+            return sequence[_position(sequence, tensors[0])]
         if self.op_type == "SequenceLength":
             return torch.tensor(len(sequence), dtype=torch.int64)
         if self.op_type == "SequenceInsert":
-            position = args[2] if len(args) > 2 else None
-            sequence.insert(_position(sequence, position, insert=True), args[1])
+            position = tensors[1] if len(tensors) > 1 else None
+            sequence.insert(_position(sequence, position, insert=True), tensors[0])
             return sequence
-        del sequence[_position(sequence, args[1] if len(args) > 1 else None)]  # SequenceErase
+        del sequence[_position(sequence, tensors[0] if tensors else None)]  # SequenceErase
         return sequence
 
 

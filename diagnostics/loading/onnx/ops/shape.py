@@ -33,7 +33,13 @@ from onnx2torch.utils.common import (
 )
 from torch import nn
 
-from diagnostics.loading.onnx.ops._common import constant_ints, input_at, mapping, normalize_axis
+from diagnostics.loading.onnx.ops._common import (
+    constant_ints,
+    input_at,
+    mapping,
+    normalize_axis,
+    runtime_input,
+)
 from diagnostics.loading.onnx.ops.registry import converter
 
 _NEWER = (19, 21, 23, 24, 25)
@@ -49,7 +55,8 @@ class OnnxReshape(nn.Module, OnnxToTorchModule):
 
     def forward(self, data: torch.Tensor, shape: torch.Tensor | None = None) -> torch.Tensor:
         """``data`` reshaped to the target shape."""
-        target = self.shape if self.shape is not None else [int(v) for v in shape.tolist()]
+        target = self.shape if self.shape is not None else [
+            int(v) for v in runtime_input(shape, "Reshape", "shape").tolist()]
         if not self.allowzero:
             target = [data.shape[i] if size == 0 else size for i, size in enumerate(target)]
         return torch.reshape(data, target)
