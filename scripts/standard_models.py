@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import subprocess
 import sys
 import tempfile
@@ -39,6 +38,7 @@ import onnx  # noqa: E402
 import torch  # noqa: E402
 
 from diagnostics import diagnose  # noqa: E402
+from diagnostics.loading.onnx.rewrites import GENERATED_NAME  # noqa: E402
 from tests.standard_models import (  # noqa: E402
     BY_NAME,
     EXPORTERS,
@@ -48,8 +48,6 @@ from tests.standard_models import (  # noqa: E402
 )
 
 BEGIN, END = "<!-- BEGIN GENERATED: scripts/standard_models.py -->", "<!-- END GENERATED -->"
-# Initializer names the exporters invent for folded/transformed constants.
-GENERATED_NAME = re.compile(r"^(onnx::|val_\d+$)")
 
 
 @dataclass

@@ -45,24 +45,26 @@ from diagnostics.loading.onnx.external_data import prepare_external_data
 from diagnostics.loading.onnx.folding import FOLDING_ADVICE, folded_batchnorm_nodes
 from diagnostics.loading.onnx.fx_outputs import return_graph_outputs
 from diagnostics.loading.onnx.graph import (
-    GENERATED_NAME,
     NORMALIZATIONS,
     activation_of,
-    assign_safe_names,
     captured_names,
     check_outputs_computed,
     default_opset,
-    identity_copy_elements,
     input_specs,
     layer_depths,
-    materialize_identity_initializers,
-    normalize_default_domain,
     scalar_constants,
-    tie_identity_initializers,
     weight_only_nodes,
 )
 from diagnostics.loading.onnx.outputs import keep_float_outputs
 from diagnostics.loading.onnx.params import BoundParameters, bind_parameters
+from diagnostics.loading.onnx.rewrites import (
+    GENERATED_NAME,
+    assign_safe_names,
+    identity_copy_elements,
+    materialize_identity_initializers,
+    normalize_default_domain,
+    tie_identity_initializers,
+)
 from diagnostics.model import LayerInfo, LayerKind, LoadedModel, SourceInfo
 
 # Ops that hand a weight on unchanged in values (layout or dtype only): the weight is reported

@@ -27,8 +27,9 @@ from onnx2torch.utils.common import OnnxMapping, OnnxToTorchModule, OperationCon
 from torch import fx, nn
 
 from diagnostics.loading.onnx.fx_outputs import return_graph_outputs
-from diagnostics.loading.onnx.graph import assign_safe_names, captured_names
+from diagnostics.loading.onnx.graph import captured_names
 from diagnostics.loading.onnx.ops.registry import converter
+from diagnostics.loading.onnx.rewrites import assign_safe_names
 
 # A file can ask for 2^63 iterations, or loop on a condition that never turns false; the probe
 # must end. Recurrences over sequences that long are not diagnosed one step at a time anyway.
