@@ -116,8 +116,6 @@ def convert_average_pool(node: OnnxNode, graph: OnnxGraph) -> OperationConverter
                                     onnx_mapping=mapping(node, node.input_values[:1]))
 
 
-
-
 class OnnxGlobalMaxPool(nn.Module, OnnxToTorchModule):
     """Maximum over all spatial dims, kept as size-1 dims."""
 
@@ -183,20 +181,24 @@ def convert_global_max_pool(node: OnnxNode, graph: OnnxGraph) -> OperationConver
                                     onnx_mapping=onnx_mapping_from_node(node))
 
 
-@converter("LpPool", [11, 18, 22])
-def convert_lp_pool(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
-    """LpPool-11 and -18/22 (dilations, ceil_mode)."""
-    del graph
-    attributes = node.attributes
+def _window(attributes: dict) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...],
+                                       tuple[int, ...] | None, str, bool]:
+    """Kernel, strides, dilations, pads (None: not given), auto_pad and ceil_mode of a pool."""
     kernel = tuple(attributes["kernel_shape"])
     ones = (1,) * len(kernel)
     auto_pad = attributes.get("auto_pad", "NOTSET")
     auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
     pads = attributes.get("pads")
-    module = OnnxLpPool(kernel, tuple(attributes.get("strides", ones)),
-                        tuple(attributes.get("dilations", ones)),
-                        tuple(pads) if pads is not None else None, auto_pad,
-                        bool(attributes.get("ceil_mode", 0)), int(attributes.get("p", 2)))
+    return (kernel, tuple(attributes.get("strides", ones)),
+            tuple(attributes.get("dilations", ones)), tuple(pads) if pads is not None else None,
+            auto_pad, bool(attributes.get("ceil_mode", 0)))
+
+
+@converter("LpPool", [11, 18, 22])
+def convert_lp_pool(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
+    """LpPool-11 and -18/22 (dilations, ceil_mode)."""
+    del graph
+    module = OnnxLpPool(*_window(node.attributes), int(node.attributes.get("p", 2)))
     return OperationConverterResult(torch_module=module, onnx_mapping=onnx_mapping_from_node(node))
 
 
@@ -278,16 +280,7 @@ class OnnxMaxPool(nn.Module, OnnxToTorchModule):
 def convert_max_pool(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
     """MaxPool-1..22; replaces the stock converter (no Indices, torch's padding cap)."""
     del graph
-    attributes = node.attributes
-    kernel = tuple(attributes["kernel_shape"])
-    ones = (1,) * len(kernel)
-    auto_pad = attributes.get("auto_pad", "NOTSET")
-    auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
-    pads = attributes.get("pads")
-    module = OnnxMaxPool(kernel, tuple(attributes.get("strides", ones)),
-                         tuple(attributes.get("dilations", ones)),
-                         tuple(pads) if pads is not None else None, auto_pad,
-                         bool(attributes.get("ceil_mode", 0)),
-                         bool(attributes.get("storage_order", 0)),
+    module = OnnxMaxPool(*_window(node.attributes),
+                         bool(node.attributes.get("storage_order", 0)),
                          indices=len([name for name in node.output_values if name]) > 1)
     return OperationConverterResult(torch_module=module, onnx_mapping=onnx_mapping_from_node(node))
