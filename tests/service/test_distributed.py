@@ -23,10 +23,10 @@ from tests.service.conftest import (
     dump,
     onnx_mlp,
     service_env,
-    spec_mlp,
     wait_for_status,
     worker_pid,
 )
+from tests.spec_builders import spec_mlp
 
 pytestmark = pytest.mark.service
 

@@ -38,7 +38,6 @@ from tests.service.conftest import (
     dump,
     free_port,
     service_env,
-    spec_mlp,
     wait_for_status,
     worker_pid,
 )
@@ -55,6 +54,7 @@ from tests.service.faults_support import (
     temp_folder,
     wait_until,
 )
+from tests.spec_builders import spec_mlp
 
 pytestmark = pytest.mark.service
 

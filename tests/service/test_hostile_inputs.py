@@ -41,9 +41,9 @@ from tests.service.conftest import (
     StartService,
     dump,
     onnx_mlp,
-    spec_mlp,
     wait_for_status,
 )
+from tests.spec_builders import spec_mlp
 
 pytestmark = pytest.mark.service
 

@@ -18,10 +18,10 @@ from tests.service.conftest import (
     dump,
     npz_bytes,
     onnx_mlp,
-    spec_mlp,
     wait_for_status,
     worker_pid,
 )
+from tests.spec_builders import spec_mlp
 
 pytestmark = pytest.mark.service
 
