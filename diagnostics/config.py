@@ -5,7 +5,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from diagnostics.errors import InvalidConfigError
 
@@ -27,6 +27,26 @@ class Loss(StrEnum):
     MEAN_SQUARE = "mean_square"
     CROSS_ENTROPY = "cross_entropy"
     SUM = "sum"
+
+
+class Optimizer(StrEnum):
+    """The optimizer the verdict predicts training with (README, "Verdict rules": optimizer).
+
+    ``sgd`` (default): SGD, with or without momentum. A step moves each weight by lr·g, so
+    gradient *magnitudes* decide what learns: a gradient 1,000× smaller at the first layers than
+    at the last is a stall. ``adam``: Adam/AdamW. Its first steps move every element by ≈ lr
+    whatever |g| is, as long as |g| ≫ its ε (1e-8); small magnitudes alone do not stall it
+    (Kingma & Ba 2015, §2.1), but gradients below ε, or a gradient whose first layers move the
+    output far less than the last (the shape of the profile, not its size), still do.
+    """
+
+    SGD = "sgd"
+    ADAM = "adam"
+
+
+# The learning rate a rule asks about when the caller names the optimizer but not the rate: the
+# usual starting points (SGD 1e-2; Adam 1e-3, Kingma & Ba 2015's default and torch's).
+DEFAULT_LEARNING_RATES = {Optimizer.SGD: 1e-2, Optimizer.ADAM: 1e-3}
 
 
 class NormStats(StrEnum):
@@ -85,6 +105,21 @@ class Thresholds(BaseModel):
         description="Largest growth of the activations' RMS from the inputs to the output "
         "layer tolerated; above it the forward pass amplifies its input so much that a training "
         "loss on the outputs diverges: 'exploding'.",
+    )
+    adam_forward_growth_ratio: float = Field(
+        10.0, gt=1,
+        description="With optimizer 'adam': the forward_growth_ratio. Adam moves each weight by "
+        "at most about learning_rate per step, so an output scale more than this many times the "
+        "inputs' (an overconfident softmax) takes it hundreds of steps to undo, where SGD's step "
+        "on the same saturated loss is lr·|g| and can: 'exploding'.",
+    )
+    adam_gradient_floor: float = Field(
+        1e-10, gt=0,
+        description="With optimizer 'adam': per-element gradient RMS of the first hidden "
+        "layer's weights below which Adam cannot move them: its step lr·|g|/(|g|+ε) is then "
+        "under 1 % of lr (ε = 1e-8, torch's default). Assumes a loss whose gradient at the "
+        "outputs is of order 1 per sample, averaged over the batch, like the default probe "
+        "loss: 'vanishing'.",
     )
     rounding_ratio: float = Field(
         1e-5, gt=0, lt=1,
@@ -147,10 +182,18 @@ class DiagnosisConfig(BaseModel):
     )
     norm_stats: NormStats = NormStats.BATCH
     loss: Loss = Loss.RANDOM_PROJECTION
+    optimizer: Optimizer = Field(
+        Optimizer.SGD,
+        description="The optimizer you train with; the rules predict what it does at "
+        "learning_rate. 'sgd' (default): gradient magnitudes decide. 'adam': Adam rescales "
+        "each parameter's step, so small magnitudes alone do not stall it (README, 'Verdict "
+        "rules').",
+    )
     learning_rate: float = Field(
         1e-2, gt=0, le=10,
-        description="The SGD learning rate the relative-update rule asks about: what does the "
-        "first step at this rate do to each weight? 1e-2 is a common SGD rate; set your own.",
+        description="The learning rate the rules ask about: what does the first step at this "
+        "rate do to each weight? Default 1e-2 with optimizer 'sgd' and 1e-3 with 'adam' (the "
+        "usual starting points); set your own.",
     )
     samples: int = Field(
         3, ge=1, le=64,
@@ -172,6 +215,19 @@ class DiagnosisConfig(BaseModel):
     )
     max_verify_parameters: int = Field(50_000_000, ge=0)
     thresholds: Thresholds = Field(default_factory=Thresholds)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_learning_rate(cls, data: Any) -> Any:
+        # learning_rate left out: the usual rate of the chosen optimizer (Adam's steps are
+        # ~lr per element, so SGD's 1e-2 would be a tenfold larger rate than Adam users pick).
+        if isinstance(data, dict) and "learning_rate" not in data:
+            try:
+                optimizer = Optimizer(data.get("optimizer", Optimizer.SGD))
+            except ValueError:
+                return data  # the field validator names the bad value
+            return {**data, "learning_rate": DEFAULT_LEARNING_RATES[optimizer]}
+        return data
 
 
 def resolve_config(config: DiagnosisConfig | dict[str, Any] | None) -> DiagnosisConfig:

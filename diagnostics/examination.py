@@ -25,7 +25,8 @@ from diagnostics.precision import float64_rounding_ratio
 from diagnostics.probe import SampleObservation, probe_mode, run_sample
 from diagnostics.report import Flag, LayerReport, Status, TemporalProfile, Verdict
 from diagnostics.scales import fan_in
-from diagnostics.verdict import Facts, judge, rounding_step
+from diagnostics.verdict import judge, rounding_step
+from diagnostics.verdict_rules import Facts
 
 Progress = Callable[[str], None]
 

@@ -147,12 +147,25 @@ class Evidence(_Model):
     weight_grad_ratio: Stat | None = Field(
         None, description="‖∂L/∂W‖ of the first parametric layer / of the last (AUTOTRAINER)."
     )
+    weight_grad_l1_ratio: Stat | None = Field(
+        None, description="‖∂L/∂W‖₁ of first_weight_layer's weights / of last_weight_layer's: "
+        "how fast one Adam step (every element moved by ≈ lr against its gradient's sign) at "
+        "the first layers changes the loss, relative to one at the last (optimizer 'adam').")
+    first_weight_grad_rms: float | None = Field(
+        None, description="Per-element RMS of ∂L/∂W at the deepest hidden layer's weights, "
+        "compared with Adam's ε (optimizer 'adam').")
+    first_weight_layer: str | None = Field(
+        None, description="The deepest hidden layer with a weight matrix or kernel (the input "
+        "end of weight_grad_l1_ratio).")
+    last_weight_layer: str | None = Field(
+        None, description="The shallowest hidden layer with a weight matrix or kernel.")
     max_grad_to_weight: float | None = Field(
         None, description="Largest ‖∂L/∂W‖/‖W‖ of a weight matrix or kernel.")
     max_grad_to_weight_parameter: str | None = None
     max_relative_step: float | None = Field(
-        None, description="Largest first SGD step at config.learning_rate, lr·‖∂L/∂W‖ relative "
-        "to the weight's scale (the larger of ‖W‖ and a fan-in initialization's norm).")
+        None, description="Largest first step at config.learning_rate relative to the weight's "
+        "scale (the larger of ‖W‖ and a fan-in initialization's norm): lr·‖∂L/∂W‖ for SGD, "
+        "lr·√numel (every element moved by ≈ lr) for Adam.")
     max_relative_step_parameter: str | None = None
     reference_scale_parameters: list[str] = Field(
         default_factory=list,

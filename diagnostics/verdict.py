@@ -15,63 +15,42 @@ Around it: exact zeros (no gradient at all) are vanishing; rounding noise (a los
 a change) and folded exports are inconclusive; the forward scale and the first SGD step at the
 configured learning rate judge explosions as training meets them; for ungated recurrent cells the
 temporal horizon judges memory.
+
+The optimizer (``config.optimizer``) decides which facts predict a stall. SGD steps by lr·g, so
+the size of the gradient reaching the first layers is what matters: the backward-signal ratio.
+Adam steps every element by ≈ lr whatever |g| (:mod:`diagnostics.adam`), so size alone does not
+stall it; the first layers' share of the loss change (‖∂L/∂W‖₁ ratio) and gradients below Adam's
+ε do, and its bounded steps make a large output scale harder to undo.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from diagnostics import anatomy
+from diagnostics import adam, anatomy
 from diagnostics.aggregate import is_weight, make_stat
-from diagnostics.config import DiagnosisConfig, Thresholds
+from diagnostics.config import DiagnosisConfig, Optimizer, Thresholds
 from diagnostics.model import LayerKind, LoadedModel
 from diagnostics.probe import SampleObservation
 from diagnostics.report import (
     Evidence,
     Flag,
     LayerReport,
-    RuleCheck,
+    ParameterStats,
     Stat,
     Status,
-    TemporalProfile,
     Verdict,
 )
 from diagnostics.scales import reference_norm
-from diagnostics.verdict_summary import deciding_rule, summarize
-
-# A float64 re-measurement that falls this much further than the probe's own shows the probe saw
-# rounding noise: an exact invariance gives ~1e-16 in float64 and ~1e-7 in float32. A float64
-# ratio still under float32's rounding level cannot be told from noise either (a Cast to float32
-# inside the graph keeps the noise): we say we cannot know.
-_PRECISION_COLLAPSE = 1e-3
-_FLOAT32_ROUNDING = 1e-6
+from diagnostics.verdict_rules import Facts, evaluate_rules, status_of
+from diagnostics.verdict_summary import summarize
 
 
 @dataclass(frozen=True)
 class SignalRatio:
     robust: float
     raw: float
-
-
-@dataclass(frozen=True)
-class Facts:
-    """What the examination measured besides the per-layer statistics.
-
-    Attributes:
-        input_rms: Per sample, the RMS of the float inputs (None where the model has none).
-        float64_ratio: The rounding step re-measured in float64 (None: not re-measured).
-        substituted_readouts: Zero readout weights replaced by a fan-in initialization for the
-            probe, so the body's profile could be measured at all.
-        temporal: The temporal profiles of recurrent layers.
-        ungated: Whether the profiled recurrent layer is an ungated (vanilla) cell.
-    """
-
-    input_rms: tuple[float | None, ...] = ()
-    float64_ratio: float | None = None
-    substituted_readouts: tuple[str, ...] = ()
-    temporal: tuple[TemporalProfile, ...] = field(default=())
-    ungated: bool = False
 
 
 def width_corrected_ratio(norm_deep: float, norm_shallow: float, numel_deep: int,
@@ -98,13 +77,16 @@ def _measured(layer: LayerReport) -> float | None:
     return norm.median if norm is not None else None
 
 
-def _endpoints(model: LoadedModel, layers: list[LayerReport],
-               readouts: list[int]) -> tuple[int, int] | None:
+def _endpoints(model: LoadedModel, layers: list[LayerReport], readouts: list[int], *,
+               weighted: bool = False) -> tuple[int, int] | None:
+    """The deepest and shallowest hidden layers with parameters (``weighted``: with a weight
+    matrix or kernel, the layers Adam's step-size rules judge)."""
     above = min((model.layers[i].depth for i in readouts), default=-1)
     candidates = [
         i for i, layer in enumerate(layers)
         if LayerKind.PARAMETRIC in model.layers[i].kinds and layer.depth > above
         and not anatomy.is_table(model, i) and _measured(layer) is not None and layer.output_numel
+        and (not weighted or any(is_weight(p) for p in layer.parameters))
     ]
     if len(candidates) < 2:
         return None
@@ -160,6 +142,7 @@ def judge(model: LoadedModel, layers: list[LayerReport], samples: list[SampleObs
     evidence.readout_scale = _readout_scale(model, readouts)
     ends = _endpoints(model, layers, readouts)
     ratios: list[SignalRatio | None] = []
+    adam_facts = _AdamFacts.none(len(samples))
     if ends:
         deep, shallow = ends
         ratios = sample_ratios(layers, samples, ends)
@@ -174,6 +157,14 @@ def judge(model: LoadedModel, layers: list[LayerReport], samples: list[SampleObs
             evidence.per_layer_gain = ratio ** (1 / steps)
         _flag_profile(model, layers, shallow, thresholds)
         evidence.weight_grad_ratio = _weight_grad_ratio(layers, deep, shallow)
+    weight_ends = _endpoints(model, layers, readouts, weighted=True)
+    if weight_ends:
+        adam_facts = _AdamFacts(adam.sample_l1_ratios(layers, samples, weight_ends),
+                                adam.sample_first_rms(layers, samples, weight_ends[0]))
+        evidence.weight_grad_l1_ratio = adam.l1_ratio_stat(adam_facts.l1_ratios)
+        evidence.first_weight_grad_rms = adam.first_weight_grad_rms(layers, weight_ends[0])
+        evidence.first_weight_layer, evidence.last_weight_layer = \
+            layers[weight_ends[0]].name, layers[weight_ends[1]].name
     _collect_layer_evidence(layers, samples, evidence)
     _relative_steps(model, layers, config, evidence)
     evidence.forward_growth = _forward_growth(layers, samples, readouts, facts)
@@ -183,17 +174,19 @@ def judge(model: LoadedModel, layers: list[LayerReport], samples: list[SampleObs
     if step is not None and 0 < step[1] < thresholds.rounding_ratio:
         evidence.rounding_noise_layer, evidence.rounding_noise_ratio = step
         evidence.rounding_noise_ratio_float64 = facts.float64_ratio
-    rules = _rules(evidence, thresholds, facts)
+    rules = evaluate_rules(evidence, config, facts)
     evidence.rules = rules
-    status = _status(rules)
-    per_sample = [_sample_status(sample, ratio, thresholds, status) for sample, ratio in
-                  zip(samples, ratios or [None] * len(samples), strict=True)]
+    status = status_of(rules)
+    per_sample = [_sample_status(sample, ratio, config, status, adam_facts.of(i))
+                  for i, (sample, ratio) in
+                  enumerate(zip(samples, ratios or [None] * len(samples), strict=True))]
     flags = sorted({flag for layer in layers for flag in layer.flags}, key=list(Flag).index)
     if status is Status.EXPLODING and evidence.nonfinite_count and Flag.NON_FINITE not in flags:
         flags.append(Flag.NON_FINITE)
     if any(sample.nonfinite_inputs for sample in samples):
         flags.append(Flag.NONFINITE_INPUT)
-    summary = summarize(status, rules, evidence, samples, facts.substituted_readouts)
+    summary = summarize(status, rules, evidence, samples, facts.substituted_readouts,
+                        config.optimizer)
     return Verdict(status=status, summary=summary, flags=flags, evidence=evidence), per_sample
 
 
@@ -271,7 +264,8 @@ def _collect_layer_evidence(layers: list[LayerReport], samples: list[SampleObser
 
 def _relative_steps(model: LoadedModel, layers: list[LayerReport], config: DiagnosisConfig,
                     evidence: Evidence) -> None:
-    """lr·‖g‖ / max(‖W‖, fan-in norm) for every weight; flag layers whose step is too large."""
+    """‖first step‖ / max(‖W‖, fan-in norm) for every weight; flag layers whose step is too
+    large. The step is lr·‖g‖ for SGD and ≈ lr·√numel for Adam (every element moves by ≈ lr)."""
     best: tuple[float, str] | None = None
     for index, layer in enumerate(layers):
         if anatomy.is_table(model, index):
@@ -291,7 +285,7 @@ def _relative_steps(model: LoadedModel, layers: list[LayerReport], config: Diagn
                 continue
             if reference and norm < config.thresholds.small_readout_fraction * reference:
                 evidence.reference_scale_parameters.append(param.name)
-            step = config.learning_rate * grad / scale
+            step = _first_step(param, grad, config) / scale
             if step > config.thresholds.max_relative_step and Flag.LARGE_UPDATE not in \
                     layer.flags:
                 layer.flags.append(Flag.LARGE_UPDATE)
@@ -299,6 +293,14 @@ def _relative_steps(model: LoadedModel, layers: list[LayerReport], config: Diagn
                 best = (step, param.name)
     if best:
         evidence.max_relative_step, evidence.max_relative_step_parameter = best
+
+
+def _first_step(param: ParameterStats, grad_norm: float, config: DiagnosisConfig) -> float:
+    """‖ΔW‖ of the first step at the configured optimizer and learning rate."""
+    if config.optimizer is Optimizer.ADAM:
+        return adam.first_step_norm(param.grad_rms.median or 0.0, math.prod(param.shape),
+                                    config.learning_rate)
+    return config.learning_rate * grad_norm
 
 
 def _forward_growth(layers: list[LayerReport], samples: list[SampleObservation],
@@ -337,65 +339,6 @@ def _gradient_stop(layers: list[LayerReport], readouts: list[int], evidence: Evi
     evidence.gradient_stops_at = max(reached, key=lambda layer: (layer.depth, layer.index)).name
 
 
-def _rules(evidence: Evidence, thresholds: Thresholds, facts: Facts) -> list[RuleCheck]:
-    ratio = evidence.backward_signal_ratio.median if evidence.backward_signal_ratio else None
-    growth = evidence.forward_growth.median if evidence.forward_growth else None
-    step = evidence.max_relative_step
-    ends = f"{evidence.deepest_layer} vs {evidence.shallowest_layer}"
-    noise = evidence.rounding_noise_ratio
-    exact = evidence.rounding_noise_ratio_float64
-    profile = facts.temporal[0] if facts.temporal else None
-    length = len(profile.grad_norms) if profile else 0
-    horizon_floor = thresholds.temporal_horizon_fraction * length
-    return [
-        RuleCheck(rule="non_finite", value=float(evidence.nonfinite_count), threshold=0.0,
-                  fired=evidence.nonfinite_count > 0,
-                  detail="NaN/Inf in activations, gradients or the loss"),
-        RuleCheck(rule="dead_layer", value=float(len(evidence.dead_layers_blocking)),
-                  threshold=0.0, fired=bool(evidence.dead_layers_blocking),
-                  detail="a layer whose units are all inactive stops every gradient below it"),
-        RuleCheck(rule="no_gradient", value=0.0 if evidence.gradient_stops_at else None,
-                  threshold=0.0, fired=evidence.gradient_stops_at is not None,
-                  detail="every parameter's gradient below the readout is exactly zero"
-                  + (f"; the gradient stops at {evidence.gradient_stops_at}"
-                     if evidence.gradient_stops_at else "")),
-        RuleCheck(rule="rounding_noise", value=noise, threshold=thresholds.rounding_ratio,
-                  fired=noise is not None and not (
-                      exact is not None
-                      and exact >= max(noise * _PRECISION_COLLAPSE, _FLOAT32_ROUNDING)),
-                  detail=(f"signal below {evidence.rounding_noise_layer} / at it"
-                          + (f" (float64: {exact:.3g})" if exact is not None else ""))
-                  if noise is not None else "signal just below the output layer / at it: not "
-                  "near rounding level, so not re-measured"),
-        RuleCheck(rule="folded_batchnorm", value=float(len(evidence.folded_normalization)),
-                  threshold=0.0, fired=bool(evidence.folded_normalization),
-                  detail="nodes into which the exporter folded a BatchNorm"),
-        RuleCheck(rule="forward_scale_exploding", value=growth,
-                  threshold=thresholds.forward_growth_ratio,
-                  fired=growth is not None and growth > thresholds.forward_growth_ratio,
-                  detail="RMS of the output layer's activations / RMS of the inputs"),
-        RuleCheck(rule="backward_signal_exploding", value=ratio,
-                  threshold=thresholds.exploding_ratio,
-                  fired=ratio is not None and ratio > thresholds.exploding_ratio,
-                  detail=f"width-corrected ‖δ‖ ratio {ends} above the threshold"),
-        RuleCheck(rule="backward_signal_vanishing", value=ratio,
-                  threshold=thresholds.vanishing_ratio,
-                  fired=ratio is not None and ratio < thresholds.vanishing_ratio,
-                  detail=f"width-corrected ‖δ‖ ratio {ends} below the threshold"),
-        RuleCheck(rule="temporal_vanishing",
-                  value=float(profile.effective_horizon) if profile else None,
-                  threshold=horizon_floor if profile else None,
-                  fired=bool(profile and facts.ungated and length > 1
-                             and profile.effective_horizon < horizon_floor),
-                  detail="effective horizon of an ungated recurrent cell, in steps, against "
-                  f"{thresholds.temporal_horizon_fraction:g} × the sequence length"),
-        RuleCheck(rule="relative_update", value=step, threshold=thresholds.max_relative_step,
-                  fired=step is not None and step > thresholds.max_relative_step,
-                  detail=f"largest first SGD step lr·‖∂L/∂W‖ / scale "
-                  f"({evidence.max_relative_step_parameter})"),
-    ]
-
-
 def _blocking_dead_layers(layers: list[LayerReport]) -> list[str]:
     """Dead layers below which every parameter's gradient is exactly zero."""
     blocking = []
@@ -406,36 +349,38 @@ def _blocking_dead_layers(layers: list[LayerReport]) -> list[str]:
     return blocking
 
 
-_STATUS_OF_RULE = {
-    "non_finite": Status.EXPLODING,
-    "dead_layer": Status.VANISHING,
-    "no_gradient": Status.VANISHING,
-    "rounding_noise": Status.INCONCLUSIVE,
-    "folded_batchnorm": Status.INCONCLUSIVE,
-    "forward_scale_exploding": Status.EXPLODING,
-    "backward_signal_exploding": Status.EXPLODING,
-    "backward_signal_vanishing": Status.VANISHING,
-    "temporal_vanishing": Status.VANISHING,
-    "relative_update": Status.EXPLODING,
-}
+@dataclass(frozen=True)
+class _AdamFacts:
+    """Per sample, what the Adam rules judge: the ‖∂L/∂W‖₁ ratio and the first weight's RMS."""
 
+    l1_ratios: list[float | None]
+    first_rms: list[float | None]
 
-def _status(rules: list[RuleCheck]) -> Status:
-    rule = deciding_rule(rules)
-    return _STATUS_OF_RULE[rule.rule] if rule else Status.HEALTHY
+    @classmethod
+    def none(cls, count: int) -> _AdamFacts:
+        return cls([None] * count, [None] * count)
+
+    def of(self, index: int) -> tuple[float | None, float | None]:
+        return self.l1_ratios[index], self.first_rms[index]
 
 
 def _sample_status(sample: SampleObservation, ratio: SignalRatio | None,
-                   thresholds: Thresholds, overall: Status) -> Status:
+                   config: DiagnosisConfig, overall: Status,
+                   adam_facts: tuple[float | None, float | None]) -> Status:
+    thresholds = config.thresholds
     if not math.isfinite(sample.loss) or sample.first_nonfinite_backward or \
             sample.first_nonfinite_forward:
         return Status.EXPLODING
     if overall is Status.INCONCLUSIVE:
         return overall
-    if ratio is None:
-        return Status.HEALTHY
-    if ratio.robust > thresholds.exploding_ratio:
+    if ratio is not None and ratio.robust > thresholds.exploding_ratio:
         return Status.EXPLODING
-    if ratio.robust < thresholds.vanishing_ratio:
+    if config.optimizer is Optimizer.ADAM:
+        l1, rms = adam_facts
+        if (l1 is not None and l1 < thresholds.vanishing_ratio) or \
+                (rms is not None and rms < thresholds.adam_gradient_floor):
+            return Status.VANISHING
+        return Status.HEALTHY
+    if ratio is not None and ratio.robust < thresholds.vanishing_ratio:
         return Status.VANISHING
     return Status.HEALTHY

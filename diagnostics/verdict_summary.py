@@ -6,6 +6,7 @@ so a reader of a CI log knows which rule to look up (README, "Verdict rules").
 
 from __future__ import annotations
 
+from diagnostics.config import Optimizer
 from diagnostics.loading.onnx.folding import FOLDING_ADVICE
 from diagnostics.probe import SampleObservation
 from diagnostics.report import Evidence, RuleCheck, Status
@@ -29,17 +30,28 @@ def _profile_text(evidence: Evidence) -> str | None:
 
 
 def summarize(status: Status, rules: list[RuleCheck], evidence: Evidence,
-              samples: list[SampleObservation], substituted_readouts: tuple[str, ...]) -> str:
+              samples: list[SampleObservation], substituted_readouts: tuple[str, ...],
+              optimizer: Optimizer = Optimizer.SGD) -> str:
     """The verdict's one sentence: the deciding rule, then what it measured and what to do."""
     rule = deciding_rule(rules)
     profile = _profile_text(evidence)
     if rule is None:
         extra = _readout_text(substituted_readouts)
+        l1 = evidence.weight_grad_l1_ratio.median if evidence.weight_grad_l1_ratio else None
+        if optimizer is Optimizer.ADAM and l1 is not None:
+            judged = (f" ({profile} is not judged: Adam's steps do not scale with the "
+                      "gradient's size)") if profile else ""
+            return (f"Healthy: an Adam step at {evidence.first_weight_layer} changes the loss "
+                    f"{l1:.3g}× as much as one at {evidence.last_weight_layer}, within the "
+                    f"thresholds; no rule fired{judged}.{extra}")
         if profile:
             return f"Healthy: {profile}, within the thresholds; no rule fired.{extra}"
         return ("Healthy: no rule fired (fewer than two hidden layers with parameters to "
                 f"compare).{extra}")
-    text = _RULE_TEXT[rule.rule](evidence, rule, samples)
+    if rule.rule == "relative_update":
+        text = _relative_text(evidence, rule, optimizer)
+    else:
+        text = _RULE_TEXT[rule.rule](evidence, rule, samples)
     return f"{status.value.capitalize()} ({rule.rule}): {text}"
 
 
@@ -117,8 +129,23 @@ def _temporal_text(_evidence: Evidence, rule: RuleCheck, _samples: list) -> str:
             "on the sequence's early steps. Gated cells (LSTM/GRU) carry them.")
 
 
-def _relative_text(evidence: Evidence, rule: RuleCheck, _samples: list) -> str:
-    return (f"one SGD step at the configured learning rate changes "
+def _adam_epsilon_text(evidence: Evidence, rule: RuleCheck, _samples: list) -> str:
+    return (f"the gradient of {evidence.first_weight_layer}'s weights is {rule.value:.3g} per "
+            f"element (floor {rule.threshold:g}), far below Adam's ε = 1e-8: Adam's step "
+            "lr·|g|/(|g|+ε) there is a tiny fraction of lr, so the first layers do not move "
+            "and nothing rescales the net.")
+
+
+def _weight_gradient_text(evidence: Evidence, rule: RuleCheck, _samples: list) -> str:
+    return (f"an Adam step at {evidence.first_weight_layer} changes the loss {rule.value:.3g}× "
+            f"as much as one at {evidence.last_weight_layer} (‖∂L/∂W‖₁ ratio, threshold "
+            f"{rule.threshold:g}×): Adam moves every weight by ≈ lr, but the first layers' "
+            "moves barely reach the output, so they do not learn.")
+
+
+def _relative_text(evidence: Evidence, rule: RuleCheck, optimizer: Optimizer) -> str:
+    name = "SGD" if optimizer is Optimizer.SGD else "Adam"
+    return (f"one {name} step at the configured learning rate changes "
             f"{evidence.max_relative_step_parameter} by {rule.value:.3g}× its scale "
             f"(threshold {rule.threshold:g}×): the first step overwrites the weight.")
 
@@ -132,6 +159,7 @@ _RULE_TEXT = {
     "forward_scale_exploding": _forward_text,
     "backward_signal_exploding": _profile_rule_text,
     "backward_signal_vanishing": _profile_rule_text,
+    "adam_epsilon": _adam_epsilon_text,
+    "weight_gradient_vanishing": _weight_gradient_text,
     "temporal_vanishing": _temporal_text,
-    "relative_update": _relative_text,
 }

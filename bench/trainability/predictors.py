@@ -10,17 +10,25 @@ from bench.trainability.models import BenchModel
 # GradDoctor's default configuration, one sample (a single probe pass, as the anchors get one
 # batch) and no remedy verification (it does not change the status and costs re-probes).
 DIAGNOSE_CONFIG = {"samples": 1, "verify_remedies": False}
+# Training outcome depends on the optimizer (13 models train under one and stall under the
+# other), so each label set is predicted with the optimizer it was trained with, at that
+# optimizer's default learning rate: SGD 1e-2 and Adam 1e-3, the middle of each labelling grid
+# (bench/trainability/labelling.py). The "agreed" labels are scored with the default (SGD).
+OPTIMIZER_CONFIGS = {"sgd": {**DIAGNOSE_CONFIG, "optimizer": "sgd"},
+                     "adam": {**DIAGNOSE_CONFIG, "optimizer": "adam"}}
 
 
 def _median(stat: Any) -> float | None:
     return None if stat is None else stat.median
 
 
-def graddoctor_call(model: BenchModel) -> tuple[str, dict[str, Any]]:
-    """GradDoctor's status for ``model`` with the default config, and its key evidence."""
+def graddoctor_call(model: BenchModel,
+                    config: dict[str, Any] = DIAGNOSE_CONFIG) -> tuple[str, dict[str, Any]]:
+    """GradDoctor's status for ``model`` with ``config`` (default: the default config), and its
+    key evidence."""
     from diagnostics import diagnose
 
-    report = diagnose(model.spec, config=DIAGNOSE_CONFIG)
+    report = diagnose(model.spec, config=config)
     verdict = report.verdict
     evidence = verdict.evidence
     facts: dict[str, Any] = {
@@ -28,6 +36,9 @@ def graddoctor_call(model: BenchModel) -> tuple[str, dict[str, Any]]:
         "backward_signal_ratio_raw": _median(evidence.backward_signal_ratio_raw),
         "per_layer_gain": evidence.per_layer_gain,
         "weight_grad_ratio": _median(evidence.weight_grad_ratio),
+        "weight_grad_l1_ratio": _median(evidence.weight_grad_l1_ratio),
+        "first_weight_grad_rms": evidence.first_weight_grad_rms,
+        "forward_growth": _median(evidence.forward_growth),
         "max_grad_to_weight": evidence.max_grad_to_weight,
         "max_grad_to_weight_parameter": evidence.max_grad_to_weight_parameter,
         "nonfinite_count": evidence.nonfinite_count,
@@ -47,8 +58,15 @@ def graddoctor_call(model: BenchModel) -> tuple[str, dict[str, Any]]:
     return str(verdict.status), facts
 
 
-def predict(model: BenchModel) -> tuple[dict[str, str], dict[str, Any]]:
-    """Every predictor's call on ``model`` and the evidence behind them."""
-    status, evidence = graddoctor_call(model)
-    calls, facts = anchor_calls(model)
-    return {"graddoctor": status, **calls}, {"graddoctor": evidence, "anchors": facts}
+def predict(model: BenchModel) -> tuple[dict[str, dict[str, str]], dict[str, Any]]:
+    """Every predictor's call on ``model`` per label set, and the evidence behind them.
+
+    GradDoctor is asked once per optimizer (``OPTIMIZER_CONFIGS``); the "agreed" label set gets
+    its SGD call, the default. The anchors' one-batch rules know no optimizer: one call for all.
+    """
+    found = {name: graddoctor_call(model, config) for name, config in OPTIMIZER_CONFIGS.items()}
+    anchors, facts = anchor_calls(model)
+    calls = {label_set: {"graddoctor": found["sgd" if label_set == "agreed" else label_set][0],
+                         **anchors} for label_set in ("sgd", "adam", "agreed")}
+    evidence = {f"graddoctor_{name}": ev for name, (_status, ev) in found.items()}
+    return calls, {**evidence, "anchors": facts}

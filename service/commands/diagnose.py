@@ -43,8 +43,12 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
                         "available memory, at most 2 GiB)")
     parser.add_argument("--loss",
                         choices=["random_projection", "mean_square", "cross_entropy", "sum"])
+    parser.add_argument("--optimizer", choices=["sgd", "adam"],
+                        help="the optimizer you train with; the rules predict what it does "
+                        "(default sgd)")
     parser.add_argument("--learning-rate", type=float, metavar="LR",
-                        help="SGD learning rate the relative-update rule asks about")
+                        help="learning rate the rules ask about (default 1e-2 for sgd, 1e-3 "
+                        "for adam)")
     parser.add_argument("--samples", type=int, metavar="N", help="independent seeded batches")
     parser.add_argument("--batch-size", type=int, metavar="N", help="size of dynamic batch axes")
     parser.add_argument("--seed", type=int, metavar="N")
@@ -67,7 +71,8 @@ def build_config(args: argparse.Namespace) -> dict[str, Any]:
         if not isinstance(loaded, dict):
             raise UsageError(f"config file {args.config} must hold a JSON object")
         config.update(loaded)
-    flags = {"loss": args.loss, "learning_rate": args.learning_rate, "samples": args.samples,
+    flags = {"loss": args.loss, "optimizer": args.optimizer,
+             "learning_rate": args.learning_rate, "samples": args.samples,
              "batch_size": args.batch_size, "seed": args.seed, "device": args.device}
     config.update({key: value for key, value in flags.items() if value is not None})
     return config

@@ -13,6 +13,8 @@ import torch
 from torch import nn
 
 from diagnostics import diagnose
+from diagnostics.config import DiagnosisConfig, resolve_config
+from diagnostics.errors import InvalidConfigError
 from tests.onnx_export import export_dynamo, export_legacy
 from tests.spec_builders import linear
 
@@ -172,6 +174,112 @@ class TestRelativeUpdate:
         assert wild.verdict.evidence.max_relative_step == pytest.approx(2.0, rel=1e-6)
         lower = next(r for r in wild.remedies if r.id == "lower-learning-rate")
         assert lower.params["learning_rate"] < 2e-2 / step
+
+
+def plain_mlp(activation: str, depth: int, std: float, *, readout_std: float | None = None,
+              width: int = 32) -> dict:
+    """``depth`` hidden Linear+activation layers at N(0, std²/width), zero biases, a readout."""
+    hidden = {"scheme": "normal", "std": std / math.sqrt(width)}
+    layers: list[dict] = []
+    for _ in range(depth):
+        layers += [linear(width, width, init=hidden), {"type": activation}]
+    readout = {} if readout_std is None else {
+        "init": {"scheme": "normal", "std": readout_std / math.sqrt(width)}}
+    layers.append(linear(width, 4, **readout))
+    return {"inputs": [{"name": "x", "shape": [32, width]}], "layers": layers}
+
+
+class TestOptimizer:
+    """config.optimizer: SGD is judged on gradient sizes, Adam on what its lr-sized steps do."""
+
+    def test_learning_rate_defaults_to_the_optimizers_usual_rate(self):
+        assert DiagnosisConfig().learning_rate == 1e-2
+        assert DiagnosisConfig(optimizer="adam").learning_rate == 1e-3
+        assert resolve_config({"optimizer": "adam", "learning_rate": 0.05}).learning_rate == 0.05
+        assert resolve_config({"optimizer": "sgd"}).learning_rate == 1e-2
+
+    def test_an_unknown_optimizer_is_refused_naming_the_field(self):
+        with pytest.raises(InvalidConfigError) as caught:
+            resolve_config({"optimizer": "rmsprop"})
+        assert caught.value.context["field"] == "optimizer"
+
+    def test_a_small_init_net_stalls_sgd_but_not_adam(self):
+        # 8 tanh layers at 0.1× Glorot: every weight gradient ~5e-8, flat over depth (forward
+        # and backward shrink alike). SGD's steps are that small; Adam's are lr-sized.
+        spec = plain_mlp("Tanh", 8, 0.1 * 5 / 3)
+        sgd = diagnose(spec, config=QUICK)
+        adam = diagnose(spec, config={**QUICK, "optimizer": "adam"})
+        assert sgd.verdict.status == "vanishing"
+        assert fired(sgd) == ["backward_signal_vanishing"]
+        assert adam.verdict.status == "healthy", adam.verdict.summary
+        assert adam.config.learning_rate == 1e-3
+        evidence = adam.verdict.evidence
+        assert evidence.backward_signal_ratio.median < 1e-5  # tiny, and not judged under Adam
+        assert 0.1 < evidence.weight_grad_l1_ratio.median < 10
+        assert 1e-10 < evidence.first_weight_grad_rms < 1e-6
+        assert [run.status for run in adam.samples.runs] == ["healthy"]
+        assert "Adam's steps do not scale with the gradient's size" in adam.verdict.summary
+
+    def test_gradients_far_below_adams_epsilon_stall_adam(self):
+        spec = plain_mlp("ReLU", 10, 0.1 * math.sqrt(2))
+        report = diagnose(spec, config={**QUICK, "optimizer": "adam"})
+        assert report.verdict.status == "vanishing"
+        assert fired(report) == ["adam_epsilon"]
+        assert report.verdict.evidence.first_weight_grad_rms < 1e-10
+        assert report.verdict.summary.startswith("Vanishing (adam_epsilon)")
+        assert [run.status for run in report.samples.runs] == ["vanishing"]
+
+    def test_a_profile_that_decays_with_depth_stalls_adam_too(self):
+        # Sigmoid's slope is at most 1/4: the weight gradients themselves decay with depth, so
+        # Adam's lr-sized steps at the first layer barely change the loss.
+        report = diagnose(plain_mlp("Sigmoid", 8, 1.0), config={**QUICK, "optimizer": "adam"})
+        evidence = report.verdict.evidence
+        assert report.verdict.status == "vanishing"
+        assert fired(report) == ["weight_gradient_vanishing"]
+        assert evidence.weight_grad_l1_ratio.median < 1e-3
+        assert evidence.first_weight_grad_rms > 1e-10  # above the floor: the profile decides
+        assert evidence.first_weight_layer == "layers.0"
+        assert report.verdict.summary.startswith("Vanishing (weight_gradient_vanishing)")
+
+    def test_sgd_reports_the_adam_rules_without_firing_them(self):
+        report = diagnose(plain_mlp("ReLU", 10, 0.1 * math.sqrt(2)), config=QUICK)
+        rules = {rule.rule: rule for rule in report.verdict.evidence.rules}
+        assert rules["adam_epsilon"].value < rules["adam_epsilon"].threshold
+        assert not rules["adam_epsilon"].fired
+        assert fired(report) == ["backward_signal_vanishing"]
+
+    def test_an_output_scale_adam_cannot_undo_quickly_is_exploding_for_adam_only(self):
+        # One tanh layer and a readout at 30× Glorot: logits ~50× the inputs. SGD's large steps
+        # on the saturated softmax shrink the readout fast; Adam's are bounded by lr.
+        spec = plain_mlp("Tanh", 1, 30 * 5 / 3, readout_std=30.0)
+        sgd = diagnose(spec, config=QUICK)
+        adam = diagnose(spec, config={**QUICK, "optimizer": "adam"})
+        growth = adam.verdict.evidence.forward_growth.median
+        assert 10 < growth < 100
+        assert sgd.verdict.status == "healthy", sgd.verdict.summary
+        assert adam.verdict.status == "exploding"
+        assert fired(adam) == ["forward_scale_exploding"]
+        rule = next(r for r in adam.verdict.evidence.rules if r.rule == "forward_scale_exploding")
+        assert rule.threshold == 10
+
+    def test_adams_first_step_is_bounded_by_the_learning_rate_not_the_gradient(self):
+        spec = relu_mlp(4)
+        calm = diagnose(spec, config=QUICK)
+        step = calm.verdict.evidence.max_relative_step
+        # A rate that makes SGD's first step overwrite a weight ...
+        wild_lr = 2e-2 / step
+        assert diagnose(spec, config={**QUICK, "learning_rate": wild_lr}).verdict.status == \
+            "exploding"
+        # ... moves each element by about lr under Adam: relative to weights of RMS ~0.18, fine
+        # as long as lr stays well below that.
+        adam = diagnose(spec, config={**QUICK, "optimizer": "adam", "learning_rate": 1e-2})
+        evidence = adam.verdict.evidence
+        assert adam.verdict.status == "healthy", adam.verdict.summary
+        weight = next(p for layer in adam.layers for p in layer.parameters
+                      if p.name == evidence.max_relative_step_parameter)
+        reference = math.sqrt(math.prod(weight.shape) / weight.shape[1])
+        expected = 1e-2 * math.sqrt(math.prod(weight.shape)) / max(weight.weight_norm, reference)
+        assert evidence.max_relative_step == pytest.approx(expected, rel=1e-3)
 
 
 class TestForwardScale:
