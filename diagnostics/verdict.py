@@ -375,12 +375,11 @@ def _sample_status(sample: SampleObservation, ratio: SignalRatio | None,
         return overall
     if ratio is not None and ratio.robust > thresholds.exploding_ratio:
         return Status.EXPLODING
+    if ratio is None or ratio.robust >= thresholds.vanishing_ratio:
+        return Status.HEALTHY
     if config.optimizer is Optimizer.ADAM:
         l1, rms = adam_facts
-        if (l1 is not None and l1 < thresholds.vanishing_ratio) or \
-                (rms is not None and rms < thresholds.adam_gradient_floor):
-            return Status.VANISHING
-        return Status.HEALTHY
-    if ratio is not None and ratio.robust < thresholds.vanishing_ratio:
-        return Status.VANISHING
-    return Status.HEALTHY
+        stalled = (l1 is not None and l1 < thresholds.vanishing_ratio) or \
+            (rms is not None and rms < thresholds.adam_gradient_floor)
+        return Status.VANISHING if stalled else Status.HEALTHY
+    return Status.VANISHING

@@ -89,9 +89,14 @@ def _profile_rules(evidence: Evidence, config: DiagnosisConfig) -> list[RuleChec
     rms = evidence.first_weight_grad_rms
     ends = f"{evidence.deepest_layer} vs {evidence.shallowest_layer}"
     weight_ends = f"{evidence.first_weight_layer} vs {evidence.last_weight_layer}"
-    judged_by_adam = "" if sgd else "; not judged with optimizer adam, whose steps do not " \
-        "scale with the gradient's size (weight_gradient_vanishing is)"
-    judged_by_sgd = "" if not sgd else "; judged with optimizer adam only"
+    # Under Adam a decayed backward signal is a stall only with one of two further facts: the
+    # first weights' gradient below its ε, or their ‖g‖₁ decayed too. A small gradient at one
+    # weight alone (an attention query at init) or a net merely initialized small is neither.
+    decayed = ratio is not None and ratio < thresholds.vanishing_ratio
+    judged_by_adam = "" if sgd else "; with optimizer adam it sets no status alone, whose " \
+        "steps do not scale with the gradient's size (adam_epsilon, weight_gradient_vanishing)"
+    judged_by_sgd = ("; judged with optimizer adam only" if sgd else "") + \
+        ", where the backward-signal ratio is below vanishing_ratio as well"
     return [
         RuleCheck(rule="forward_scale_exploding", value=growth, threshold=growth_limit,
                   fired=growth is not None and growth > growth_limit,
@@ -106,12 +111,14 @@ def _profile_rules(evidence: Evidence, config: DiagnosisConfig) -> list[RuleChec
                   fired=sgd and ratio is not None and ratio < thresholds.vanishing_ratio,
                   detail=f"width-corrected ‖δ‖ ratio {ends} below the threshold{judged_by_adam}"),
         RuleCheck(rule="adam_epsilon", value=rms, threshold=thresholds.adam_gradient_floor,
-                  fired=not sgd and rms is not None and rms < thresholds.adam_gradient_floor,
+                  fired=not sgd and decayed and rms is not None
+                  and rms < thresholds.adam_gradient_floor,
                   detail=f"per-element gradient RMS of {evidence.first_weight_layer}'s weights; "
                   f"below the floor Adam's step lr·|g|/(|g|+ε) is under 1 % of lr{judged_by_sgd}"),
         RuleCheck(rule="weight_gradient_vanishing", value=l1,
                   threshold=thresholds.vanishing_ratio,
-                  fired=not sgd and l1 is not None and l1 < thresholds.vanishing_ratio,
+                  fired=not sgd and decayed and l1 is not None
+                  and l1 < thresholds.vanishing_ratio,
                   detail=f"‖∂L/∂W‖₁ ratio {weight_ends}: how fast an Adam step there changes "
                   f"the loss, relative to one at the last hidden layer{judged_by_sgd}"),
     ]

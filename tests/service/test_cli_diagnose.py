@@ -88,6 +88,26 @@ def test_he_residual_cnn_onnx_is_healthy_and_json_is_the_report(tmp_path):
     assert {layer["op_type"] for layer in report["layers"]} >= {"Conv", "Relu", "Gemm"}
 
 
+def test_optimizer_flag_predicts_that_optimizer(tmp_path):
+    # 8 tanh layers at 0.1x Glorot, zero biases: gradients ~5e-8, flat over depth. SGD cannot
+    # move them (exit 3); Adam's steps are lr-sized whatever the gradient (exit 0).
+    std = 0.1 * (5 / 3) / 32 ** 0.5
+    layers: list[dict] = []
+    for _ in range(8):
+        layers += [{"type": "Linear", "in_features": 32, "out_features": 32,
+                    "init": {"scheme": "normal", "std": std}}, {"type": "Tanh"}]
+    layers.append({"type": "Linear", "in_features": 32, "out_features": 4})
+    spec = tmp_path / "small_init.json"
+    spec.write_text(json.dumps({"inputs": [{"name": "x", "shape": [32, 32]}], "layers": layers}))
+    common = [str(spec), "--samples", "1", "--format", "json"]
+    assert main(["diagnose", *common, "--output", str(tmp_path / "sgd.json")]) == 3
+    assert main(["diagnose", *common, "--optimizer", "adam",
+                 "--output", str(tmp_path / "adam.json")]) == 0
+    report = json.loads((tmp_path / "adam.json").read_text())
+    assert report["config"]["optimizer"] == "adam"
+    assert report["config"]["learning_rate"] == 1e-3
+
+
 def test_default_export_with_folded_batchnorm_exits_4_saying_how_to_reexport(tmp_path):
     torch.manual_seed(0)
     net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
@@ -153,6 +173,10 @@ ERROR_CASES = {
                                          "--config", str(_write(d / "c.json",
                                                                 '{"seed": 1, "seed": 2}'))],
                               "duplicated key 'seed'"),
+    "unknown-optimizer-in-config": (
+        lambda d: ["diagnose", str(_write(d / "s.json", json.dumps(SPEC))),
+                   "--config", str(_write(d / "c.json", '{"optimizer": "rmsprop"}'))],
+        "config.optimizer"),
     "wrong-input-name": (lambda d: ["diagnose", str(_write(d / "s.json", json.dumps(SPEC))),
                                     "--inputs", str(_npz(d / "in.npz", y=np.zeros((4, 8),
                                                                                  np.float32)))],
