@@ -3,6 +3,7 @@
     python -m bench.trainability.label            # label models missing from labels.json
     python -m bench.trainability.label --retrain  # recompute every label
     python -m bench.trainability.label --only mlp-tanh-d20-init1x --retrain
+    python -m bench.trainability.label --extend   # add runs for learning rates new to a grid
 
 Results go to ``bench/trainability/labels.json`` (committed, so the scorer never retrains):
 per model its family, knobs, spec, the task's baseline, every run's record, the SGD and Adam
@@ -32,13 +33,25 @@ LABELS_PATH = Path(__file__).with_name("labels.json")
 STEPS = {"teacher-vector": 300, "teacher-image": 300, "adding": 1500}
 
 
-def label_model(model: BenchModel) -> dict[str, Any]:
-    """Train ``model`` with SGD (momentum 0.9) and Adam over their grids; label each."""
+GRIDS = (("sgd", SGD_LRS), ("adam", ADAM_LRS))
+
+
+def label_model(model: BenchModel, known: dict[str, list[dict[str, Any]]] | None = None
+                ) -> dict[str, Any]:
+    """Train ``model`` with SGD (momentum 0.9) and Adam over their grids; label each.
+
+    ``known``: runs already made (by optimizer, as stored in labels.json); a run of a learning
+    rate found there is reused instead of retrained. A run is deterministic (seeded model, data
+    and teacher), so this is how a grid is widened for every model without retraining the rest.
+    """
     task = make_task(model)
     steps = STEPS[model.task]
     stop = thresholds(model.task)[0] * task.baseline  # there, the outcome is decided: trained
-    runs = {name: [train_run(model, task, name, lr, steps, stop_below=stop).to_dict()
-                   for lr in grid] for name, grid in (("sgd", SGD_LRS), ("adam", ADAM_LRS))}
+    runs = {}
+    for name, grid in GRIDS:
+        done = {run["lr"]: run for run in (known or {}).get(name, []) if run["steps"] == steps}
+        runs[name] = [done.get(lr) or train_run(model, task, name, lr, steps,
+                                                stop_below=stop).to_dict() for lr in grid]
     return {"family": model.family, "task": model.task, "knobs": model.knobs,
             "baseline": task.baseline, "steps": steps, "runs": runs,
             "labels": {name: label_runs(group, task.baseline, model.task)
@@ -73,6 +86,9 @@ def main(argv: list[str] | None = None) -> int:
     """Label the models that need it; print one progress line per model."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--retrain", action="store_true", help="recompute existing labels")
+    parser.add_argument("--extend", action="store_true",
+                        help="train only the learning rates a model's stored runs lack (a "
+                        "widened grid), reuse the others, and relabel every model")
     parser.add_argument("--only", nargs="*", default=None, help="model ids to (re)label")
     parser.add_argument("--output", type=Path, default=LABELS_PATH)
     args = parser.parse_args(argv)
@@ -81,10 +97,11 @@ def main(argv: list[str] | None = None) -> int:
     models = [m for m in all_models() if args.only is None or m.id in args.only]
     started = time.perf_counter()
     for index, model in enumerate(models, 1):
-        if model.id in data["models"] and not args.retrain:
+        stored = data["models"].get(model.id)
+        if stored and not (args.retrain or args.extend):
             continue
         clock = time.perf_counter()
-        entry = label_model(model)
+        entry = label_model(model, stored["runs"] if stored and args.extend else None)
         if "split" in data["models"].get(model.id, {}):
             entry["split"] = data["models"][model.id]["split"]  # a model keeps its half
         data["models"][model.id] = entry

@@ -72,7 +72,8 @@ def lower_learning_rate(context: Context) -> Candidate | None:
     remedy = Remedy(
         id="lower-learning-rate", rank=0,
         title=f"Use a learning rate of at most {lr:g} (with warmup)",
-        rationale=(f"At learning rate {config.learning_rate:g} the first SGD step changes "
+        rationale=(f"At learning rate {config.learning_rate:g} the first "
+                   f"{'Adam' if config.optimizer == 'adam' else 'SGD'} step changes "
                    f"{evidence.max_relative_step_parameter} by {step:.3g}× its scale; a relative "
                    f"step of about 1e-3 needs lr ≈ {config.learning_rate:g} × 1e-3 / {step:.3g}. "
                    "Warm the learning rate up over the first steps (post-LN transformers "
