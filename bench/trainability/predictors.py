@@ -10,9 +10,9 @@ from bench.trainability.models import BenchModel
 # GradDoctor's default configuration, one sample (a single probe pass, as the anchors get one
 # batch) and no remedy verification (it does not change the status and costs re-probes).
 DIAGNOSE_CONFIG = {"samples": 1, "verify_remedies": False}
-# Training outcome depends on the optimizer (13 models train under one and stall under the
+# Training outcome depends on the optimizer (14 models train under one and stall under the
 # other), so each label set is predicted with the optimizer it was trained with, at that
-# optimizer's default learning rate: SGD 1e-2 and Adam 1e-3, the middle of each labelling grid
+# optimizer's default learning rate: SGD 1e-2 and Adam 1e-3, both inside its labelling grid
 # (bench/trainability/labelling.py). The "agreed" labels are scored with the default (SGD).
 OPTIMIZER_CONFIGS = {"sgd": {**DIAGNOSE_CONFIG, "optimizer": "sgd"},
                      "adam": {**DIAGNOSE_CONFIG, "optimizer": "adam"}}
