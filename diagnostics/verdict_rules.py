@@ -93,8 +93,9 @@ def _profile_rules(evidence: Evidence, config: DiagnosisConfig) -> list[RuleChec
     # first weights' gradient below its ε, or their ‖g‖₁ decayed too. A small gradient at one
     # weight alone (an attention query at init) or a net merely initialized small is neither.
     decayed = ratio is not None and ratio < thresholds.vanishing_ratio
-    judged_by_adam = "" if sgd else "; with optimizer adam it sets no status alone, whose " \
-        "steps do not scale with the gradient's size (adam_epsilon, weight_gradient_vanishing)"
+    judged_by_adam = "" if sgd else "; with optimizer adam it sets no status alone: Adam's " \
+        "steps do not scale with the gradient's size (adam_epsilon, weight_gradient_vanishing " \
+        "judge it)"
     judged_by_sgd = ("; judged with optimizer adam only" if sgd else "") + \
         ", where the backward-signal ratio is below vanishing_ratio as well"
     return [
