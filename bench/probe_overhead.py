@@ -108,11 +108,15 @@ def _rss_kib(field: str) -> int:
 
 def measure_memory_child(name: str, kind: str) -> None:
     """Runs in a fresh process: peak RSS of one pass of ``kind`` above the loaded baseline."""
+    import ctypes
     import gc
 
     model, config, probe_mode, passes = _setup(name)
     with probe_mode(model.module, config.norm_stats):
         gc.collect()
+        # Hand memory freed so far back to the OS (as bench/run.py does): otherwise the pass
+        # reuses what building the model freed without raising RSS, and its peak reads low.
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
         Path("/proc/self/clear_refs").write_text("5")  # reset the high-water mark
         baseline = _rss_kib("VmRSS")
         passes[kind]()

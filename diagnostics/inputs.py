@@ -17,6 +17,7 @@ from diagnostics.config import DiagnosisConfig
 from diagnostics.errors import InvalidInputsError, ResourceLimitError
 from diagnostics.limits import DEFAULT_LIMITS, Limits
 from diagnostics.model import InputSpec, LoadedModel
+from diagnostics.stats import all_finite
 
 InputsSource = str | Path | bytes | Mapping[str, Any]
 
@@ -30,10 +31,8 @@ class SampleBatch:
 
     @property
     def nonfinite_inputs(self) -> list[int]:
-        return [
-            index for index, tensor in enumerate(self.tensors)
-            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())
-        ]
+        return [index for index, tensor in enumerate(self.tensors)
+                if tensor.is_floating_point() and not all_finite(tensor)]
 
 
 def read_inputs(source: InputsSource, limits: Limits = DEFAULT_LIMITS) -> dict[str, np.ndarray]:

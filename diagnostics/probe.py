@@ -199,7 +199,7 @@ def run_sample(model: LoadedModel, batch: SampleBatch,  # noqa: C901
         while pending:  # each gradient is dropped once summarized (param.grad is None)
             name, grad = pending.pop(0)
             observed.parameters[name] = summarize_grad(
-                grad, fp16_normal_min=thresholds.fp16_normal_min, owned=True)
+                grad, fp16_normal_min=thresholds.fp16_normal_min)
             del grad
     finally:
         for handle in handles:

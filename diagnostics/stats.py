@@ -48,16 +48,52 @@ class ActivationSummary:
     numel_per_sample: int
 
 
+# Reductions run a block at a time: a block of 1 MB (of float32) stays in the core's cache
+# through its several reductions (|g|, sum of squares, sum, maximum), so a tensor is read from
+# memory once instead of once per statistic, nothing tensor-sized is allocated, and float32
+# rounding error stays that of 256K entries. On a fresh 1024 x 1024 gradient the summary takes
+# 0.5-0.7 ms against 1.0-1.4 ms for whole-tensor passes.
+_BLOCK_ELEMENTS = 1 << 18
+
+
 def l2_norm(tensor: torch.Tensor) -> float:
     """‖tensor‖₂, exact to float64 (nan/inf when the tensor holds NaN/Inf)."""
     flat = tensor.detach().reshape(-1)
     if flat.numel() == 0:
         return 0.0
-    value = float(torch.linalg.vector_norm(flat))
+    value = math.sqrt(_sum_of_squares(flat))
     if flat.dtype == torch.float64 or (math.isfinite(value) and value > _UNDERFLOW_SUSPECT):
         return value
     wide = flat.to(torch.float64)
     return math.sqrt(float(torch.dot(wide, wide)))
+
+
+def _sum_of_squares(flat: torch.Tensor) -> float:
+    """Σx² of a 1-D tensor, in its own dtype (float32 at least) a block at a time, the blocks'
+    sums added in float64.
+
+    Each block is a BLAS dot product where the dtype has one. Measured on float32 normals with
+    an offset: ``vector_norm``'s square is 1.6e-5 off at 1M entries and 2 % off at 100M; one dot
+    product 9e-7 and 9e-4; blocks of 256K dot products stay near 1e-7 at any size, and are faster.
+    """
+    if flat.numel() > _BLOCK_ELEMENTS:
+        return sum(_sum_of_squares(block) for block in flat.split(_BLOCK_ELEMENTS))
+    if flat.dtype in (torch.float32, torch.float64):
+        return float(torch.dot(flat, flat))
+    return float(torch.linalg.vector_norm(flat, dtype=torch.float32)) ** 2
+
+
+def all_finite(tensor: torch.Tensor) -> bool:
+    """Whether every entry is finite, read a block at a time.
+
+    A block's finite sum settles it in one pass (NaN and Inf propagate through a sum), where
+    ``isfinite().all()`` builds masks first: 15x slower measured, 8 ms a ResNet-18 input batch,
+    and on a whole tensor an abs() copy and two masks at the loader's peak. Only a block whose
+    sum overflowed from finite values is checked entry by entry.
+    """
+    flat = tensor.detach().reshape(-1)
+    return all(math.isfinite(float(block.sum())) or bool(torch.isfinite(block).all())
+               for block in flat.split(_BLOCK_ELEMENTS))
 
 
 def nonfinite_count(tensor: torch.Tensor) -> int:
@@ -65,16 +101,13 @@ def nonfinite_count(tensor: torch.Tensor) -> int:
     return int(flat.numel() - int(torch.count_nonzero(torch.isfinite(flat))))
 
 
-def summarize_grad(grad: torch.Tensor, *, fp16_normal_min: float | None = None,
-                   owned: bool = False) -> GradSummary:
-    """Summarize a gradient tensor.
+def summarize_grad(grad: torch.Tensor, *, fp16_normal_min: float | None = None) -> GradSummary:
+    """Summarize a gradient tensor (left unchanged).
 
     Args:
         grad: Any shape, any float dtype.
         fp16_normal_min: When given, also the fraction of non-zero entries whose magnitude is
             below it (they would lose precision or flush to zero in float16).
-        owned: The caller drops ``grad`` afterwards and nothing else refers to it: its values
-            may be overwritten (with their magnitudes) instead of copied.
 
     Returns:
         The summary; norm/rms/mean_abs/max_abs are nan when any entry is NaN or Inf.
@@ -83,27 +116,23 @@ def summarize_grad(grad: torch.Tensor, *, fp16_normal_min: float | None = None,
     numel = flat.numel()
     if numel == 0:
         return GradSummary(0.0, 0.0, 0.0, 0.0, 0.0, 0, 0)
-    # Every statistic reads |g|, taken once: its norm, sample (zeros, float16 underflow), sum
-    # and maximum are four reductions, against aminmax + norm + abs + sum + the sample's own
-    # abs before. The magnitudes overwrite the gradient when nothing else can see it
-    # (``owned``): no allocation, no page faults.
-    in_place = owned and not grad._is_view() and flat.data_ptr() == grad.data_ptr()
-    magnitudes = flat.abs_() if in_place else flat.abs()
-    norm = l2_norm(magnitudes)
-    sample = _spread_sample(magnitudes)
+    sample = _spread_sample(flat).abs()
     nonzero = int(torch.count_nonzero(sample))
     zero_fraction = 1.0 - nonzero / sample.numel()
+    sum_squares, abs_sum, max_abs = _magnitude_sums(flat)
+    norm = math.sqrt(sum_squares)
+    if sum_squares == 0.0 and max_abs == 0.0:
+        norm = 0.0  # every entry exactly zero (a NaN would have made the sum NaN)
+    elif not (math.isfinite(norm) and norm > _UNDERFLOW_SUSPECT):
+        norm = l2_norm(flat)  # float32 squares overflowed or underflowed: redo it in float64
     if not math.isfinite(norm):
         nan = math.nan
-        return GradSummary(nan, nan, nan, nan, zero_fraction, nonfinite_count(magnitudes),
-                           numel)
+        return GradSummary(nan, nan, nan, nan, zero_fraction, nonfinite_count(flat), numel)
     underflow = None
     if fp16_normal_min is not None:
         underflow = _underflow_fraction(sample, nonzero, fp16_normal_min)
-    abs_sum = float(magnitudes.sum())  # measured faster than vector_norm(ord=1) on the CPU
     if not math.isfinite(abs_sum):
-        abs_sum = float(magnitudes.to(torch.float64).sum())
-    max_abs = float(magnitudes.max())
+        abs_sum = float(flat.abs().to(torch.float64).sum())
     return GradSummary(
         norm=norm,
         rms=norm / math.sqrt(numel),
@@ -114,6 +143,30 @@ def summarize_grad(grad: torch.Tensor, *, fp16_normal_min: float | None = None,
         numel=numel,
         fp16_underflow_fraction=underflow,
     )
+
+
+def _magnitude_sums(flat: torch.Tensor) -> tuple[float, float, float]:
+    """(Σg², Σ|g|, max|g|) of a 1-D tensor, per block in its dtype, combined in float64."""
+    buffer = torch.empty(min(flat.numel(), _BLOCK_ELEMENTS), dtype=flat.dtype,
+                         device=flat.device)
+    sum_squares = abs_sum = max_abs = 0.0
+    for block in flat.split(_BLOCK_ELEMENTS):
+        magnitudes = torch.abs(block, out=buffer[: block.numel()])
+        sum_squares += _sum_of_squares(magnitudes)
+        abs_sum += float(magnitudes.sum())
+        max_abs = max(max_abs, float(magnitudes.amax()))  # measured 3x faster than max()
+    return sum_squares, abs_sum, max_abs
+
+
+def _sums(flat: torch.Tensor) -> tuple[float, float]:
+    """(Σx², Σx) of a 1-D tensor, a cache-sized block at a time: one read from memory."""
+    if flat.numel() <= _BLOCK_ELEMENTS:
+        return _sum_of_squares(flat), float(flat.sum())
+    sum_squares = total = 0.0
+    for block in flat.split(_BLOCK_ELEMENTS):
+        sum_squares += _sum_of_squares(block)
+        total += float(block.sum())
+    return sum_squares, total
 
 
 # Above this many entries the two *fractions* of a gradient (exact zeros, float16 underflow) are
@@ -168,8 +221,10 @@ def summarize_activation(
     if numel == 0:
         return ActivationSummary(0.0, 0.0, None, None, 0, 0)
     flat = values.reshape(-1)
-    total = float(flat.sum())
-    root_sum_squares = l2_norm(flat)
+    sum_squares, total = _sums(flat)
+    root_sum_squares = math.sqrt(sum_squares)
+    if not (math.isfinite(root_sum_squares) and root_sum_squares > _UNDERFLOW_SUSPECT):
+        root_sum_squares = l2_norm(flat)  # squares overflowed or underflowed: float64
     if not math.isfinite(total) and math.isfinite(root_sum_squares):
         total = float(flat.to(torch.float64).sum())
     mean = total / numel

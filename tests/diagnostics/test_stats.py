@@ -7,7 +7,13 @@ import pytest
 import torch
 
 from diagnostics.model import Activation
-from diagnostics.stats import dead_fraction, l2_norm, summarize_activation, summarize_grad
+from diagnostics.stats import (
+    all_finite,
+    dead_fraction,
+    l2_norm,
+    summarize_activation,
+    summarize_grad,
+)
 
 
 @pytest.mark.parametrize(
@@ -102,3 +108,51 @@ def test_zero_fraction_of_a_large_tensor_is_estimated_closely_and_exact_when_all
     assert summarize_grad(grad).zero_fraction == pytest.approx(0.3, abs=0.01)
     assert summarize_grad(torch.zeros(2_000_000)).zero_fraction == 1.0
     assert summarize_grad(torch.ones(2_000_000)).zero_fraction == 0.0
+
+
+def _spanning_blocks(scale: float) -> torch.Tensor:
+    """A million entries (several reduction blocks) of one sign-mixed scale, with an offset."""
+    generator = torch.Generator().manual_seed(2)
+    return (torch.randn(1_000_003, generator=generator) + 0.5) * scale
+
+
+@pytest.mark.parametrize("scale", [1e-3, 1e30, 1e-25], ids=["normal", "huge", "tiny"])
+def test_summaries_of_tensors_spanning_many_blocks_match_float64(scale):
+    grad = _spanning_blocks(scale)
+    wide = grad.double()
+    summary = summarize_grad(grad)
+    assert summary.norm == pytest.approx(float(wide.norm()), rel=1e-6)
+    assert summary.mean_abs == pytest.approx(float(wide.abs().mean()), rel=1e-6)
+    assert summary.max_abs == float(wide.abs().max())
+    assert l2_norm(grad) == pytest.approx(float(wide.norm()), rel=1e-6)
+    output = grad[:1_000_000].reshape(1000, 1000)
+    activation = summarize_activation(output, None, saturation_derivative=0.05)
+    assert activation.mean == pytest.approx(float(wide[:1_000_000].mean()), rel=1e-6)
+    assert activation.std == pytest.approx(float(wide[:1_000_000].std(unbiased=False)), rel=1e-5)
+
+
+def test_a_single_nonfinite_entry_in_a_late_block_is_found():
+    grad = _spanning_blocks(1.0)
+    grad[-7] = math.inf
+    grad[300_000] = math.nan
+    summary = summarize_grad(grad)
+    assert math.isnan(summary.norm)
+    assert math.isnan(summary.max_abs)
+    assert summary.nonfinite_count == 2
+    assert math.isnan(summarize_activation(grad, None, saturation_derivative=0.05).mean)
+
+
+def test_a_summary_leaves_the_gradient_unchanged():
+    grad = _spanning_blocks(1.0)
+    before = grad.clone()
+    summarize_grad(grad, fp16_normal_min=6.1e-5)
+    assert torch.equal(grad, before)
+
+
+def test_all_finite_sees_nan_and_inf_but_not_an_overflowing_sum_of_finite_values():
+    assert all_finite(torch.full((600_000,), 3e38))  # the float32 sum overflows to inf
+    values = torch.ones(600_000)
+    values[-1] = math.nan
+    assert not all_finite(values)
+    values[-1] = -math.inf
+    assert not all_finite(values)

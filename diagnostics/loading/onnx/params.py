@@ -32,6 +32,7 @@ from torch import fx, nn
 
 from diagnostics.loading.onnx.checks import FLOAT_TYPES, attribute_value
 from diagnostics.loading.onnx.external_data import initializer_array
+from diagnostics.stats import all_finite
 
 _WEIGHT_INPUTS = {"weight": 1, "bias": 2}
 # Rank-0 float initializers are kept constant too: exporters turn every Python scalar of the
@@ -238,7 +239,7 @@ class _Binder:
         buffer = container.get_buffer(attr)
         if name not in self.canonical:
             if (buffer.dim() == 0 or not self.trainable_use(name)
-                    or not _all_finite(buffer)):
+                    or not all_finite(buffer)):
                 self.result.constants.append(name)
                 return
             # The buffer is this use's own tensor (onnx2torch's copy, or a weight read from
@@ -277,13 +278,6 @@ class _Binder:
                 seen.add(id(param))
         self.result.parameters = named
         return self.result
-
-
-def _all_finite(tensor: torch.Tensor, chunk: int = 1 << 20) -> bool:
-    """``isfinite(tensor).all()`` in slices: on a whole tensor isfinite allocates an abs() copy
-    and two masks (1.5x a large embedding table, measured), at load time's peak."""
-    flat = tensor.detach().reshape(-1)
-    return all(bool(torch.isfinite(part).all()) for part in flat.split(chunk))
 
 
 def _strided_values(init, step: int) -> torch.Tensor | None:
