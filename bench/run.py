@@ -195,8 +195,11 @@ def memory_child(name: str, kind: str) -> None:
 
 
 def _peak(name: str, kind: str) -> int:
+    from probe_overhead import FIXED_MMAP  # peak RSS that follows the live tensors
+
     result = subprocess.run([sys.executable, __file__, "--memory-child", name, kind],
-                            capture_output=True, text=True, env=_env(), check=True)
+                            capture_output=True, text=True, env={**_env(), **FIXED_MMAP},
+                            check=True)
     return json.loads(result.stdout.strip().splitlines()[-1])["peak_kib"]
 
 
