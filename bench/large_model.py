@@ -7,6 +7,7 @@ Too slow for CI (export ~minutes, each diagnosis ~minutes on 2 cores); run by ha
     python bench/large_model.py export --out /tmp/gpt2-large
     python bench/large_model.py cli --out /tmp/gpt2-large
     python bench/large_model.py http --out /tmp/gpt2-large
+    python bench/large_model.py loader --out /tmp/gpt2-large   # loader / (onnx.load + convert)
 
 Random initialization (transformers' own), batch 1, a 16-token sequence, one sample.
 """
@@ -51,6 +52,41 @@ def export(out: Path) -> None:
     print(f"export: {time.perf_counter() - started:.0f} s")
     for path in sorted(out.iterdir()):
         print(f"{path.name}: {path.stat().st_size:,} bytes")
+
+
+def loader(out: Path, repeats: int = 2) -> dict:
+    """Our loader alone / (``onnx.load`` with the external data + ``onnx2torch.convert``), in one
+    process, interleaved (the issue's loader target, on the model over protobuf's limit)."""
+    import gc
+    import statistics
+
+    import onnx
+    import onnx2torch
+    import torch
+
+    from diagnostics.limits import Limits
+    from diagnostics.pipeline import load_model, read_source
+
+    torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
+    path = out / MODEL
+    limits = Limits(max_parameters=1_000_000_000, max_tensor_elements=1 << 30)
+
+    def ours() -> None:
+        load_model(read_source(path, limits)[0], name=MODEL, limits=limits, data_dir=out)
+
+    def floor() -> None:
+        onnx2torch.convert(onnx.load(str(path)))
+
+    times: dict[str, list[float]] = {"loader": [], "load+convert": []}
+    for _ in range(repeats):
+        for name, run in (("loader", ours), ("load+convert", floor)):
+            started = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - started)
+            gc.collect()
+    medians = {name: statistics.median(values) for name, values in times.items()}
+    return {"path": "loader", **{f"{k}_s": [round(v, 1) for v in vs] for k, vs in times.items()},
+            "loader / load+convert": round(medians["loader"] / medians["load+convert"], 3)}
 
 
 def _weights_bytes(out: Path) -> int:
@@ -166,13 +202,13 @@ def _wait_ready(port: int, timeout_s: float = 180) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("step", choices=["export", "cli", "http"])
+    parser.add_argument("step", choices=["export", "cli", "http", "loader"])
     parser.add_argument("--out", type=Path, default=Path("/tmp/gpt2-large"))
     args = parser.parse_args()
     if args.step == "export":
         export(args.out)
     else:
-        print(json.dumps((cli if args.step == "cli" else http)(args.out)))
+        print(json.dumps({"cli": cli, "http": http, "loader": loader}[args.step](args.out)))
 
 
 if __name__ == "__main__":
