@@ -1,7 +1,8 @@
 """Probe overhead: time and peak memory of a probed pass vs a bare forward+backward.
 
 Both run on the same converted module, in the same mode, on the same inputs, side by side in one
-run (time: interleaved repeats in one process, medians compared; memory: each kind of pass in
+run (time: interleaved repeats in one process, the median of each round's ratio; memory: each
+kind of pass in
 its own fresh process, peak RSS above the post-load baseline, via /proc's resettable high-water
 mark). Targets: time <= 1.10x, memory <= 1.1x.
 
@@ -96,7 +97,12 @@ def measure_time(name: str, repeats: int) -> dict:
                 started = time.perf_counter()
                 run()
                 times[kind].append(time.perf_counter() - started)
-    return {kind: statistics.median(values) for kind, values in times.items()}
+    medians = {kind: statistics.median(values) for kind, values in times.items()}
+    # The ratio is the median of each round's probe / bare: the two passes of a round run back
+    # to back, so a change in the machine's load between rounds cancels out of it.
+    medians["ratio"] = statistics.median(p / b for p, b in zip(times["probe"], times["bare"],
+                                                                strict=True))
+    return medians
 
 
 def _rss_kib(field: str) -> int:
@@ -160,7 +166,7 @@ def main() -> int:
         rows.append({
             "model": name,
             "bare_s": round(times["bare"], 4), "probe_s": round(times["probe"], 4),
-            "time_ratio": round(times["probe"] / times["bare"], 3),
+            "time_ratio": round(times["ratio"], 3),
             "bare_peak_mib": round(memory["bare"] / 1024, 1),
             "probe_peak_mib": round(memory["probe"] / 1024, 1),
             "memory_ratio": round(memory["probe"] / max(memory["bare"], 1), 3),

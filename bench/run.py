@@ -222,8 +222,10 @@ def section_memory(models: list[str], repeats: int) -> list[dict]:
 # --- probe: bench/probe_overhead.py -----------------------------------------------------------
 
 def section_probe(repeats: int) -> list[dict]:
+    # At least 7 rounds: a pass takes 0.3-1 s, and with 3 a single disturbed round moved the
+    # deep MLP's median by 0.1.
     result = subprocess.run([sys.executable, str(HERE / "probe_overhead.py"), "--json",
-                             "--repeats", str(repeats)], capture_output=True, text=True,
+                             "--repeats", str(max(7, repeats))], capture_output=True, text=True,
                             env=_env())
     rows = json.loads(result.stdout[result.stdout.index("["):])
     for row in rows:
