@@ -2,9 +2,8 @@
 
 Both run on the same converted module, in the same mode, on the same inputs, side by side in one
 run (time: interleaved repeats in one process, the median of each round's ratio; memory: each
-kind of pass in
-its own fresh process, peak RSS above the post-load baseline, via /proc's resettable high-water
-mark). Targets: time <= 1.10x, memory <= 1.1x.
+kind of pass in its own fresh process, peak RSS above the post-load baseline, via /proc's
+resettable high-water mark). Targets: time <= 1.10x, memory <= 1.1x.
 
     python bench/probe_overhead.py [--repeats N] [--json]
 """
