@@ -392,8 +392,9 @@ def section_jobs(repeats: int) -> list[dict]:
             for workers, server in servers.items():
                 rates[workers].append(_jobs_per_second(server, jobs))
     single, double = (statistics.median(rates[k]) for k in (1, 2))
+    # Two workers need two free cores: other processes' load caps the ratio, so it is printed.
     print(f"  {double:.2f} jobs/s with 2 workers / {single:.2f} with 1 (medians of {rounds} "
-          f"interleaved batches of {jobs})", flush=True)
+          f"interleaved batches of {jobs}; load average {os.getloadavg()[0]:.1f})", flush=True)
     return [{"model": f"small MLP spec, {rounds} x {jobs} jobs",
              "one_worker_jobs_s": round(single, 2), "two_workers_jobs_s": round(double, 2),
              "jobs/s 2 / 1 workers": double / single}]
@@ -525,7 +526,7 @@ def main() -> int:
     if unknown:
         parser.error(f"unknown sections: {', '.join(sorted(unknown))}")
     print(f"GradDoctor at {CODE}; torch {torch.__version__}; {os.cpu_count()} CPUs; "
-          f"repeats {args.repeats}", flush=True)
+          f"repeats {args.repeats}; load average {os.getloadavg()[0]:.1f}", flush=True)
     results: dict[str, list[dict]] = {}
     for section in SECTIONS:
         if section not in wanted:
