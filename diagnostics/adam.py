@@ -23,6 +23,7 @@ import math
 from diagnostics.aggregate import is_weight, make_stat
 from diagnostics.probe import SampleObservation
 from diagnostics.report import LayerReport, ParameterStats, Stat
+from diagnostics.stats import profile_ratio
 
 # torch.optim.Adam's default ε (and Kingma & Ba's).
 ADAM_EPSILON = 1e-8
@@ -50,12 +51,10 @@ def _l1(weight: ParameterStats, mean_abs: float | None) -> float | None:
 
 
 def l1_ratio(deep: float | None, shallow: float | None) -> float | None:
-    """deep / shallow, with 0/0 = 1 and x/0 = inf (None where either is unknown)."""
+    """deep / shallow as :func:`~diagnostics.stats.profile_ratio` (None where either is unknown)."""
     if deep is None or shallow is None:
         return None
-    if shallow == 0:
-        return math.inf if deep > 0 else 1.0
-    return deep / shallow
+    return profile_ratio(deep, shallow)
 
 
 def sample_l1_ratios(layers: list[LayerReport], samples: list[SampleObservation],

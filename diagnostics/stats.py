@@ -22,6 +22,13 @@ ZERO_SLOPE = frozenset({Activation.RELU, Activation.RELU6, Activation.HARDSWISH}
 _UNDERFLOW_SUSPECT = 1e-15
 
 
+def profile_ratio(deep: float, shallow: float) -> float:
+    """deep / shallow for two norms: 0/0 is 1 (nothing changed), x/0 with x > 0 is +inf."""
+    if shallow == 0:
+        return math.inf if deep > 0 else 1.0
+    return deep / shallow
+
+
 @dataclass(frozen=True)
 class GradSummary:
     """Statistics of one gradient tensor. Norms are ``nan`` when the tensor is not finite."""

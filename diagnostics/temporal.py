@@ -23,6 +23,7 @@ from diagnostics.inputs import SampleBatch
 from diagnostics.model import LoadedModel
 from diagnostics.probe import compute_loss, float_tensors
 from diagnostics.report import Status, TemporalProfile
+from diagnostics.stats import profile_ratio
 
 RECURRENT_OPS = frozenset({"RNN", "LSTM", "GRU"})
 
@@ -128,7 +129,7 @@ def profile(target: TemporalTarget, per_sample: list[list[float]],
     length = min(len(norms) for norms in per_sample)
     medians = [statistics.median(norms[t] for norms in per_sample) for t in range(length)]
     last = medians[-1]
-    ratio = medians[0] / last if last > 0 else (math.inf if medians[0] > 0 else 1.0)
+    ratio = profile_ratio(medians[0], last)
     if ratio < thresholds.vanishing_ratio:
         status = Status.VANISHING
     elif ratio > thresholds.exploding_ratio:

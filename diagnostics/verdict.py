@@ -43,6 +43,7 @@ from diagnostics.report import (
     Verdict,
 )
 from diagnostics.scales import reference_norm
+from diagnostics.stats import profile_ratio
 from diagnostics.verdict_rules import Facts, evaluate_rules, status_of
 from diagnostics.verdict_summary import summarize
 
@@ -59,10 +60,9 @@ def width_corrected_ratio(norm_deep: float, norm_shallow: float, numel_deep: int
 
     A zero shallow norm with a non-zero deep one is treated as a ratio of +inf; both zero is 1.
     """
+    raw = profile_ratio(norm_deep, norm_shallow)
     if norm_shallow == 0:
-        raw = math.inf if norm_deep > 0 else 1.0
         return SignalRatio(raw, raw)
-    raw = norm_deep / norm_shallow
     per_element = raw * math.sqrt(numel_shallow / numel_deep) if numel_deep else raw
     if raw == 0:
         return SignalRatio(0.0, 0.0)

@@ -12,7 +12,6 @@ from typing import Any
 
 from diagnostics.loading.spec.layers import CONTAINER_TYPES, Group, names_in
 
-CONTAINERS = frozenset(CONTAINER_TYPES)
 # Softmax and LogSoftmax normalize across a dimension: an output layer, never part of a hidden
 # block a residual connection would wrap.
 ACTIVATIONS = names_in(Group.ACTIVATION) - {"Softmax", "LogSoftmax"}
@@ -26,7 +25,7 @@ def _weighted(layer: dict[str, Any]) -> bool:
 
 def _leaves(layers: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
     for layer in layers:
-        if layer.get("type") in CONTAINERS:
+        if layer.get("type") in CONTAINER_TYPES:
             yield from _leaves(layer.get("layers", []))
         else:
             yield layer
@@ -48,7 +47,7 @@ def insert_normalization(doc: dict[str, Any]) -> dict[str, Any] | None:
         nonlocal changed
         result = []
         for position, layer in enumerate(layers):
-            if layer.get("type") in CONTAINERS:
+            if layer.get("type") in CONTAINER_TYPES:
                 layer["layers"] = visit(layer.get("layers", []))
             result.append(layer)
             following = layers[position + 1] if position + 1 < len(layers) else {}
