@@ -44,6 +44,24 @@ class Optimizer(StrEnum):
     ADAM = "adam"
 
 
+class SequenceLoss(StrEnum):
+    """What the training loss reads of a recurrent model's output sequence.
+
+    ``every_step`` (default): a loss at every step (language modelling, tagging,
+    sequence-to-sequence). The nearest steps already carry signal, so a short effective horizon
+    is no stall: a gated cell (LSTM/GRU) learns local structure first and lengthens its memory as
+    it trains. ``last_step``: the loss reads only the final step (classifying a whole sequence,
+    the adding problem). Every dependency must then cross the recurrence, and under SGD a gated
+    cell whose horizon is far below the sequence length does not learn it: SGD moves the forget
+    gates by lr·g, and g from the early steps is the short horizon's tiny fraction of g at the
+    last one (README, "Verdict rules": temporal_vanishing). Adam moves them by about lr whatever
+    g is, which is why Adam trains such cells.
+    """
+
+    EVERY_STEP = "every_step"
+    LAST_STEP = "last_step"
+
+
 # The learning rate a rule asks about when the caller names the optimizer but not the rate: the
 # usual starting points (SGD 1e-2; Adam 1e-3, Kingma & Ba 2015's default and torch's).
 DEFAULT_LEARNING_RATES = {Optimizer.SGD: 1e-2, Optimizer.ADAM: 1e-3}
@@ -132,7 +150,8 @@ class Thresholds(BaseModel):
         0.5, gt=0, le=1,
         description="An ungated recurrent cell (vanilla RNN) whose effective horizon is shorter "
         "than this fraction of the sequence cannot carry information from the sequence's start "
-        "to its end: 'vanishing'. Gated cells (LSTM, GRU) are flagged but not judged on it.",
+        "to its end: 'vanishing'. Gated cells (LSTM, GRU) are flagged but judged on it only "
+        "when the loss reads the last step alone (sequence_loss 'last_step') under SGD.",
     )
     small_readout_fraction: float = Field(
         0.1, gt=0, lt=1,
@@ -194,6 +213,13 @@ class DiagnosisConfig(BaseModel):
         description="The learning rate the rules ask about: what does the first step at this "
         "rate do to each weight? Default 1e-2 with optimizer 'sgd' and 1e-3 with 'adam' (the "
         "usual starting points); set your own.",
+    )
+    sequence_loss: SequenceLoss = Field(
+        SequenceLoss.EVERY_STEP,
+        description="What your training loss reads of a recurrent model's output sequence: "
+        "'every_step' (default; language modelling, tagging) or 'last_step' (classifying a "
+        "whole sequence). With 'last_step' and optimizer 'sgd', gated cells (LSTM/GRU) are "
+        "judged on their effective horizon too (README, 'Verdict rules').",
     )
     samples: int = Field(
         3, ge=1, le=64,

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from diagnostics.config import DiagnosisConfig, Optimizer, Thresholds
+from diagnostics.config import DiagnosisConfig, Optimizer, SequenceLoss, Thresholds
 from diagnostics.report import Evidence, RuleCheck, Status, TemporalProfile
-from diagnostics.verdict_summary import deciding_rule
+from diagnostics.verdict_summary import UNGATED_CELL, deciding_rule
 
 # A float64 re-measurement that falls this much further than the probe's own shows the probe saw
 # rounding noise: an exact invariance gives ~1e-16 in float64 and ~1e-7 in float32. A float64
@@ -134,13 +134,17 @@ def _time_and_step_rules(evidence: Evidence, config: DiagnosisConfig,
     horizon_floor = thresholds.temporal_horizon_fraction * length
     sgd = config.optimizer is Optimizer.SGD
     how = "SGD step lr·‖∂L/∂W‖" if sgd else "Adam step lr·√numel (every element moves ≈ lr)"
+    judged = facts.ungated or (sgd and config.sequence_loss is SequenceLoss.LAST_STEP)
+    cell = UNGATED_CELL if facts.ungated else (
+        "a gated recurrent cell under SGD with the loss on the last step only" if judged
+        else "a gated recurrent cell (not judged: see sequence_loss)")
     return [
         RuleCheck(rule="temporal_vanishing",
                   value=float(profile.effective_horizon) if profile else None,
                   threshold=horizon_floor if profile else None,
-                  fired=bool(profile and facts.ungated and length > 1
+                  fired=bool(profile and judged and length > 1
                              and profile.effective_horizon < horizon_floor),
-                  detail="effective horizon of an ungated recurrent cell, in steps, against "
+                  detail=f"effective horizon of {cell}, in steps, against "
                   f"{thresholds.temporal_horizon_fraction:g} × the sequence length"),
         RuleCheck(rule="relative_update", value=step, threshold=thresholds.max_relative_step,
                   fired=step is not None and step > thresholds.max_relative_step,

@@ -123,10 +123,20 @@ def _profile_rule_text(evidence: Evidence, rule: RuleCheck, _samples: list) -> s
     return (f"{_profile_text(evidence)} ({side} the threshold {rule.threshold:g}×){extra}.")
 
 
+# temporal_vanishing's detail names the cell it judged; the summary tells the two kinds apart.
+UNGATED_CELL = "an ungated recurrent cell"
+
+
 def _temporal_text(_evidence: Evidence, rule: RuleCheck, _samples: list) -> str:
-    return (f"the ungated recurrent cell's gradient reaches back only {rule.value:.0f} steps "
-            f"of the sequence (threshold {rule.threshold:.0f}): it cannot learn dependencies "
-            "on the sequence's early steps. Gated cells (LSTM/GRU) carry them.")
+    reach = (f"reaches back only {rule.value:.0f} steps of the sequence (threshold "
+             f"{rule.threshold:.0f})")
+    if UNGATED_CELL in rule.detail:
+        return (f"the ungated recurrent cell's gradient {reach}: it cannot learn dependencies "
+                "on the sequence's early steps. Gated cells (LSTM/GRU) carry them.")
+    return (f"the gated recurrent cell's gradient {reach}, and the loss reads the last step "
+            "only: SGD moves its forget gates by lr·g, and g from the early steps is a tiny "
+            "fraction of g at the last, so it does not learn to carry them (Adam, which moves "
+            "every gate by about lr, or chrono-initialized gates do).")
 
 
 def _adam_epsilon_text(evidence: Evidence, rule: RuleCheck, _samples: list) -> str:

@@ -16,6 +16,9 @@ DIAGNOSE_CONFIG = {"samples": 1, "verify_remedies": False}
 # (bench/trainability/labelling.py). The "agreed" labels are scored with the default (SGD).
 OPTIMIZER_CONFIGS = {"sgd": {**DIAGNOSE_CONFIG, "optimizer": "sgd"},
                      "adam": {**DIAGNOSE_CONFIG, "optimizer": "adam"}}
+# What the training loss reads of a sequence, told as a user would tell it: the adding problem's
+# loss is the last step's error (tasks.Task.loss). The anchors' rules get that very loss too.
+TASK_CONFIGS = {"adding": {"sequence_loss": "last_step"}}
 
 
 def _median(stat: Any) -> float | None:
@@ -64,7 +67,9 @@ def predict(model: BenchModel) -> tuple[dict[str, dict[str, str]], dict[str, Any
     GradDoctor is asked once per optimizer (``OPTIMIZER_CONFIGS``); the "agreed" label set gets
     its SGD call, the default. The anchors' one-batch rules know no optimizer: one call for all.
     """
-    found = {name: graddoctor_call(model, config) for name, config in OPTIMIZER_CONFIGS.items()}
+    task = TASK_CONFIGS.get(model.task, {})
+    found = {name: graddoctor_call(model, {**config, **task})
+             for name, config in OPTIMIZER_CONFIGS.items()}
     anchors, facts = anchor_calls(model)
     calls = {label_set: {"graddoctor": found["sgd" if label_set == "agreed" else label_set][0],
                          **anchors} for label_set in ("sgd", "adam", "agreed")}

@@ -12,7 +12,7 @@ from diagnostics import anatomy
 from diagnostics.inputs import SampleBatch
 from diagnostics.model import Activation, LoadedModel
 from diagnostics.remedies import edits
-from diagnostics.remedies.candidates import Candidate, Context, ratio_text
+from diagnostics.remedies.candidates import Candidate, Context, ratio_sentence
 from diagnostics.report import Flag, Remedy, Status
 
 
@@ -41,7 +41,7 @@ def replace_activation(context: Context) -> Candidate | None:
         id="replace-activation", rank=0,
         title=f"Replace {'/'.join(kinds)} with ReLU in {len(names)} hidden layer(s) and "
               "He-initialize the layers feeding them",
-        rationale=(f"{ratio_text(verdict.evidence)}. {', '.join(kinds)} has slope at most "
+        rationale=(f"{ratio_sentence(verdict.evidence)}{', '.join(kinds)} has slope at most "
                    f"{'0.25' if sigmoid_like else '1'}"
                    f" and flattens for large inputs{detail}, so the gradient shrinks at every "
                    "hidden layer. Keep a sigmoid only at an output that needs it."),

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from diagnostics import anatomy
 from diagnostics.remedies import spec_edits
-from diagnostics.remedies.candidates import Candidate, Context, ratio_text, structural
+from diagnostics.remedies.candidates import Candidate, Context, ratio_sentence, structural
 from diagnostics.report import Remedy, Status
 
 
@@ -23,7 +23,7 @@ def add_normalization(context: Context) -> Candidate | None:
     remedy = Remedy(
         id="add-normalization", rank=0,
         title=f"Add {kind} after each of the {count} layers with weights",
-        rationale=(f"{ratio_text(verdict.evidence)}, and the model has no normalization layer: "
+        rationale=(f"{ratio_sentence(verdict.evidence)}The model has no normalization layer: "
                    "nothing keeps the activation scale, and with it the per-layer gain, near 1 as "
                    f"depth grows. {kind} ({'CNN' if convolutional else 'sequence/MLP'}) "
                    "re-centres and rescales every layer's output."),
@@ -45,10 +45,11 @@ def add_residual(context: Context) -> Candidate | None:
     remedy = Remedy(
         id="add-residual", rank=0,
         title=f"Add residual connections around the blocks of this {count}-layer plain stack",
-        rationale=(f"{ratio_text(verdict.evidence)} through a plain chain of {count} layers "
-                   "with weights and no skip connection: every layer multiplies the backward "
-                   "signal. Residual blocks (He et al. 2016) give it an identity path; zero-init "
-                   "the last layer of each branch (Fixup, ReZero) so the net starts as identity."),
+        rationale=(f"{ratio_sentence(verdict.evidence)}The model is a plain chain of {count} "
+                   "layers with weights and no skip connection: every layer multiplies the "
+                   "backward signal. Residual blocks (He et al. 2016) give it an identity path; "
+                   "zero-init the last layer of each branch (Fixup, ReZero) so the net starts as "
+                   "identity."),
         layers=[layer.name for layer in model.layers if anatomy.weight_of(model, layer)],
         params={"block": "layer with weights + activation", "branch_last_layer_init": "zeros"},
     )

@@ -54,6 +54,12 @@ def ratio_text(evidence: Evidence) -> str:
             f"that at {evidence.shallowest_layer}")
 
 
+def ratio_sentence(evidence: Evidence) -> str:
+    """:func:`ratio_text` as a leading sentence, or nothing where no ratio was measured."""
+    text = ratio_text(evidence)
+    return f"{text}. " if text else ""
+
+
 def round_or_none(value: float | None) -> float | None:
     return None if value is None or not math.isfinite(value) else float(f"{value:.4g}")
 

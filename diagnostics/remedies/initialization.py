@@ -12,7 +12,7 @@ from diagnostics import anatomy
 from diagnostics.inputs import SampleBatch
 from diagnostics.model import LoadedModel
 from diagnostics.remedies import edits
-from diagnostics.remedies.candidates import Candidate, Context, ratio_text, round_or_none
+from diagnostics.remedies.candidates import Candidate, Context, ratio_sentence, round_or_none
 from diagnostics.report import Remedy, Status
 
 
@@ -33,7 +33,7 @@ def reinitialize(context: Context) -> Candidate | None:
     remedy = Remedy(
         id="reinitialize", rank=0,
         title=f"Re-initialize {len(off)} weight(s) with {', '.join(schemes)}",
-        rationale=(f"{ratio_text(verdict.evidence)}. {len(off)} weight(s) are off the fan-in "
+        rationale=(f"{ratio_sentence(verdict.evidence)}{len(off)} weight(s) are off the fan-in "
                    f"rule for the activation that follows them; worst: {worst['parameter']} has "
                    f"std {worst['measured_std']:.3g} where {worst['scheme']} gives "
                    f"{worst['std']:.3g} ({worst['ratio']:.3g}×). Each layer scales the backward "
@@ -69,7 +69,7 @@ def data_dependent_init(context: Context) -> Candidate | None:
     remedy = Remedy(
         id="data-dependent-init", rank=0,
         title=f"LSUV: rescale {len(rescalable)} layer(s) to unit output variance on your data",
-        rationale=(f"{ratio_text(verdict.evidence)}. Layer-sequential unit-variance "
+        rationale=(f"{ratio_sentence(verdict.evidence)}Layer-sequential unit-variance "
                    "initialization (Mishkin & Matas 2015) fits each layer's weights, in order, so "
                    "its output units have zero mean and unit variance on the sample batch, which "
                    "keeps activations out of flat or dead regions and the per-layer gain near 1."),

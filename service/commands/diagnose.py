@@ -49,6 +49,9 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--learning-rate", type=float, metavar="LR",
                         help="learning rate the rules ask about (default 1e-2 for sgd, 1e-3 "
                         "for adam)")
+    parser.add_argument("--sequence-loss", choices=["every_step", "last_step"],
+                        help="what your training loss reads of a recurrent model's output "
+                        "sequence (default every_step)")
     parser.add_argument("--samples", type=int, metavar="N", help="independent seeded batches")
     parser.add_argument("--batch-size", type=int, metavar="N", help="size of dynamic batch axes")
     parser.add_argument("--seed", type=int, metavar="N")
@@ -72,7 +75,8 @@ def build_config(args: argparse.Namespace) -> dict[str, Any]:
             raise UsageError(f"config file {args.config} must hold a JSON object")
         config.update(loaded)
     flags = {"loss": args.loss, "optimizer": args.optimizer,
-             "learning_rate": args.learning_rate, "samples": args.samples,
+             "learning_rate": args.learning_rate, "sequence_loss": args.sequence_loss,
+             "samples": args.samples,
              "batch_size": args.batch_size, "seed": args.seed, "device": args.device}
     config.update({key: value for key, value in flags.items() if value is not None})
     return config

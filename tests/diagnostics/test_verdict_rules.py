@@ -357,6 +357,28 @@ class TestTemporal:
         assert report.verdict.status == "healthy", report.verdict.summary
         assert "temporal_vanishing" not in fired(report)
 
+    @pytest.mark.parametrize("cell", ["LSTM", "GRU"])
+    def test_gated_cells_are_judged_on_their_horizon_when_sgd_trains_on_the_last_step(self, cell):
+        # The adding problem's setting: every dependency must cross the recurrence, and SGD
+        # moves the forget gates by lr·g with g from the early steps ~1e-11 of g at the last.
+        last_step = {**QUICK, "sequence_loss": "last_step"}
+        report = diagnose(self._recurrent(cell, 50), config=last_step)
+        assert report.verdict.status == "vanishing", report.verdict.summary
+        assert fired(report) == ["temporal_vanishing"]
+        assert "gated recurrent cell" in report.verdict.summary
+        assert "chrono-init" in [remedy.id for remedy in report.remedies]
+        # Adam moves every gate by about lr whatever g is: the same cell is not judged on it.
+        adam = diagnose(self._recurrent(cell, 50), config={**last_step, "optimizer": "adam"})
+        assert adam.verdict.status == "healthy", adam.verdict.summary
+
+    def test_chrono_initialized_gates_reach_the_sequence_start(self):
+        report = diagnose(self._recurrent("LSTM", 50),
+                          config={**QUICK, "sequence_loss": "last_step", "verify_remedies": True})
+        chrono = next(remedy for remedy in report.remedies if remedy.id == "chrono-init")
+        assert chrono.verified is not None
+        assert chrono.verified.status_after == "healthy"
+        assert chrono.verified.evidence_after["effective_horizon"] == 50
+
     def test_a_short_sequence_the_rnn_spans_is_healthy(self):
         report = diagnose(self._recurrent("RNN", 8), config=QUICK)
         assert report.verdict.status == "healthy", report.verdict.summary
