@@ -21,6 +21,11 @@ OPTIMIZER_CONFIGS = {"sgd": {**DIAGNOSE_CONFIG, "optimizer": "sgd"},
 TASK_CONFIGS = {"adding": {"sequence_loss": "last_step"}}
 
 
+def config_for(model: BenchModel, optimizer: str) -> dict[str, Any]:
+    """The config GradDoctor is scored with on ``model`` against ``optimizer``'s labels."""
+    return {**OPTIMIZER_CONFIGS[optimizer], **TASK_CONFIGS.get(model.task, {})}
+
+
 def _median(stat: Any) -> float | None:
     return None if stat is None else stat.median
 
@@ -67,9 +72,7 @@ def predict(model: BenchModel) -> tuple[dict[str, dict[str, str]], dict[str, Any
     GradDoctor is asked once per optimizer (``OPTIMIZER_CONFIGS``); the "agreed" label set gets
     its SGD call, the default. The anchors' one-batch rules know no optimizer: one call for all.
     """
-    task = TASK_CONFIGS.get(model.task, {})
-    found = {name: graddoctor_call(model, {**config, **task})
-             for name, config in OPTIMIZER_CONFIGS.items()}
+    found = {name: graddoctor_call(model, config_for(model, name)) for name in OPTIMIZER_CONFIGS}
     anchors, facts = anchor_calls(model)
     calls = {label_set: {"graddoctor": found["sgd" if label_set == "agreed" else label_set][0],
                          **anchors} for label_set in ("sgd", "adam", "agreed")}

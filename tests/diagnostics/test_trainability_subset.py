@@ -3,7 +3,8 @@
 Each model here was labelled by training it (bench/trainability/labels.json). ``SUBSET``: SGD
 with momentum and Adam over learning-rate grids agree on its label, and GradDoctor's default
 verdict must match what training did. ``BY_OPTIMIZER``: the label of one optimizer, matched by
-the verdict with ``config.optimizer`` set to it. Cases the current verdict gets wrong are strict
+the verdict with ``config.optimizer`` set to it. Both use the scorer's config
+(``predictors.config_for``: the adding problem says its loss reads the last step). Cases the current verdict gets wrong are strict
 xfails, so a rule change that fixes one shows up as XPASS and the mark comes off.
 """
 
@@ -14,7 +15,7 @@ import pytest
 
 from bench.trainability.labelling import label_runs, run_outcome
 from bench.trainability.models import by_id
-from bench.trainability.predictors import DIAGNOSE_CONFIG, OPTIMIZER_CONFIGS
+from bench.trainability.predictors import config_for
 from bench.trainability.split import stratified_split
 from diagnostics import diagnose
 
@@ -53,7 +54,7 @@ def test_verdict_matches_training(ident):
     assert entry["labels"]["adam"] == label, "subset models must have one unambiguous label"
     # The stored spec is the one that was trained; the model set must still build the same one.
     assert by_id()[ident].spec == entry["spec"]
-    report = diagnose(entry["spec"], config=DIAGNOSE_CONFIG)
+    report = diagnose(entry["spec"], config=config_for(by_id()[ident], "sgd"))
     assert report.verdict.status == label, report.verdict.summary
 
 
@@ -72,12 +73,14 @@ BY_OPTIMIZER = (
     ("mlp-relu-d10-init3x", "sgd"),      # exploding: NaN within 3 SGD steps at every rate
     ("cnn-relu-d10-init3x", "sgd"),      # exploding (Adam: ambiguous since the 3e-2 run)
     ("lstm-t50-init0.1x", "adam"),       # healthy: Adam learns the adding problem at 3e-2
+    ("lstm-t50-initdef", "sgd"),         # vanishing: loss on the last step, horizon 15 of 50
+    ("gru-t50-initdef", "adam"),         # healthy: the same horizon, Adam opens the gates
 )
 CURRENTLY_WRONG_BY_OPTIMIZER: dict[tuple[str, str], str] = {
     ("mlp-gelu-d10-init0.1x", "adam"): "Adam trains it at lr 1e-2 although its gradients "
     "(~5e-13) are far below ε; a ReLU net of the same depth and init does not",
-    ("lstm-t50-initdef", "sgd"): "no recurrent net learns the adding problem under SGD; gated "
-    "cells are not judged by their horizon (TestTemporal keeps default LSTM/GRU healthy)",
+    ("lstm-t50-init10x", "sgd"): "its overwriting first step saturates the gates: training "
+    "stalls where relative_update predicts a divergence",
     ("mlp-relu-d20-res-init1x", "adam"): "Adam trains it at lr 3e-2 only; at the default 1e-3 "
     "its output scale (636x the inputs) is what forward_scale_exploding sees",
 }
@@ -96,7 +99,7 @@ def test_verdict_matches_training_with_that_optimizer(ident, optimizer):
     entry = LABELS["models"][ident]
     label = entry["labels"][optimizer]
     assert label in ("healthy", "vanishing", "exploding")
-    report = diagnose(entry["spec"], config=OPTIMIZER_CONFIGS[optimizer])
+    report = diagnose(entry["spec"], config=config_for(by_id()[ident], optimizer))
     assert report.config.optimizer == optimizer
     assert report.verdict.status == label, report.verdict.summary
 
