@@ -457,7 +457,7 @@ REPLACED = {("CumSum", 14): "cumulative", ("NonZero", 13): "indexing", ("Flatten
             ("LayerNormalization", 17): "normalization", ("IsInf", 10): "arithmetic",
             ("ScatterND", 16): "indexing", ("Resize", 13): "resize", ("Pad", 13): "pad",
             ("AveragePool", 11): "pooling", ("Cast", 13): "casts",
-            ("DepthToSpace", 13): "shape"}
+            ("DepthToSpace", 13): "shape", ("Gemm", 13): "linalg"}
 
 
 def test_replaced_stock_converters_are_ours() -> None:
@@ -465,6 +465,36 @@ def test_replaced_stock_converters_are_ours() -> None:
         key = next(k for k in _CONVERTER_REGISTRY if k.operation_type == op
                    and k.version == version and k.domain == "")
         assert _CONVERTER_REGISTRY[key].__module__ == _PREFIX + module, (op, version)
+
+
+@pytest.mark.parametrize("attributes", [{}, {"transB": 1}, {"alpha": 2.0, "beta": 0.5},
+                                        {"transB": 1, "alpha": 0.5}, {"bias": False}])
+def test_gemm_from_initializers_matches_the_reference_without_drawing_random_numbers(
+        attributes: dict) -> None:
+    # The converter builds nn.Linear with skip_init: the stock one ran torch's random init and
+    # overwrote it (seconds on large models). Same values, and the global RNG is left untouched.
+    attributes = dict(attributes)
+    with_bias = attributes.pop("bias", True)
+    rng = np.random.default_rng(0)
+    b = rng.standard_normal((5, 4) if attributes.get("transB") else (4, 5)).astype(np.float32)
+    c = rng.standard_normal(5).astype(np.float32)
+    inputs = ["x", "B", "C"] if with_bias else ["x", "B"]
+    node = helper.make_node("Gemm", inputs, ["y"], name="gemm", **attributes)
+    initializers = [numpy_helper.from_array(b, "B")] + (
+        [numpy_helper.from_array(c, "C")] if with_bias else [])
+    data = _model([node], [_float("x", [3, 4])], [_float("y", [3, 5])], opset=13,
+                  initializers=initializers)
+    state = torch.get_rng_state()
+    loaded = load_onnx(data)
+    assert torch.equal(torch.get_rng_state(), state)
+    x = rng.standard_normal((3, 4)).astype(np.float32)
+    weight = b.T if attributes.get("transB") else b
+    expected = attributes.get("alpha", 1.0) * x @ weight
+    if with_bias:
+        expected = expected + attributes.get("beta", 1.0) * c
+    with torch.no_grad():
+        got = loaded.module(torch.from_numpy(x))
+    np.testing.assert_allclose(_outputs(got)[0].numpy(), expected, rtol=1e-5, atol=1e-5)
 
 
 def _counting_loop(trip: int) -> onnx.ModelProto:

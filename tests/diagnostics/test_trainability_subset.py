@@ -4,8 +4,9 @@ Each model here was labelled by training it (bench/trainability/labels.json). ``
 with momentum and Adam over learning-rate grids agree on its label, and GradDoctor's default
 verdict must match what training did. ``BY_OPTIMIZER``: the label of one optimizer, matched by
 the verdict with ``config.optimizer`` set to it. Both use the scorer's config
-(``predictors.config_for``: the adding problem says its loss reads the last step). Cases the current verdict gets wrong are strict
-xfails, so a rule change that fixes one shows up as XPASS and the mark comes off.
+(``predictors.config_for``: the adding problem says its loss reads the last step). Cases the
+current verdict gets wrong are strict xfails, so a rule change that fixes one shows up as XPASS
+and the mark comes off.
 """
 
 import json
