@@ -108,6 +108,22 @@ def test_optimizer_flag_predicts_that_optimizer(tmp_path):
     assert report["config"]["learning_rate"] == 1e-3
 
 
+def test_sequence_loss_flag_judges_a_gated_cell_trained_on_its_last_step(tmp_path):
+    spec = tmp_path / "lstm.json"
+    spec.write_text(json.dumps({
+        "inputs": [{"name": "seq", "shape": [8, 50, 2]}],
+        "layers": [{"type": "LSTM", "input_size": 2, "hidden_size": 32, "batch_first": True},
+                   {"type": "Linear", "in_features": 32, "out_features": 1}]}))
+    common = [str(spec), "--samples", "1", "--format", "json"]
+    assert main(["diagnose", *common, "--output", str(tmp_path / "every.json")]) == 0
+    assert main(["diagnose", *common, "--sequence-loss", "last_step",
+                 "--output", str(tmp_path / "last.json")]) == 3
+    report = json.loads((tmp_path / "last.json").read_text())
+    assert report["config"]["sequence_loss"] == "last_step"
+    assert [r["rule"] for r in report["verdict"]["evidence"]["rules"] if r["fired"]] == [
+        "temporal_vanishing"]
+
+
 def test_default_export_with_folded_batchnorm_exits_4_saying_how_to_reexport(tmp_path):
     torch.manual_seed(0)
     net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
