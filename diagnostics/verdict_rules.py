@@ -137,7 +137,7 @@ def _time_and_step_rules(evidence: Evidence, config: DiagnosisConfig,
     judged = facts.ungated or (sgd and config.sequence_loss is SequenceLoss.LAST_STEP)
     cell = UNGATED_CELL if facts.ungated else (
         "a gated recurrent cell under SGD with the loss on the last step only" if judged
-        else "a gated recurrent cell (not judged: see sequence_loss)")
+        else "a gated recurrent cell (judged only with sequence_loss 'last_step' under SGD)")
     return [
         RuleCheck(rule="temporal_vanishing",
                   value=float(profile.effective_horizon) if profile else None,
