@@ -9,10 +9,13 @@ module takes.
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import cast
 
+import torch
 from torch import nn
 
 
@@ -150,3 +153,23 @@ def copy_model(model: LoadedModel) -> LoadedModel:
     params = {name: cast(nn.Parameter, memo[id(param)])
               for name, param in model.parameters.items()}
     return replace(model, module=module, parameters=params)
+
+
+@contextmanager
+def restoring_values(model: LoadedModel) -> Iterator[LoadedModel]:
+    """``model`` itself, for an edit that changes tensor values only; every parameter's and
+    buffer's value is put back when the block ends, however it ends.
+
+    The cheap alternative to :func:`copy_model` for re-initializing or rescaling weights: a
+    clone of each tensor instead of a deep copy of the module tree (~9 ms for a 13-layer MLP,
+    most of it Python's ``deepcopy`` walking module dictionaries).
+    """
+    tensors = {id(t): t for t in (*model.parameters.values(), *model.module.parameters(),
+                                  *model.module.buffers())}
+    saved = [(tensor, tensor.detach().clone()) for tensor in tensors.values()]
+    try:
+        yield model
+    finally:
+        with torch.no_grad():
+            for tensor, value in saved:
+                tensor.copy_(value)

@@ -13,7 +13,7 @@ from diagnostics.config import DiagnosisConfig
 from diagnostics.errors import DiagnosticsError
 from diagnostics.examination import Examination, examine
 from diagnostics.inputs import SampleBatch
-from diagnostics.model import LoadedModel, copy_model
+from diagnostics.model import LoadedModel, copy_model, restoring_values
 from diagnostics.probe import probe_mode
 from diagnostics.remedies.candidates import Candidate
 from diagnostics.report import Remedy, Status, Verification
@@ -63,12 +63,17 @@ def verify(candidates: list[Candidate], model: LoadedModel, batches: list[Sample
             f"({candidate.remedy.id})")
         try:
             if candidate.rebuilds:  # a new model from an edited spec: copying the old is waste
-                edited = candidate.edit(model, batches)
+                after = examine(candidate.edit(model, batches), batches, config)
+            elif candidate.remedy.repairable:  # values only: edit in place, then put them back
+                with restoring_values(model):
+                    with probe_mode(model.module, config.norm_stats):
+                        edited = candidate.edit(model, batches)
+                    after = examine(edited, batches, config)
             else:
                 copy = copy_model(model)
                 with probe_mode(copy.module, config.norm_stats):
                     edited = candidate.edit(copy, batches)
-            after = examine(edited, batches, config)
+                after = examine(edited, batches, config)
         except DiagnosticsError as exc:
             candidate.remedy.verification_note = f"verification failed: {exc.detail}"
             continue

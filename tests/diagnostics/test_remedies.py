@@ -180,3 +180,34 @@ def test_healthy_model_gets_no_remedies():
     assert report.verdict.status == "healthy"
     assert report.remedies == []
     assert report.causes == []
+
+
+def test_value_only_remedies_verified_in_place_leave_the_model_as_it_was():
+    # Re-initialization and LSUV are verified on the model itself, whose values are put back
+    # afterwards: every later verification, and the model, must see the original weights.
+    from diagnostics.config import DiagnosisConfig
+    from diagnostics.examination import examine
+    from diagnostics.inputs import make_batches
+    from diagnostics.limits import DEFAULT_LIMITS
+    from diagnostics.pipeline import _load
+    from diagnostics.remedies.proposal import propose
+    from diagnostics.remedies.verification import verify
+
+    config = DiagnosisConfig(samples=2)
+    spec = mlp_spec(10, "Sigmoid", width=32, init={"scheme": "normal", "std": 0.05})
+    model, document = _load(spec, None, DEFAULT_LIMITS, config.seed, None)
+    before = {name: param.detach().clone() for name, param in model.parameters.items()}
+    batches = make_batches(model, config, DEFAULT_LIMITS)
+    found = examine(model, batches, config)
+
+    def verified(order: slice) -> dict[str, dict]:
+        candidates = propose(model, found, config, document)[order]
+        assert {"reinitialize", "data-dependent-init"} <= {c.remedy.id for c in candidates}
+        remedies = verify(candidates, model, batches, config, found)
+        return {r.id: r.verified.evidence_after for r in remedies if r.verified is not None}
+
+    forward, backward = verified(slice(None)), verified(slice(None, None, -1))
+    assert forward == backward
+    assert forward["reinitialize"]["status"] == "healthy"
+    for name, param in model.parameters.items():
+        assert torch.equal(param, before[name]), name
