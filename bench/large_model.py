@@ -61,9 +61,9 @@ def loader(out: Path, repeats: int = 3) -> dict:
     import statistics
 
     import onnx
-    import onnx2torch
     import torch
     from onnx2torch.onnx_tensor import OnnxTensor
+    from stock import stock_convert
 
     from diagnostics.limits import Limits
     from diagnostics.loading.onnx import external_data
@@ -86,7 +86,7 @@ def loader(out: Path, repeats: int = 3) -> dict:
         os.chdir(out)
         OnnxTensor.to_numpy = external_data._original_to_numpy
         try:
-            onnx2torch.convert(onnx.load(MODEL, load_external_data=False))
+            stock_convert(onnx.load(MODEL, load_external_data=False))
         finally:
             OnnxTensor.to_numpy = guarded
             os.chdir(here)

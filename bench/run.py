@@ -71,12 +71,12 @@ def _median_pairs(runs: dict, repeats: int) -> dict[str, float]:
 def floor_pass(path: Path, batch) -> None:
     """onnx.load + onnx2torch.convert + one bare forward+backward with every weight's gradient."""
     import onnx
-    import onnx2torch
     import torch
+    from stock import stock_convert
 
     from diagnostics.probe import compute_loss
 
-    module = onnx2torch.convert(onnx.load(str(path)))
+    module = stock_convert(onnx.load(str(path)))
     trainable_floats(module)
     module.eval()  # as the loader returns it
     outputs = module(*batch.tensors)
@@ -124,8 +124,8 @@ def _batch(path: Path, overrides: dict):
 
 def section_floor(models: list[str], repeats: int) -> list[dict]:
     import onnx
-    import onnx2torch
     from bench_models import MODELS, model_path
+    from stock import stock_convert
 
     from diagnostics import diagnose
     from diagnostics.pipeline import load_model, read_source
@@ -139,7 +139,7 @@ def section_floor(models: list[str], repeats: int) -> list[dict]:
         runs = {
             "floor": lambda path=path, batch=batch: floor_pass(path, batch),
             "diagnosis": lambda path=path, config=config: diagnose(path, config=config),
-            "load+convert": lambda path=path: onnx2torch.convert(onnx.load(str(path))),
+            "load+convert": lambda path=path: stock_convert(onnx.load(str(path))),
             "loader": lambda path=path: load_model(read_source(path)[0], name=path.name),
         }
         for run in runs.values():
