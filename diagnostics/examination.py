@@ -50,9 +50,9 @@ def examine(model: LoadedModel, batches: list[SampleBatch], config: DiagnosisCon
     """Probe every batch, summarize, judge, and profile recurrent memory over time.
 
     The temporal profile is reported and flagged (``temporal_vanishing`` /
-    ``temporal_exploding``); it sets the status only for ungated cells whose horizon is far
-    shorter than the sequence (gated cells at their default initialization forget within tens
-    of steps too, and still learn).
+    ``temporal_exploding``); it sets the status for ungated cells whose horizon is far shorter
+    than the sequence, and for gated ones only when SGD trains them on the last step alone
+    (``sequence_loss``): with a loss at every step they learn to remember.
     """
     say = progress or (lambda _message: None)
     clock = time.perf_counter()

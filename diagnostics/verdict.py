@@ -13,8 +13,8 @@ they straddle it), so a change of width alone is never judged as vanishing or ex
 
 Around it: exact zeros (no gradient at all) are vanishing; rounding noise (a loss that cannot see
 a change) and folded exports are inconclusive; the forward scale and the first SGD step at the
-configured learning rate judge explosions as training meets them; for ungated recurrent cells the
-temporal horizon judges memory.
+configured learning rate judge explosions as training meets them; for ungated recurrent cells
+(and gated ones when SGD trains on the last step only) the temporal horizon judges memory.
 
 The optimizer (``config.optimizer``) decides which facts predict a stall. SGD steps by lr·g, so
 the size of the gradient reaching the first layers is what matters: the backward-signal ratio.
