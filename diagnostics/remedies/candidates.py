@@ -46,18 +46,13 @@ class Context:
         return load_spec(document, limits=self.limits, seed=self.config.seed)
 
 
-def ratio_text(evidence: Evidence) -> str:
+def ratio_sentence(evidence: Evidence) -> str:
+    """The measured signal ratio as a leading sentence, or nothing where none was measured."""
     ratio = evidence.backward_signal_ratio.median if evidence.backward_signal_ratio else None
     if ratio is None:
         return ""
     return (f"The backward signal at {evidence.deepest_layer} is {ratio:.3g}× (width-corrected) "
-            f"that at {evidence.shallowest_layer}")
-
-
-def ratio_sentence(evidence: Evidence) -> str:
-    """:func:`ratio_text` as a leading sentence, or nothing where no ratio was measured."""
-    text = ratio_text(evidence)
-    return f"{text}. " if text else ""
+            f"that at {evidence.shallowest_layer}. ")
 
 
 def round_or_none(value: float | None) -> float | None:

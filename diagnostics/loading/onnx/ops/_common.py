@@ -44,18 +44,23 @@ def torch_dtype(onnx_type: int, op_type: str) -> torch.dtype:
         raise NotImplementedError(f"{op_type} to element type {name} has no torch dtype") from None
 
 
+def _constant(name: str, graph: OnnxGraph) -> object:
+    """onnx2torch's value of an initializer or a Constant output; None for any other input."""
+    if not name:
+        return None
+    try:
+        return get_const_value(name, graph)
+    except KeyError:
+        return None
+
+
 def constant_ints(name: str, graph: OnnxGraph) -> list[int] | None:
     """The integer values of ``name`` when it is an initializer or a Constant output, else None.
 
     Lets a converter bake shape-like inputs (axes, pads, split sizes) into the module instead
     of reading them from a tensor at run time.
     """
-    if not name:
-        return None
-    try:
-        value = get_const_value(name, graph)
-    except KeyError:
-        return None
+    value = _constant(name, graph)
     if isinstance(value, torch.Tensor):
         if value.is_floating_point() or value.is_complex():
             return None
@@ -69,13 +74,8 @@ def constant_ints(name: str, graph: OnnxGraph) -> list[int] | None:
 
 def constant_tensor(name: str, graph: OnnxGraph) -> torch.Tensor | None:
     """The value of ``name`` when it is an initializer or a Constant's tensor, else None."""
-    if not name:
-        return None
-    try:
-        value = get_const_value(name, graph)
-    except KeyError:
-        return None
-    if isinstance(value, torch.Tensor):
+    value = _constant(name, graph)
+    if value is None or isinstance(value, torch.Tensor):
         return value
     try:
         return torch.tensor(value)

@@ -36,8 +36,8 @@ def _text(value) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-class OnnxConvFunctional(nn.Module, OnnxToTorchModule):
-    """ONNX Conv with the weight and bias as inputs; any padding, auto_pad included."""
+class _ConvAttributes(nn.Module, OnnxToTorchModule):
+    """The attributes Conv and ConvTranspose share, and the pads they state explicitly."""
 
     def __init__(self, attributes: dict) -> None:
         """Node attributes as onnx2torch parses them."""
@@ -47,6 +47,16 @@ class OnnxConvFunctional(nn.Module, OnnxToTorchModule):
         self.group = int(attributes.get("group", 1))
         self.pads = attributes.get("pads")
         self.auto_pad = _text(attributes.get("auto_pad", "NOTSET"))
+
+    def _stated_pads(self, rank: int) -> tuple[list[int], list[int]]:
+        """Begin and end pads when auto_pad is not SAME_*: none for VALID or absent pads."""
+        if self.auto_pad == "VALID" or not self.pads:
+            return [0] * rank, [0] * rank
+        return list(self.pads[:rank]), list(self.pads[rank:])
+
+
+class OnnxConvFunctional(_ConvAttributes):
+    """ONNX Conv with the weight and bias as inputs; any padding, auto_pad included."""
 
     def forward(self, x: torch.Tensor, w: torch.Tensor,
                 b: torch.Tensor | None = None) -> torch.Tensor:
@@ -56,29 +66,24 @@ class OnnxConvFunctional(nn.Module, OnnxToTorchModule):
             raise NotImplementedError(f"Conv over {rank} spatial dims")
         strides = self.strides or [1] * rank
         dilations = self.dilations or [1] * rank
-        begin, end = _conv_pads(self.auto_pad, self.pads, x.shape[2:], w.shape[2:], strides,
-                                dilations)
+        begin, end = self._pads(x.shape[2:], w.shape[2:], strides, dilations)
         x = F.pad(x, [amount for pair in reversed(list(zip(begin, end, strict=True)))
                       for amount in pair])
         return _CONV[rank](x, w, b, stride=strides, dilation=dilations, groups=self.group)
 
-
-def _conv_pads(auto_pad: str, pads, sizes, kernel, strides, dilations):
-    rank = len(kernel)
-    if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+    def _pads(self, sizes, kernel, strides, dilations) -> tuple[list[int], list[int]]:
+        if self.auto_pad not in ("SAME_UPPER", "SAME_LOWER"):
+            return self._stated_pads(len(kernel))
         begin, end = [], []
         for size, k, s, d in zip(sizes, kernel, strides, dilations, strict=True):
             total = max((math.ceil(size / s) - 1) * s + (k - 1) * d + 1 - size, 0)
             small, large = total // 2, total - total // 2
-            begin.append(small if auto_pad == "SAME_UPPER" else large)
-            end.append(large if auto_pad == "SAME_UPPER" else small)
+            begin.append(small if self.auto_pad == "SAME_UPPER" else large)
+            end.append(large if self.auto_pad == "SAME_UPPER" else small)
         return begin, end
-    if auto_pad == "VALID" or not pads:
-        return [0] * rank, [0] * rank
-    return list(pads[:rank]), list(pads[rank:])
 
 
-class OnnxConvTransposeFunctional(nn.Module, OnnxToTorchModule):
+class OnnxConvTransposeFunctional(_ConvAttributes):
     """ONNX ConvTranspose with the weight and bias as inputs.
 
     Computes the full transposed convolution, appends ``output_padding``, then crops the pads
@@ -88,12 +93,7 @@ class OnnxConvTransposeFunctional(nn.Module, OnnxToTorchModule):
 
     def __init__(self, attributes: dict) -> None:
         """Node attributes as onnx2torch parses them."""
-        super().__init__()
-        self.strides = attributes.get("strides")
-        self.dilations = attributes.get("dilations")
-        self.group = int(attributes.get("group", 1))
-        self.pads = attributes.get("pads")
-        self.auto_pad = _text(attributes.get("auto_pad", "NOTSET"))
+        super().__init__(attributes)
         self.output_padding = attributes.get("output_padding")
         self.output_shape = attributes.get("output_shape")
 
@@ -126,9 +126,7 @@ class OnnxConvTransposeFunctional(nn.Module, OnnxToTorchModule):
             if self.auto_pad == "SAME_UPPER":
                 return [t // 2 for t in totals], [t - t // 2 for t in totals]
             return [t - t // 2 for t in totals], [t // 2 for t in totals]
-        if self.auto_pad == "VALID" or not self.pads:
-            return [0] * rank, [0] * rank
-        return list(self.pads[:rank]), list(self.pads[rank:])
+        return self._stated_pads(rank)
 
 
 @converter("Conv", [1, 11, 22], replaces=True)
