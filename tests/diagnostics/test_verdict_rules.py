@@ -371,6 +371,25 @@ class TestTemporal:
         adam = diagnose(self._recurrent(cell, 50), config={**last_step, "optimizer": "adam"})
         assert adam.verdict.status == "healthy", adam.verdict.summary
 
+    def test_a_default_export_of_a_sequence_classifier_is_judged_with_last_step(self):
+        # nn.LSTM at torch's init, Linear on the last step, torch.onnx.export's defaults.
+        class Classifier(nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.rnn = nn.LSTM(2, 32, batch_first=True)
+                self.head = nn.Linear(32, 1)
+
+            def forward(self, x: torch.Tensor) -> torch.Tensor:
+                return self.head(self.rnn(x)[0][:, -1])
+
+        torch.manual_seed(0)
+        data = export_legacy(Classifier().eval(), (torch.randn(4, 100, 2),))
+        assert diagnose(data, config=QUICK).verdict.status == "healthy"
+        report = diagnose(data, config={**QUICK, "sequence_loss": "last_step"})
+        assert report.verdict.status == "vanishing", report.verdict.summary
+        assert fired(report) == ["temporal_vanishing"]
+        assert report.temporal[0].effective_horizon < 50
+
     def test_chrono_initialized_gates_reach_the_sequence_start(self):
         report = diagnose(self._recurrent("LSTM", 50),
                           config={**QUICK, "sequence_loss": "last_step", "verify_remedies": True})
