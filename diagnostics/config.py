@@ -218,8 +218,9 @@ class DiagnosisConfig(BaseModel):
         SequenceLoss.EVERY_STEP,
         description="What your training loss reads of a recurrent model's output sequence: "
         "'every_step' (default; language modelling, tagging) or 'last_step' (classifying a "
-        "whole sequence). With 'last_step' and optimizer 'sgd', gated cells (LSTM/GRU) are "
-        "judged on their effective horizon too (README, 'Verdict rules').",
+        "whole sequence). With 'last_step' the probe's loss reads the last output step alone, and "
+        "with optimizer 'sgd' gated cells (LSTM/GRU) are judged on their effective horizon too "
+        "(README, 'Verdict rules').",
     )
     samples: int = Field(
         3, ge=1, le=64,

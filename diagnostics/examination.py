@@ -18,7 +18,7 @@ from torch import nn
 from diagnostics import temporal
 from diagnostics.aggregate import build_layer_reports
 from diagnostics.anatomy import readout_indices, weight_names
-from diagnostics.config import DiagnosisConfig
+from diagnostics.config import DiagnosisConfig, SequenceLoss
 from diagnostics.inputs import SampleBatch
 from diagnostics.model import LoadedModel
 from diagnostics.precision import float64_rounding_ratio
@@ -49,6 +49,9 @@ def examine(model: LoadedModel, batches: list[SampleBatch], config: DiagnosisCon
             progress: Progress | None = None) -> Examination:
     """Probe every batch, summarize, judge, and profile recurrent memory over time.
 
+    With ``sequence_loss`` 'last_step' the probe's loss reads the recurrent model's last output
+    step alone, as the user's training loss does, so every statistic is the one that loss gives.
+
     The temporal profile is reported and flagged (``temporal_vanishing`` /
     ``temporal_exploding``); it sets the status for ungated cells whose horizon is far shorter
     than the sequence, and for gated ones only when SGD trains them on the last step alone
@@ -59,12 +62,14 @@ def examine(model: LoadedModel, batches: list[SampleBatch], config: DiagnosisCon
     observations = []
     profiles: list[TemporalProfile] = []
     target = temporal.find_target(model)
+    last_step_of = target if config.sequence_loss is SequenceLoss.LAST_STEP else None
     zero_heads = _zero_readouts(model)
     with probe_mode(model.module, config.norm_stats), \
             _substitute_readouts(model, zero_heads, config.seed):
-        for number, batch in enumerate(batches, 1):
-            say(f"probing sample {number}/{len(batches)}")
-            observations.append(run_sample(model, batch, config))
+        with temporal.last_step_view(model.module, last_step_of) as loss_reads:
+            for number, batch in enumerate(batches, 1):
+                say(f"probing sample {number}/{len(batches)}")
+                observations.append(run_sample(model, batch, config, loss_reads))
         if target is not None:
             say("measuring the temporal profile")
             norms = [temporal.step_norms(model, batch, config, target) for batch in batches]
@@ -84,7 +89,8 @@ def examine(model: LoadedModel, batches: list[SampleBatch], config: DiagnosisCon
     step = rounding_step(layers)
     if step is not None and 0 < step[1] < config.thresholds.rounding_ratio:
         say("re-measuring the output layer's gradient in float64")
-        facts = replace(facts, float64_ratio=float64_rounding_ratio(model, batches[0], config))
+        facts = replace(facts, float64_ratio=float64_rounding_ratio(model, batches[0], config,
+                                                               last_step_of))
     verdict, statuses = judge(model, layers, observations, config, facts)
     for found in profiles:
         flag = {Status.VANISHING: Flag.TEMPORAL_VANISHING,

@@ -15,13 +15,15 @@ from diagnostics.errors import DiagnosticsError
 from diagnostics.inputs import SampleBatch
 from diagnostics.model import LoadedModel, copy_model
 from diagnostics.probe import probe_mode, run_sample
+from diagnostics.temporal import TemporalTarget, last_step_view
 from diagnostics.verdict import rounding_step
 
 
-def float64_rounding_ratio(model: LoadedModel, batch: SampleBatch,
-                           config: DiagnosisConfig) -> float | None:
+def float64_rounding_ratio(model: LoadedModel, batch: SampleBatch, config: DiagnosisConfig,
+                           last_step_of: TemporalTarget | None = None) -> float | None:
     """The output-layer step ratio (see :func:`diagnostics.verdict.rounding_step`) measured in
-    float64 on a copy of the model; None when the copy cannot run in float64."""
+    float64 on a copy of the model, the loss on the last step of ``last_step_of``'s sequence
+    when given; None when the copy cannot run in float64."""
     copy = copy_model(model)
     try:
         copy.module.double()
@@ -30,8 +32,9 @@ def float64_rounding_ratio(model: LoadedModel, batch: SampleBatch,
     wide = SampleBatch(batch.seed, tuple(t.double() if t.is_floating_point() else t
                                          for t in batch.tensors))
     try:
-        with probe_mode(copy.module, config.norm_stats):
-            observed = run_sample(copy, wide, config)
+        with probe_mode(copy.module, config.norm_stats), \
+                last_step_view(copy.module, last_step_of) as loss_reads:
+            observed = run_sample(copy, wide, config, loss_reads)
     except (DiagnosticsError, RuntimeError):
         return None
     step = rounding_step(build_layer_reports(copy, [observed], config.thresholds))

@@ -11,7 +11,7 @@ a plain forward+backward that keeps its gradients.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -95,13 +95,16 @@ def probe_mode(module: nn.Module, norm_stats: NormStats) -> Iterator[None]:
 
 
 def run_sample(model: LoadedModel, batch: SampleBatch,  # noqa: C901
-               config: DiagnosisConfig) -> SampleObservation:
+               config: DiagnosisConfig,
+               loss_reads: Callable[[object], object] | None = None) -> SampleObservation:
     """Run one forward+backward pass on ``batch`` and collect the statistics.
 
     Args:
         model: The loaded model; call inside :func:`probe_mode`.
         batch: Inputs in the model's input order.
         config: Loss, thresholds.
+        loss_reads: What of the outputs the loss reads (default: all of them), e.g. the last
+            time step (:func:`diagnostics.temporal.last_step_view`).
 
     Raises:
         ProbeError: The forward or backward pass raised (shape mismatch, bad ids ...).
@@ -180,7 +183,8 @@ def run_sample(model: LoadedModel, batch: SampleBatch,  # noqa: C901
             outputs = model.module(*inputs)
         except Exception as exc:
             raise _probe_error("forward", exc, last_entered) from exc
-        loss = compute_loss(outputs, config.loss, batch.seed)
+        loss = compute_loss(outputs if loss_reads is None else loss_reads(outputs),
+                            config.loss, batch.seed)
         observed.loss = float(loss.detach())
         if loss.requires_grad:
             try:

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import math
 import statistics
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -106,6 +108,35 @@ def step_norms(model: LoadedModel, batch: SampleBatch, config: DiagnosisConfig,
         for param in model.parameters.values():
             param.grad = None
     return captured.norms
+
+
+OutputsView = Callable[[object], object]
+
+
+@contextmanager
+def last_step_view(module: nn.Module,
+                   target: TemporalTarget | None) -> Iterator[OutputsView | None]:
+    """What a loss on the last step alone reads of ``module``'s outputs (``sequence_loss``
+    'last_step'): a function from outputs to their last step, valid for every forward pass of
+    ``module`` inside the block; None when there is no recurrent ``target``.
+
+    The sequence length is taken at the recurrent layer's input on each pass, because that is
+    where the time axis is known (see :func:`_last_step`).
+    """
+    if target is None:
+        yield None
+        return
+    length = [0]
+
+    def pre_hook(_module: nn.Module, args: tuple) -> None:
+        length[0] = int(args[target.argument].shape[target.time_axis])
+
+    handle = module.get_submodule(target.module_path).register_forward_pre_hook(pre_hook)
+    try:
+        yield lambda outputs: _last_step(outputs, length[0], target.time_axis) \
+            if length[0] > 1 else outputs
+    finally:
+        handle.remove()
 
 
 def _last_step(outputs: object, length: int, axis: int) -> list[torch.Tensor]:

@@ -81,3 +81,38 @@ def test_huge_outputs_do_not_fake_a_nonfinite_loss():
     y = torch.full((4, 4), 1e25)  # y² overflows float32, not float64
     loss = compute_loss(y, DiagnosisConfig().loss, 0)
     assert torch.isfinite(loss)
+
+
+def test_a_last_step_loss_reads_only_the_last_output_step():
+    # sequence_loss 'last_step': the probe's gradients are those of the user's loss on out[:, -1].
+    from diagnostics.loading.nn_module import load_module
+    from diagnostics.temporal import find_target, last_step_view
+
+    class Tagger(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.rnn = nn.LSTM(3, 8, batch_first=True)
+            self.head = nn.Linear(8, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(self.rnn(x)[0])  # [batch, steps, 2]
+
+    torch.manual_seed(0)
+    net, x = Tagger(), torch.randn(4, 6, 3)
+    model, _ = load_module(net, x)
+    config = DiagnosisConfig()
+    target = find_target(model)
+    assert target is not None
+    with probe_mode(model.module, config.norm_stats), \
+            last_step_view(model.module, target) as loss_reads:
+        last_step = run_sample(model, SampleBatch(0, (x,)), config, loss_reads)
+    with probe_mode(model.module, config.norm_stats):
+        every_step = run_sample(model, SampleBatch(0, (x,)), config)
+
+    compute_loss(net(x)[:, -1], config.loss, 0).backward()
+    for name, param in net.named_parameters():
+        expected = param.grad.double().norm().item()
+        assert last_step.parameters[name].norm == pytest.approx(expected, rel=1e-5), name
+    head = "head.weight"
+    assert every_step.parameters[head].norm != pytest.approx(last_step.parameters[head].norm,
+                                                             rel=1e-2)
