@@ -179,20 +179,26 @@ def is_chain(model: LoadedModel) -> bool:
 # normalization after them divides the gradient by it, so ‖δ‖ at a lookup says nothing about
 # the Jacobians of the hidden stack (BERT's embeddings at std 0.002 would read as "exploding").
 _LOOKUPS = frozenset({"Gather", "Embedding"})
+# Elementwise products with a learned tensor: LayerScale (ONNX Mul by γ; timm's modules).
+_GAINS = frozenset({"Mul", "LayerScale", "LayerScale2d"})
 
 
 def readout_indices(model: LoadedModel) -> list[int]:
     """The layers with a weight matrix or kernel nearest the outputs (smallest depth).
 
-    None when a normalization sits between them and the outputs: the model then returns a
-    normalized hidden state, and its last weight layer is a hidden layer, not a readout.
+    None when a normalization or a learned elementwise gain sits between them and the outputs:
+    the model then returns a hidden state — a normalized one, or a residual stream whose last
+    branch ends in a LayerScale gain (ConvNeXt, CaiT backbones: ``x + γ·branch(x)``, γ at
+    1e-6) — and its last weight layer is a hidden layer, not a readout. Inside such a branch
+    the gradient is γ times the stream's, so the profile must end on the stream: at the gain.
     """
     weighted = [i for i, layer in enumerate(model.layers)
                 if weight_names(model, i) and layer.op_type not in _LOOKUPS]
     if not weighted:
         return []
     nearest = min(model.layers[i].depth for i in weighted)
-    if any(LayerKind.NORMALIZATION in layer.kinds and layer.depth < nearest
+    if any(layer.depth < nearest and (LayerKind.NORMALIZATION in layer.kinds
+                                      or (layer.op_type in _GAINS and layer.parameters))
            for layer in model.layers):
         return []
     return [i for i in weighted if model.layers[i].depth == nearest]

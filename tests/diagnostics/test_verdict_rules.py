@@ -133,6 +133,44 @@ class TestReadout:
         assert fired(report)[0] == "backward_signal_vanishing"
 
 
+class LayerScaleBackbone(nn.Module):
+    """A ConvNeXt/CaiT-style backbone exported for its features: pre-norm residual blocks
+    ``x + γ·mlp(norm(x))`` with LayerScale γ at 1e-6 and no norm after the last block."""
+
+    def __init__(self, dim: int = 32, blocks: int = 4) -> None:
+        super().__init__()
+        self.stem = nn.Linear(16, dim)
+        self.norms = nn.ModuleList(nn.LayerNorm(dim) for _ in range(blocks))
+        self.mlps = nn.ModuleList(
+            nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim))
+            for _ in range(blocks))
+        self.gammas = nn.ParameterList(nn.Parameter(torch.full((dim,), 1e-6))
+                                       for _ in range(blocks))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        for norm, mlp, gamma in zip(self.norms, self.mlps, self.gammas, strict=True):
+            x = x + gamma * mlp(norm(x))
+        return x
+
+
+class TestLayerScale:
+    @pytest.mark.parametrize("export", [export_legacy, export_dynamo])
+    def test_a_backbone_ending_in_a_layerscale_branch_is_healthy(self, export):
+        # Inside the last branch the gradient is γ = 1e-6 times the residual stream's; the
+        # profile ends on the stream (at the gain), not in the branch (a 1e6 "explosion").
+        torch.manual_seed(0)
+        report = diagnose(export(LayerScaleBackbone().eval(), (torch.randn(4, 8, 16),)),
+                          config=QUICK)
+        evidence = report.verdict.evidence
+        assert report.verdict.status == "healthy", report.verdict.summary
+        assert evidence.readout_layers == []
+        shallow = next(layer for layer in report.layers
+                       if layer.name == evidence.shallowest_layer)
+        assert shallow.op_type == "Mul", shallow.name
+        assert 0.1 < evidence.backward_signal_ratio.median < 10
+
+
 class TokenModel(nn.Module):
     """A ViT-like stem: a class token at timm's std 1e-6 prepended to projected patches (pooled
     by their mean, so every token reaches the head without an attention layer)."""
