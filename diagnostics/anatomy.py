@@ -192,16 +192,23 @@ def readout_indices(model: LoadedModel) -> list[int]:
     1e-6) — and its last weight layer is a hidden layer, not a readout. Inside such a branch
     the gradient is γ times the stream's, so the profile must end on the stream: at the gain.
     """
+    # A gain's tensor may have several dimensions (γ of shape [C, 1, 1]): it is still a gain.
     weighted = [i for i, layer in enumerate(model.layers)
-                if weight_names(model, i) and layer.op_type not in _LOOKUPS]
+                if weight_names(model, i) and layer.op_type not in _LOOKUPS | _GAINS]
     if not weighted:
         return []
     nearest = min(model.layers[i].depth for i in weighted)
     if any(layer.depth < nearest and (LayerKind.NORMALIZATION in layer.kinds
-                                      or (layer.op_type in _GAINS and layer.parameters))
-           for layer in model.layers):
+                                      or is_gain(model, index))
+           for index, layer in enumerate(model.layers)):
         return []
     return [i for i in weighted if model.layers[i].depth == nearest]
+
+
+def is_gain(model: LoadedModel, index: int) -> bool:
+    """An elementwise product with a learned tensor (LayerScale)."""
+    layer = model.layers[index]
+    return layer.op_type in _GAINS and any(name in model.parameters for name in layer.parameters)
 
 
 def is_table(model: LoadedModel, index: int) -> bool:

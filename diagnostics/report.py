@@ -179,6 +179,12 @@ class Evidence(_Model):
         "the depth profile of the hidden layers.")
     readout_scale: float | None = Field(
         None, description="Readout weight norm / a fan-in initialization's (0: zero head).")
+    closed_gate_layer: str | None = Field(
+        None, description="A learned gain near zero on purpose (LayerScale) through which all "
+        "the signal below it passes (CaiT's class attention): the depth profile is judged below "
+        "it, since every layer there gets about γ of the signal until the gain moves.")
+    closed_gate_scale: float | None = Field(
+        None, description="RMS of that gain's values (γ).")
     gradient_stops_at: str | None = Field(
         None, description="Where the gradient becomes exactly zero when no parameter gets any.")
     rounding_noise_layer: str | None = Field(

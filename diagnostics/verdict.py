@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from diagnostics import adam, anatomy
 from diagnostics.aggregate import is_weight, make_stat
 from diagnostics.config import DiagnosisConfig, Optimizer, Thresholds
+from diagnostics.gates import closed_gate, output_rms
 from diagnostics.model import LayerKind, LoadedModel
 from diagnostics.probe import SampleObservation
 from diagnostics.report import (
@@ -78,10 +79,12 @@ def _measured(layer: LayerReport) -> float | None:
 
 
 def _endpoints(model: LoadedModel, layers: list[LayerReport], readouts: list[int], *,
-               weighted: bool = False) -> tuple[int, int] | None:
+               weighted: bool = False, gate: int | None = None) -> tuple[int, int] | None:
     """The deepest and shallowest hidden layers with parameters (``weighted``: with a weight
-    matrix or kernel, the layers Adam's step-size rules judge)."""
+    matrix or kernel, the layers Adam's step-size rules judge), below ``gate`` if given."""
     above = min((model.layers[i].depth for i in readouts), default=-1)
+    if gate is not None:
+        above = max(above, model.layers[gate].depth)
     candidates = [
         i for i, layer in enumerate(layers)
         if LayerKind.PARAMETRIC in model.layers[i].kinds and layer.depth > above
@@ -90,7 +93,13 @@ def _endpoints(model: LoadedModel, layers: list[LayerReport], readouts: list[int
     ]
     if len(candidates) < 2:
         return None
-    deepest = min(candidates, key=lambda i: (-layers[i].depth, i))
+    # Parallel layers at the deepest level (an attention's query, key and value projections)
+    # see different Jacobians: at init the softmax is nearly uniform, so queries and keys get
+    # almost no gradient while values carry the signal. The input side receives their sum,
+    # so the profile follows the one that carries the most.
+    bottom = max(layers[i].depth for i in candidates)
+    deepest = max((i for i in candidates if layers[i].depth == bottom),
+                  key=lambda i: (output_rms(layers[i]), -i))
     shallowest = min(candidates, key=lambda i: (layers[i].depth, -i))
     if layers[deepest].depth == layers[shallowest].depth:
         return None
@@ -140,7 +149,11 @@ def judge(model: LoadedModel, layers: list[LayerReport], samples: list[SampleObs
     readouts = anatomy.readout_indices(model)
     evidence.readout_layers = [layers[i].name for i in readouts]
     evidence.readout_scale = _readout_scale(model, readouts)
-    ends = _endpoints(model, layers, readouts)
+    gate = closed_gate(model, layers, thresholds.small_readout_fraction)
+    if gate is not None:
+        evidence.closed_gate_layer, evidence.closed_gate_scale = layers[gate[0]].name, gate[1]
+    below = gate[0] if gate else None
+    ends = _endpoints(model, layers, readouts, gate=below)
     ratios: list[SignalRatio | None] = []
     adam_facts = _AdamFacts.none(len(samples))
     if ends:
@@ -157,7 +170,7 @@ def judge(model: LoadedModel, layers: list[LayerReport], samples: list[SampleObs
             evidence.per_layer_gain = ratio ** (1 / steps)
         _flag_profile(model, layers, shallow, thresholds)
         evidence.weight_grad_ratio = _weight_grad_ratio(layers, deep, shallow)
-    weight_ends = _endpoints(model, layers, readouts, weighted=True)
+    weight_ends = _endpoints(model, layers, readouts, weighted=True, gate=below)
     if weight_ends:
         adam_facts = _AdamFacts(adam.sample_l1_ratios(layers, samples, weight_ends),
                                 adam.sample_first_rms(layers, samples, weight_ends[0]))

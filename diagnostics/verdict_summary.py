@@ -33,6 +33,19 @@ def summarize(status: Status, rules: list[RuleCheck], evidence: Evidence,
               samples: list[SampleObservation], substituted_readouts: tuple[str, ...],
               optimizer: Optimizer = Optimizer.SGD) -> str:
     """The verdict's one sentence: the deciding rule, then what it measured and what to do."""
+    text = _summary(status, rules, evidence, samples, substituted_readouts, optimizer)
+    if evidence.closed_gate_layer is not None:
+        text += (f" The gain {evidence.closed_gate_layer} (γ ≈ "
+                 f"{evidence.closed_gate_scale or 0:.2g}, LayerScale) gates every layer below "
+                 "it: they receive about γ of the signal until it moves, which it does in the "
+                 "first steps (its own gradient is not small), so the depth profile is judged "
+                 "below it.")
+    return text
+
+
+def _summary(status: Status, rules: list[RuleCheck], evidence: Evidence,
+             samples: list[SampleObservation], substituted_readouts: tuple[str, ...],
+             optimizer: Optimizer) -> str:
     rule = deciding_rule(rules)
     profile = _profile_text(evidence)
     if rule is None:

@@ -171,6 +171,74 @@ class TestLayerScale:
         assert 0.1 < evidence.backward_signal_ratio.median < 10
 
 
+class ClassAttentionNet(nn.Module):
+    """CaiT's shape: LayerScale'd patch blocks, then a class-attention block whose γ = 1e-5 is
+    the only path from the patches to the head, which reads the class token alone."""
+
+    def __init__(self, dim: int = 32, gamma: float = 1e-5) -> None:
+        super().__init__()
+        self.stem = nn.Linear(16, dim)
+        self.norms = nn.ModuleList(nn.LayerNorm(dim) for _ in range(3))
+        self.mlps = nn.ModuleList(
+            nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
+            for _ in range(2))
+        self.gammas = nn.ParameterList(nn.Parameter(torch.full((dim,), gamma)) for _ in range(3))
+        self.cls_token = nn.Parameter(torch.randn(1, 1, dim) * 0.02)
+        self.q, self.k, self.v, self.o = (nn.Linear(dim, dim) for _ in range(4))
+        self.head_norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        for norm, mlp, gamma in zip(self.norms, self.mlps, self.gammas, strict=False):
+            x = x + gamma * mlp(norm(x))
+        cls = self.cls_token.expand(x.shape[0], -1, -1)
+        u = self.norms[2](torch.cat([cls, x], dim=1))
+        scores = self.q(u[:, :1]) @ self.k(u).transpose(1, 2) / u.shape[-1] ** 0.5
+        cls = cls + self.gammas[2] * self.o(scores.softmax(-1) @ self.v(u))
+        return self.head(self.head_norm(cls[:, 0]))
+
+
+class TestClosedGate:
+    def test_class_attention_behind_a_near_zero_layerscale_is_not_vanishing(self):
+        torch.manual_seed(0)
+        report = diagnose(export_legacy(ClassAttentionNet().eval(), (torch.randn(4, 8, 16),)),
+                          config=QUICK)
+        evidence = report.verdict.evidence
+        assert report.verdict.status == "healthy", report.verdict.summary
+        assert evidence.closed_gate_scale == pytest.approx(1e-5, rel=1e-3)
+        gate = next(layer for layer in report.layers if layer.name == evidence.closed_gate_layer)
+        assert gate.op_type == "Mul"
+        assert "gates every layer below it" in report.verdict.summary
+        # The profile runs below the gate, over the patch stream.
+        assert gate.depth < next(layer.depth for layer in report.layers
+                                 if layer.name == evidence.shallowest_layer)
+
+    def test_the_stack_below_the_gate_is_still_judged(self):
+        # The same net with its patch stream a plain 8-layer sigmoid chain at 0.1x init.
+        class Vanishing(ClassAttentionNet):
+            def __init__(self) -> None:
+                super().__init__()
+                chain = []
+                for _ in range(8):
+                    layer = nn.Linear(16, 16)
+                    nn.init.normal_(layer.weight, std=0.1 / 4)
+                    chain += [layer, nn.Sigmoid()]
+                self.stem = nn.Sequential(*chain, nn.Linear(16, 32))
+
+        torch.manual_seed(0)
+        report = diagnose(export_legacy(Vanishing().eval(), (torch.randn(4, 8, 16),)),
+                          config=QUICK)
+        assert report.verdict.evidence.closed_gate_layer is not None
+        assert report.verdict.status == "vanishing", report.verdict.summary
+
+    def test_a_gain_the_residual_stream_bypasses_is_no_gate(self):
+        torch.manual_seed(0)
+        report = diagnose(export_legacy(LayerScaleBackbone().eval(), (torch.randn(4, 8, 16),)),
+                          config=QUICK)
+        assert report.verdict.evidence.closed_gate_layer is None
+
+
 class TokenModel(nn.Module):
     """A ViT-like stem: a class token at timm's std 1e-6 prepended to projected patches (pooled
     by their mean, so every token reaches the head without an attention layer)."""
