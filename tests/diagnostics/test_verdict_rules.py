@@ -154,7 +154,35 @@ class LayerScaleBackbone(nn.Module):
         return x
 
 
+class ConvLayerScaleBackbone(nn.Module):
+    """PoolFormer's shape: conv blocks ``x + γ·branch(norm(x))`` with γ of shape [C, 1, 1]."""
+
+    def __init__(self, channels: int = 16, blocks: int = 3) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, channels, 3, padding=1)
+        self.norms = nn.ModuleList(nn.GroupNorm(1, channels) for _ in range(blocks))
+        self.branches = nn.ModuleList(
+            nn.Sequential(nn.Conv2d(channels, 2 * channels, 1), nn.GELU(),
+                          nn.Conv2d(2 * channels, channels, 1)) for _ in range(blocks))
+        self.gammas = nn.ParameterList(nn.Parameter(torch.full((channels, 1, 1), 1e-5))
+                                       for _ in range(blocks))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        for norm, branch, gamma in zip(self.norms, self.branches, self.gammas, strict=True):
+            x = x + gamma * branch(norm(x))
+        return x
+
+
 class TestLayerScale:
+    def test_a_gain_of_shape_c11_is_a_gain_not_a_readout(self):
+        torch.manual_seed(0)
+        report = diagnose(export_legacy(ConvLayerScaleBackbone().eval(),
+                                        (torch.randn(2, 3, 8, 8),)), config=QUICK)
+        assert report.verdict.status == "healthy", report.verdict.summary
+        assert report.verdict.evidence.readout_layers == []
+        assert report.verdict.evidence.closed_gate_layer is None
+
     @pytest.mark.parametrize("export", [export_legacy, export_dynamo])
     def test_a_backbone_ending_in_a_layerscale_branch_is_healthy(self, export):
         # Inside the last branch the gradient is γ = 1e-6 times the residual stream's; the
