@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from diagnostics import adam, anatomy
 from diagnostics.aggregate import is_weight, make_stat
 from diagnostics.config import DiagnosisConfig, Optimizer, Thresholds
-from diagnostics.gates import closed_gate, output_rms
+from diagnostics.gates import closed_gate
 from diagnostics.model import LayerKind, LoadedModel
 from diagnostics.probe import SampleObservation
 from diagnostics.report import (
@@ -93,13 +93,7 @@ def _endpoints(model: LoadedModel, layers: list[LayerReport], readouts: list[int
     ]
     if len(candidates) < 2:
         return None
-    # Parallel layers at the deepest level (an attention's query, key and value projections)
-    # see different Jacobians: at init the softmax is nearly uniform, so queries and keys get
-    # almost no gradient while values carry the signal. The input side receives their sum,
-    # so the profile follows the one that carries the most.
-    bottom = max(layers[i].depth for i in candidates)
-    deepest = max((i for i in candidates if layers[i].depth == bottom),
-                  key=lambda i: (output_rms(layers[i]), -i))
+    deepest = min(candidates, key=lambda i: (-layers[i].depth, i))
     shallowest = min(candidates, key=lambda i: (layers[i].depth, -i))
     if layers[deepest].depth == layers[shallowest].depth:
         return None
