@@ -24,7 +24,7 @@ from diagnostics.errors import (
     ResourceLimitError,
     UnsupportedOperatorError,
 )
-from diagnostics.limits import Limits
+from diagnostics.limits import DEFAULT_LIMITS, Limits
 from diagnostics.loading.onnx.loader import load_onnx
 from diagnostics.model import Activation, LayerKind, LoadedModel
 from tests.onnx_export import (
@@ -816,3 +816,8 @@ def test_unconvertible_op_a_float_output_needs_is_still_refused() -> None:
     del model.graph.node[1].attribute[:]
     with pytest.raises(UnsupportedOperatorError, match="Normalizer"):
         load_onnx(_bytes(model))
+
+
+def test_the_default_file_budget_fits_embedded_weights_at_the_parameter_budget():
+    # float32 weights inside the .onnx: 4 bytes per parameter, plus the graph.
+    assert DEFAULT_LIMITS.max_model_bytes > 4 * DEFAULT_LIMITS.max_parameters
