@@ -181,6 +181,7 @@ def is_chain(model: LoadedModel) -> bool:
 _LOOKUPS = frozenset({"Gather", "Embedding"})
 # Elementwise products with a learned tensor: LayerScale (ONNX Mul by γ; timm's modules).
 _GAINS = frozenset({"Mul", "LayerScale", "LayerScale2d"})
+_ELEMENTWISE = frozenset({"Add", "Sub", "Mul"})
 
 
 def readout_indices(model: LoadedModel) -> list[int]:
@@ -219,6 +220,14 @@ def is_table(model: LoadedModel, index: int) -> bool:
 
 
 def weight_names(model: LoadedModel, index: int) -> list[str]:
-    """The layer's weight matrices and kernels (parameters with two or more dimensions)."""
-    return [name for name in model.layers[index].parameters
-            if name in model.parameters and model.parameters[name].dim() >= 2]
+    """The layer's weight matrices and kernels (parameters with two or more dimensions; for an
+    elementwise op, two or more that are not 1: an added table [1, T, D] is one, a bias
+    [1, V] or a LayerScale γ [C, 1, 1] is not)."""
+    layer = model.layers[index]
+    elementwise = layer.op_type in _ELEMENTWISE
+    return [name for name in layer.parameters if name in model.parameters
+            and _axes(model.parameters[name], elementwise) >= 2]
+
+
+def _axes(param: torch.Tensor, varying_only: bool) -> int:
+    return sum(1 for size in param.shape if size > 1) if varying_only else param.dim()

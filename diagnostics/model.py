@@ -73,6 +73,8 @@ class LayerInfo:
             this node uses, in input order. A tensor used by several nodes appears in each.
         depth: Longest distance, counted in watched layers, from this node to a model output;
             the layer producing an output has depth 0.
+        attention_scores: It reaches the outputs only through an attention softmax (an
+            attention's query and key projections), where the graph shows it.
     """
 
     name: str
@@ -82,6 +84,7 @@ class LayerInfo:
     activation: Activation | None = None
     parameters: tuple[str, ...] = ()
     depth: int = 0
+    attention_scores: bool = False
 
 
 @dataclass(frozen=True)

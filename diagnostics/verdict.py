@@ -89,6 +89,7 @@ def _endpoints(model: LoadedModel, layers: list[LayerReport], readouts: list[int
         i for i, layer in enumerate(layers)
         if LayerKind.PARAMETRIC in model.layers[i].kinds and layer.depth > above
         and not anatomy.is_table(model, i) and _measured(layer) is not None and layer.output_numel
+        and not model.layers[i].attention_scores
         and (not weighted or any(is_weight(p) for p in layer.parameters))
     ]
     if len(candidates) < 2:
@@ -220,7 +221,7 @@ def _flag_profile(model: LoadedModel, layers: list[LayerReport], shallow: int,
         norm = _measured(layer)
         if norm is None or layer.depth <= top.depth or not layer.output_numel or \
                 LayerKind.PARAMETRIC not in model.layers[index].kinds or \
-                anatomy.is_table(model, index):
+                anatomy.is_table(model, index) or model.layers[index].attention_scores:
             continue
         ratio = width_corrected_ratio(norm, top_norm, layer.output_numel,
                                       top.output_numel or 1).robust

@@ -574,3 +574,46 @@ class TestTransformerEndpoints:
         assert report.verdict.status == "healthy", report.verdict.summary
         assert report.verdict.evidence.readout_layers == []
         assert not any(cause.id == "small_readout" for cause in report.causes)
+
+    @staticmethod
+    def _marian(head: bool) -> bytes:
+        # An encoder-decoder with no LayerNorm on its embeddings: the deepest parametric layers
+        # are the first attention's projections, and the LM head adds a [1, V] zero bias.
+        transformers = pytest.importorskip("transformers")
+        torch.manual_seed(0)
+        config = transformers.MarianConfig(
+            vocab_size=100, decoder_vocab_size=100, d_model=64, encoder_layers=4,
+            decoder_layers=4, encoder_attention_heads=4, decoder_attention_heads=4,
+            encoder_ffn_dim=128, decoder_ffn_dim=128, max_position_embeddings=32,
+            pad_token_id=1, eos_token_id=2, decoder_start_token_id=0)
+        model = (transformers.MarianMTModel if head else transformers.MarianModel)(config)
+
+        class Seq2Seq(nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.model = model
+
+            def forward(self, input_ids: torch.Tensor, decoder_ids: torch.Tensor) -> torch.Tensor:
+                out = self.model(input_ids=input_ids, decoder_input_ids=decoder_ids)
+                return out.logits if head else out.last_hidden_state
+
+        ids = torch.randint(3, 100, (2, 12))
+        return export_legacy(Seq2Seq().eval(), (ids, ids[:, :8]),
+                             input_names=["input_ids", "decoder_ids"])
+
+    def test_attention_queries_and_keys_are_not_profile_endpoints(self):
+        # They reach the loss only through the softmax, nearly uniform at init: their gradient
+        # (4e-6 of the output's here) measures its flatness, not the stack's Jacobians.
+        report = diagnose(self._marian(head=False), config=QUICK)
+        evidence = report.verdict.evidence
+        assert report.verdict.status == "healthy", report.verdict.summary
+        assert "v_proj" in evidence.deepest_layer
+        query = next(layer for layer in report.layers if "q_proj/MatMul" in layer.name)
+        assert "vanishing" not in query.flags
+
+    def test_a_logits_bias_of_shape_1_v_is_not_the_readout(self):
+        report = diagnose(self._marian(head=True), config=QUICK)
+        evidence = report.verdict.evidence
+        assert report.verdict.status == "healthy", report.verdict.summary
+        assert [name.rsplit("/", 2)[-2] for name in evidence.readout_layers] == ["lm_head"]
+        assert "zero-initialized" not in report.verdict.summary

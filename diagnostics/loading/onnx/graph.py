@@ -227,6 +227,49 @@ def layer_depths(graph: GraphProto, watched: Sequence[bool]) -> list[int]:
     return depth
 
 
+# What attention probabilities flow into: the product with the values.
+_WEIGHTED_SUMS = frozenset({"MatMul", "Einsum"})
+_PASS_THROUGH = frozenset({"Cast", "Dropout", "Identity", "Where"})  # Where: NaN masking
+
+
+def attention_score_nodes(graph: GraphProto) -> list[bool]:
+    """Per node: it reaches a graph output, and only through an attention softmax (a Softmax
+    whose probabilities multiply values): an attention's query and key projections.
+
+    At initialization attention is nearly uniform, so their gradient measures how flat the
+    softmax is, not how the signal propagates through the stack (README, "Verdict rules").
+    """
+    users = _consumers(graph)
+    outputs = {value.name for value in graph.output}
+    barrier = [node.op_type == "Softmax" and _weighs_values(graph, users, index)
+               for index, node in enumerate(graph.node)]
+    reaches, direct = [False] * len(graph.node), [False] * len(graph.node)
+    for index in range(len(graph.node) - 1, -1, -1):
+        node = graph.node[index]
+        later = [user for name in node.output for user in users.get(name, ())
+                 if user > index and reaches[user]]
+        at_output = any(name in outputs for name in node.output)
+        reaches[index] = at_output or bool(later)
+        direct[index] = not barrier[index] and (at_output or any(direct[u] for u in later))
+    return [reach and not free and not wall
+            for reach, free, wall in zip(reaches, direct, barrier, strict=True)]
+
+
+def _weighs_values(graph: GraphProto, users: dict[str, list[int]], index: int) -> bool:
+    """Whether node ``index``'s output multiplies values (through casts, dropout, masking)."""
+    frontier, seen = [index], {index}
+    while frontier:
+        for name in graph.node[frontier.pop()].output:
+            for user in users.get(name, ()):
+                op = graph.node[user].op_type
+                if op in _WEIGHTED_SUMS:
+                    return True
+                if op in _PASS_THROUGH and user not in seen:
+                    seen.add(user)
+                    frontier.append(user)
+    return False
+
+
 def scalar_constants(graph: GraphProto) -> dict[str, float]:
     """Values of one-element float constants (initializers and Constant nodes), for Clip."""
     found: dict[str, float] = {}

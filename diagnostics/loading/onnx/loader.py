@@ -47,6 +47,7 @@ from diagnostics.loading.onnx.fx_outputs import return_graph_outputs
 from diagnostics.loading.onnx.graph import (
     NORMALIZATIONS,
     activation_of,
+    attention_score_nodes,
     captured_names,
     check_outputs_computed,
     default_opset,
@@ -239,6 +240,7 @@ def _layers(graph: GraphProto, display: dict[str, str],
             kinds.add(LayerKind.NORMALIZATION)
         kinds_per_node.append(frozenset(kinds))
     depths = layer_depths(graph, [bool(kinds) for kinds in kinds_per_node])
+    scores = attention_score_nodes(graph)
     return tuple(
         LayerInfo(
             name=display[node.name],
@@ -248,9 +250,10 @@ def _layers(graph: GraphProto, display: dict[str, str],
             activation=activation_of(node, constants),
             parameters=names,
             depth=depth,
+            attention_scores=score,
         )
-        for node, kinds, names, depth in zip(
-            graph.node, kinds_per_node, parameters, depths, strict=True
+        for node, kinds, names, depth, score in zip(
+            graph.node, kinds_per_node, parameters, depths, scores, strict=True
         )
         if kinds
     )
