@@ -56,6 +56,13 @@ def _certain_rules(evidence: Evidence, thresholds: Thresholds) -> list[RuleCheck
         RuleCheck(rule="non_finite", value=float(evidence.nonfinite_count), threshold=0.0,
                   fired=evidence.nonfinite_count > 0,
                   detail="NaN/Inf in activations, gradients or the loss"),
+        # Before the rules that read a missing normalization's artefacts: without the
+        # BatchNorms the file's units die and its signal underflows to exact zeros
+        # (transformers' EfficientNet-B7 hidden state, dynamo: no gradient at all), where the
+        # network that trains has neither.
+        RuleCheck(rule="folded_batchnorm", value=float(len(evidence.folded_normalization)),
+                  threshold=0.0, fired=bool(evidence.folded_normalization),
+                  detail="nodes into which the exporter folded a BatchNorm"),
         RuleCheck(rule="dead_layer", value=float(len(evidence.dead_layers_blocking)),
                   threshold=0.0, fired=bool(evidence.dead_layers_blocking),
                   detail="a layer whose units are all inactive stops every gradient below it"),
@@ -72,9 +79,6 @@ def _certain_rules(evidence: Evidence, thresholds: Thresholds) -> list[RuleCheck
                           + (f" (float64: {exact:.3g})" if exact is not None else ""))
                   if noise is not None else "signal just below the output layer / at it: not "
                   "near rounding level, so not re-measured"),
-        RuleCheck(rule="folded_batchnorm", value=float(len(evidence.folded_normalization)),
-                  threshold=0.0, fired=bool(evidence.folded_normalization),
-                  detail="nodes into which the exporter folded a BatchNorm"),
     ]
 
 
