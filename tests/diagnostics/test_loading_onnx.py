@@ -688,17 +688,13 @@ def test_recursive_local_function_is_a_load_error() -> None:
 
 
 def test_converter_refusal_names_the_node() -> None:
-    # BatchNormalization in training mode (mean/var outputs): onnx2torch raises
-    # NotImplementedError from inside its converter.
-    inputs = [_value("x", [2, 3, 4])]
-    stats = [numpy_helper.from_array(np.ones(3, np.float32), name)
-             for name in ("scale", "bias", "mean", "var")]
-    node = helper.make_node("BatchNormalization", ["x", "scale", "bias", "mean", "var"],
-                            ["y", "m", "v"], name="bn_train", training_mode=1)
-    outputs = [_value("y", [2, 3, 4]), _value("m", [3]), _value("v", [3])]
-    with pytest.raises(UnsupportedOperatorError, match="'bn_train'") as caught:
-        load_onnx(_bytes(_model([node], inputs, outputs, stats)))
-    assert caught.value.context["node"] == "bn_train"
+    # LpNormalization with p=3 (the spec defines 1 and 2): the converter raises
+    # NotImplementedError.
+    node = helper.make_node("LpNormalization", ["x"], ["y"], name="lp3", p=3)
+    model = _model([node], [_value("x", [2, 3])], [_value("y", [2, 3])])
+    with pytest.raises(UnsupportedOperatorError, match="'lp3'") as caught:
+        load_onnx(_bytes(model))
+    assert caught.value.context["node"] == "lp3"
 
 
 def test_conversion_crash_is_a_load_error_naming_the_node() -> None:
