@@ -18,6 +18,7 @@ import torchvision
 from onnx import NodeProto, TensorProto, helper, numpy_helper
 from torch import nn
 
+from diagnostics import diagnose
 from diagnostics.errors import (
     ExternalDataError,
     ModelLoadError,
@@ -27,6 +28,7 @@ from diagnostics.errors import (
 from diagnostics.limits import DEFAULT_LIMITS, Limits
 from diagnostics.loading.onnx.loader import load_onnx
 from diagnostics.model import Activation, LayerKind, LoadedModel
+from diagnostics.report import Status
 from tests.onnx_export import (
     export_dynamo,
     export_legacy,
@@ -216,6 +218,55 @@ def test_bn_fold_is_noted() -> None:
     loaded = load_onnx(export_legacy(net, (torch.randn(1, 3, 8, 8),)))
     assert not any(layer.op_type == "BatchNormalization" for layer in loaded.layers)
     assert any("do_constant_folding=False" in note for note in loaded.notes)
+
+
+# Scaled weight standardization (timm's NF-ResNets and NFNets): F.batch_norm on the conv weight
+# in training mode. The legacy exporter writes BatchNormalization with training_mode=1 and the
+# running-statistics outputs; the dynamo exporter writes inference mode with mean and var computed
+# from the weight, through which the gradient must reach it.
+_WS_EXPORTS = {
+    "legacy": (export_legacy, {"do_constant_folding": False}),
+    "dynamo": (export_dynamo, {"optimize": False}),
+}
+
+
+def _weight_standardized() -> nn.Module:
+    from timm.layers import ScaledStdConv2d
+
+    torch.manual_seed(0)
+    net = nn.Sequential(ScaledStdConv2d(3, 8, 3), nn.ReLU(), ScaledStdConv2d(8, 8, 3, stride=2),
+                        nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4))
+    with torch.no_grad():  # gains away from their init of 1, so a wrong gain path shows
+        for conv in (net[0], net[2]):
+            conv.gain.uniform_(0.5, 1.5)
+    return net.eval()
+
+
+@pytest.mark.parametrize("exporter", sorted(_WS_EXPORTS))
+def test_weight_standardized_conv_has_native_gradients_and_diagnoses(exporter: str) -> None:
+    native, args = _weight_standardized(), (torch.randn(2, 3, 12, 12),)
+    export, names_kept = _WS_EXPORTS[exporter]
+    loaded = load_onnx(export(native, args, **names_kept))
+    assert any(layer.op_type == "BatchNormalization" for layer in loaded.layers)
+    got, want = loaded_grad_norms(loaded, args), native_grad_norms(native, args)
+    assert set(got) == set(want)
+    for name, norm in got.items():
+        assert norm == pytest.approx(want[name], rel=RTOL), name
+    # The file a user has: the exporter's defaults (constant folding, the dynamo optimizer).
+    report = diagnose(export(native, args), config={"samples": 1, "verify_remedies": False})
+    assert report.verdict.status is Status.HEALTHY
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("exporter", sorted(_WS_EXPORTS))
+def test_timm_nf_resnet_diagnoses(exporter: str) -> None:
+    import timm
+
+    torch.manual_seed(0)
+    native = timm.create_model("nf_resnet26", pretrained=False).eval()
+    data = _WS_EXPORTS[exporter][0](native, (torch.randn(2, 3, 64, 64),))
+    report = diagnose(data, config={"samples": 1, "verify_remedies": False})
+    assert report.verdict.status is Status.HEALTHY
 
 
 # --- hand-built graphs --------------------------------------------------------------------------
@@ -688,17 +739,13 @@ def test_recursive_local_function_is_a_load_error() -> None:
 
 
 def test_converter_refusal_names_the_node() -> None:
-    # BatchNormalization in training mode (mean/var outputs): onnx2torch raises
-    # NotImplementedError from inside its converter.
-    inputs = [_value("x", [2, 3, 4])]
-    stats = [numpy_helper.from_array(np.ones(3, np.float32), name)
-             for name in ("scale", "bias", "mean", "var")]
-    node = helper.make_node("BatchNormalization", ["x", "scale", "bias", "mean", "var"],
-                            ["y", "m", "v"], name="bn_train", training_mode=1)
-    outputs = [_value("y", [2, 3, 4]), _value("m", [3]), _value("v", [3])]
-    with pytest.raises(UnsupportedOperatorError, match="'bn_train'") as caught:
-        load_onnx(_bytes(_model([node], inputs, outputs, stats)))
-    assert caught.value.context["node"] == "bn_train"
+    # LpNormalization with p=3 (the spec defines 1 and 2): the converter raises
+    # NotImplementedError.
+    node = helper.make_node("LpNormalization", ["x"], ["y"], name="lp3", p=3)
+    model = _model([node], [_value("x", [2, 3])], [_value("y", [2, 3])])
+    with pytest.raises(UnsupportedOperatorError, match="'lp3'") as caught:
+        load_onnx(_bytes(model))
+    assert caught.value.context["node"] == "lp3"
 
 
 def test_conversion_crash_is_a_load_error_naming_the_node() -> None:

@@ -8,7 +8,8 @@
 * ``torch.nn.LSTM/GRU/RNN`` exported with both exporters give the native forward outputs and,
   per ONNX initializer, the native gradient norms (rtol 1e-4).
 * Regressions of the stock bugs we replace (Flatten at axis 0 and rank, CumSum direction,
-  NonZero layout, LayerNorm shapes), the opset-range lookup and the registry itself.
+  NonZero layout, LayerNorm shapes, BatchNorm in training mode and with computed statistics,
+  against ``onnx.reference``), the opset-range lookup and the registry itself.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 from onnx.backend.test.case import node as onnx_cases
 from onnx.defs import OpSchema, get_all_schemas_with_history, get_schema
+from onnx.reference import ReferenceEvaluator
 from onnx2torch.node_converters.registry import _CONVERTER_REGISTRY
 from torch import nn
 
@@ -398,6 +400,77 @@ def test_layer_norm_with_dynamic_shapes_and_initializer_weights() -> None:
                                   "ln.bias": float(native.bias.grad.norm())}, rel=1e-5)
 
 
+_BN_SHAPES = {"x": [4, 3, 2, 5], "scale": [3], "bias": [3], "mean": [3], "var": [3]}
+
+
+def _batch_norm(opset: int, outputs: list[str], **attributes: object) -> onnx.ModelProto:
+    """One BatchNormalization node; its statistics are graph inputs, not initializers."""
+    node = helper.make_node("BatchNormalization", list(_BN_SHAPES), outputs, epsilon=1e-2,
+                            momentum=0.8, **attributes)
+    values = [_float(name, [4, 3, 2, 5] if name == "y" else [3]) for name in outputs]
+    graph = helper.make_graph([node], "g", [_float(n, s) for n, s in _BN_SHAPES.items()], values)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+
+
+def _batch_norm_feeds() -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(0)
+    feeds = {name: rng.standard_normal(shape).astype(np.float32)
+             for name, shape in _BN_SHAPES.items()}
+    feeds["var"] = np.abs(feeds["var"]) + 0.5
+    return feeds
+
+
+@pytest.mark.parametrize(("opset", "outputs"), [
+    pytest.param(14, ["y", "running_mean", "running_var"], id="14-running"),
+    pytest.param(15, ["y", "running_mean", "running_var"], id="15-running"),
+    pytest.param(9, ["y", "running_mean", "running_var", "saved_mean", "saved_var"],
+                 id="9-saved"),
+])
+def test_batch_norm_training_mode_matches_the_reference(opset: int, outputs: list[str]) -> None:
+    # Y from the input's own statistics; the given mean and var enter only the running outputs.
+    feeds = _batch_norm_feeds()
+    reference = ReferenceEvaluator(_batch_norm(15, outputs[:3], training_mode=1))
+    expected = reference.run(None, feeds)
+    # Opset 9 has no training_mode (listing more outputs than Y is training) and onnx's opset-9
+    # reference op does not follow that, so the opset-15 reference stands in; saved_mean and
+    # saved_var are the batch's mean and (population) variance.
+    expected += [feeds["x"].mean(axis=(0, 2, 3)), feeds["x"].var(axis=(0, 2, 3))]
+    attributes = {} if opset == 9 else {"training_mode": 1}
+    loaded = load_onnx(_batch_norm(opset, outputs, **attributes).SerializeToString())
+    with torch.no_grad():
+        got = _outputs(loaded.module(*(torch.from_numpy(v) for v in feeds.values())))
+    assert len(got) == len(outputs)
+    for actual, want in zip(got, expected, strict=False):
+        np.testing.assert_allclose(actual.numpy(), want, rtol=1e-5, atol=1e-5)
+
+
+def test_batch_norm_with_computed_statistics_matches_the_reference_and_gradcheck() -> None:
+    # Inference mode with mean and var that are not initializers (the dynamo exporter computes
+    # them from a standardized weight): normalized with those tensors, differentiable in all.
+    feeds = _batch_norm_feeds()
+    model = _batch_norm(15, ["y"], training_mode=0)
+    expected = ReferenceEvaluator(model).run(None, feeds)[0]
+    module = load_onnx(model.SerializeToString()).module
+    tensors = [torch.from_numpy(v) for v in feeds.values()]
+    with torch.no_grad():
+        np.testing.assert_allclose(module(*tensors).numpy(), expected, rtol=1e-5, atol=1e-5)
+    leaves = tuple(t.double()[:2, :, :1, :2].contiguous().requires_grad_(True)
+                   if t.dim() == 4 else t.double().requires_grad_(True) for t in tensors)
+    assert torch.autograd.gradcheck(module.double(), leaves, eps=1e-6, atol=1e-5, rtol=1e-3)
+
+
+def test_batch_norm_with_stored_statistics_stays_torch_batch_norm() -> None:
+    # The ordinary export: running statistics as initializers, inference mode. The probe
+    # switches torch BatchNorm modules to batch statistics, so it must stay one.
+    feeds = _batch_norm_feeds()
+    node = helper.make_node("BatchNormalization", list(_BN_SHAPES), ["y"])
+    initializers = [numpy_helper.from_array(feeds[name], name) for name in list(_BN_SHAPES)[1:]]
+    data = _model([node], [_float("x", _BN_SHAPES["x"])], [_float("y", _BN_SHAPES["x"])],
+                  opset=15, initializers=initializers)
+    module = load_onnx(data).module
+    assert any(isinstance(sub, nn.BatchNorm2d) for sub in module.modules())
+
+
 def test_constant_inputs_are_baked_not_reported_as_weights() -> None:
     scales = numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "scales")
     node = helper.make_node("Resize", ["x", "", "scales"], ["y"], mode="linear")
@@ -457,7 +530,10 @@ REPLACED = {("CumSum", 14): "cumulative", ("NonZero", 13): "indexing", ("Flatten
             ("LayerNormalization", 17): "normalization", ("IsInf", 10): "arithmetic",
             ("ScatterND", 16): "indexing", ("Resize", 13): "resize", ("Pad", 13): "pad",
             ("AveragePool", 11): "pooling", ("Cast", 13): "casts",
-            ("DepthToSpace", 13): "shape", ("Gemm", 13): "linalg"}
+            ("DepthToSpace", 13): "shape", ("Gemm", 13): "linalg",
+            ("BatchNormalization", 9): "normalization",
+            ("BatchNormalization", 14): "normalization",
+            ("BatchNormalization", 15): "normalization"}
 
 
 def test_replaced_stock_converters_are_ours() -> None:

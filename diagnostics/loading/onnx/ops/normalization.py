@@ -1,5 +1,5 @@
-"""Normalizations: LayerNormalization-17 (a fix) and Group-, RMS-, Lp- and
-MeanVarianceNormalization (onnx2torch lacks them).
+"""Normalizations: LayerNormalization-17 and BatchNormalization (fixes) and Group-, RMS-, Lp-
+and MeanVarianceNormalization (onnx2torch lacks them).
 
 Stock LayerNormalization-17 is replaced (``replaces=True``): it built ``nn.LayerNorm`` with the
 normalized shape read from the *declared* input shape, so a dynamic dimension (declared 0) or a
@@ -10,17 +10,30 @@ comes from the runtime input and Scale/B are ``forward`` inputs, so the loader b
 initializers the file names. With Scale of the normalized shape the math is ``F.layer_norm``,
 the gradient a torch LayerNorm gets.
 
-In every op here Scale and bias come in as forward inputs (not module parameters), so the loader
-binds their initializers to trainable parameters under their ONNX names like any other weight.
-Statistics
-are computed in float32 at least (``stash_type`` 1, the default and the only value exporters
-write) and the result cast back to the input's dtype.
+Stock BatchNormalization-9/14/15 is replaced (``replaces=True``) where it fails, and called
+otherwise: an ordinary BatchNorm (running statistics stored as initializers, inference mode)
+stays its ``nn.BatchNorm*d``, which the probe switches to batch statistics. It failed on the two
+graphs scaled weight standardization (timm's NF-ResNets and NFNets: ``F.batch_norm`` on the
+conv *weight*, training=True) exports to. The legacy exporter writes ``training_mode=1`` with
+the running-statistics outputs, which it refused. The dynamo exporter writes inference mode with
+mean and var computed from the weight; it passed those to ``F.batch_norm`` as running
+statistics, which refuses tensors that require grad. Here both follow the ONNX spec:
+training mode normalizes with the input's own statistics whatever ``self.training`` is (the
+given mean and var only enter the running outputs), and computed statistics in inference mode
+are ordinary differentiable tensors, so the gradient reaches the weight through them.
+
+In every op here (the stock BatchNorm aside) Scale and bias come in as forward inputs (not module
+parameters), so the loader binds their initializers to trainable parameters under their ONNX
+names like any other weight. Statistics of the ops with a ``stash_type`` are computed in float32
+at least (``stash_type`` 1, the default and the only value exporters write) and the result cast
+back to the input's dtype.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from onnx2torch.node_converters.registry import get_converter
 from onnx2torch.onnx_graph import OnnxGraph
 from onnx2torch.onnx_node import OnnxNode
 from onnx2torch.utils.common import (
@@ -82,6 +95,76 @@ def convert_layer_norm(node: OnnxNode, graph: OnnxGraph) -> OperationConverterRe
                                        float(attributes.get("epsilon", 1e-5)),
                                        int(attributes.get("stash_type", 1)),
                                        len(node.output_values)))
+
+
+class OnnxBatchNormalization(nn.Module, OnnxToTorchModule):
+    """BatchNormalization as the ONNX spec states it, whatever ``self.training`` is.
+
+    In training mode Y is normalized with the input's mean and variance over every axis but the
+    channel (torch's ``F.batch_norm``, the gradient a torch model in training mode gets); the
+    given mean and var enter only the running statistics. In inference mode Y is normalized with
+    the given mean and var, differentiable like any computed tensor.
+    """
+
+    def __init__(self, epsilon: float, momentum: float, batch_statistics: bool,
+                 outputs: int) -> None:
+        """ONNX ``epsilon`` and ``momentum`` (the running statistics' own weight);
+        ``batch_statistics`` is training mode; ``outputs`` is how many outputs are listed."""
+        super().__init__()
+        self.epsilon, self.momentum = epsilon, momentum
+        self.batch_statistics, self.outputs = batch_statistics, outputs
+
+    def forward(self, x: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor,
+                mean: torch.Tensor, var: torch.Tensor
+                ) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        """Y, then as listed the running mean and var and (opset 9) the batch's mean and var."""
+        if not self.batch_statistics:
+            return _normalize_per_channel(x, scale, bias, mean, var, self.epsilon)
+        y = F.batch_norm(x, None, None, scale, bias, training=True, eps=self.epsilon)
+        # The spec's statistics: the population variance (torch's running_var is unbiased).
+        batch_var, batch_mean = torch.var_mean(x, dim=(0, *range(2, x.dim())), correction=0)
+        batch_mean, batch_var = batch_mean.to(mean.dtype), batch_var.to(var.dtype)
+        running_mean = mean * self.momentum + batch_mean * (1 - self.momentum)
+        running_var = var * self.momentum + batch_var * (1 - self.momentum)
+        return (y, running_mean, running_var, batch_mean, batch_var)[: self.outputs]
+
+
+def _normalize_per_channel(x: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor,
+                           mean: torch.Tensor, var: torch.Tensor, epsilon: float) -> torch.Tensor:
+    # The spec's formula term by term, so a computed mean and var get their gradients (torch's
+    # batch_norm takes running statistics as constants and refuses ones that require grad).
+    shape = (1, -1) + (1,) * (x.dim() - 2)
+    centred = x - mean.reshape(shape)
+    y = scale.reshape(shape) * centred / torch.sqrt(var.reshape(shape) + epsilon)
+    return (y + bias.reshape(shape)).to(x.dtype)
+
+
+# onnx2torch's own (one function serves 9, 14 and 15): ours falls back to it where it works.
+STOCK_BATCH_NORM = get_converter("BatchNormalization", 15)
+
+
+def _batch_normalization(node: OnnxNode, graph: OnnxGraph,
+                         training: bool) -> OperationConverterResult:
+    mean, var = node.input_values[3], node.input_values[4]
+    if not training and mean in graph.initializers and var in graph.initializers:
+        return STOCK_BATCH_NORM(node, graph)
+    attributes = node.attributes
+    return _result(node, OnnxBatchNormalization(float(attributes.get("epsilon", 1e-5)),
+                                                float(attributes.get("momentum", 0.9)),
+                                                training, len(node.output_values)))
+
+
+@converter("BatchNormalization", [9], replaces=True)
+def convert_batch_normalization_9(node: OnnxNode,
+                                  graph: OnnxGraph) -> OperationConverterResult:
+    """BatchNormalization-9: training mode is a node listing more outputs than Y."""
+    return _batch_normalization(node, graph, training=len(node.output_values) > 1)
+
+
+@converter("BatchNormalization", [14, 15], replaces=True)
+def convert_batch_normalization(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
+    """BatchNormalization-14/15: training mode is the ``training_mode`` attribute."""
+    return _batch_normalization(node, graph, training=bool(node.attributes.get("training_mode", 0)))
 
 
 class OnnxGroupNormalization(nn.Module, OnnxToTorchModule):
