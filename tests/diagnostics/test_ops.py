@@ -605,3 +605,23 @@ def test_loop_runs_its_trip_count_and_refuses_a_runaway_count() -> None:
     runaway = load_onnx(_counting_loop(2**62).SerializeToString())
     with pytest.raises(RuntimeError, match=f"past {MAX_ITERATIONS} iterations"):
         runaway.module(x)
+
+
+@pytest.mark.parametrize("count_include_pad", [0, 1])
+def test_average_pool_with_a_kernel_far_wider_than_its_input_is_one_cheap_window(
+        count_include_pad: int) -> None:
+    # transformers' EfficientNet pools its 2x2 map with a 2560-wide kernel and ceil_mode; padding
+    # the input out to the kernel allocated 2·C·2560² floats (134 GB at C = 2560).
+    node = helper.make_node("AveragePool", ["x"], ["y"], kernel_shape=[2560, 2560],
+                            strides=[2560, 2560], ceil_mode=1, pads=[0, 1, 0, 1],
+                            count_include_pad=count_include_pad)
+    # One window over the whole 2x3 map; its explicit pads (one column each side) count only
+    # with count_include_pad, the ceil-mode extension never (onnx's reference evaluator
+    # returns NaN for such a window, so the mean is written out).
+    x = np.random.default_rng(0).normal(size=(2, 2560, 2, 3)).astype(np.float32)
+    data = _model([node], [_float("x", [2, 2560, 2, 3])], [_float("y", [2, 2560, 1, 1])],
+                  opset=19)
+    with torch.no_grad():
+        got = load_onnx(data).module(torch.from_numpy(x))
+    expected = x.sum(axis=(2, 3), keepdims=True) / (2 * (5 if count_include_pad else 3))
+    np.testing.assert_allclose(got.numpy(), expected, rtol=1e-5, atol=1e-6)

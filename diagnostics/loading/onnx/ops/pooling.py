@@ -76,6 +76,15 @@ class OnnxAveragePool(nn.Module, OnnxToTorchModule):
                     (self.pads[i], self.pads[dims + i]), self.auto_pad, self.ceil_mode)
             for i in range(dims)
         ]
+        # A single window wider than the padded axis (transformers' EfficientNet pools a 2x2 map
+        # with a 2560-wide kernel and ceil_mode) covers the whole axis: shrink it to the axis
+        # instead of padding the input out to the kernel (2·2560³ floats there). The part
+        # beyond the axis adds nothing to the sum and is not counted in either mode.
+        kernel = list(self.kernel)
+        for i, (out, before, after, extra) in enumerate(layouts):
+            if out == 1 and extra and self.dilations[i] == 1:
+                kernel[i] = x.shape[2 + i] + before + after
+                layouts[i] = (out, before, after, 0)
         torch_pads: list[int] = []
         for _, before, after, extra in reversed(layouts):  # F.pad lists the last axis first
             torch_pads += [before, after + extra]
@@ -89,7 +98,7 @@ class OnnxAveragePool(nn.Module, OnnxToTorchModule):
             mask = F.pad(mask, torch_pads)
         conv = _CONV[dims]
         channels = x.shape[1]
-        ones = torch.ones((channels, 1, *self.kernel), dtype=x.dtype, device=x.device)
+        ones = torch.ones((channels, 1, *kernel), dtype=x.dtype, device=x.device)
         total = conv(padded, ones, stride=self.strides, dilation=self.dilations, groups=channels)
         count = conv(mask, ones[:1], stride=self.strides, dilation=self.dilations)
         return total / count
