@@ -11,6 +11,7 @@ import math
 import pytest
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from diagnostics import diagnose
 from diagnostics.config import DiagnosisConfig, resolve_config
@@ -469,6 +470,27 @@ class TestFoldedBatchNorm:
         report = diagnose(export_legacy(_conv_bn(bn=False), self.ARGS), config=QUICK)
         assert report.verdict.evidence.folded_normalization == []
         assert not any("folded" in note for note in report.notes)
+        assert report.verdict.status == "healthy", report.verdict.summary
+
+    def test_a_conv_weight_renamed_by_constant_folding_alone_is_not_folded_batchnorm(self):
+        # transformers' LFM2 ShortConv: a depthwise conv whose [C, K] weight is viewed as
+        # [C, 1, K]; constant folding writes the view as onnx::Conv_N, with no bias beside it.
+        class ShortConv(nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.inp, self.out = nn.Linear(8, 8), nn.Linear(8, 4)
+                self.weight = nn.Parameter(torch.randn(8, 3) * 0.3)
+
+            def forward(self, x: torch.Tensor) -> torch.Tensor:
+                h = self.inp(x).transpose(1, 2)
+                h = F.conv1d(h, self.weight.view(8, 1, 3), padding=2, groups=8)[..., :x.shape[1]]
+                return self.out(torch.relu(h.transpose(1, 2)))
+
+        torch.manual_seed(0)
+        data = export_legacy(ShortConv().eval(), (torch.randn(2, 6, 8),))
+        assert b"onnx::Conv_" in data
+        report = diagnose(data, config=QUICK)
+        assert report.verdict.evidence.folded_normalization == []
         assert report.verdict.status == "healthy", report.verdict.summary
 
 

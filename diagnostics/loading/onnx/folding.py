@@ -8,8 +8,11 @@ counts (a graph without BatchNormalization nodes may simply never have had any):
 - dynamo (onnxscript's rewriter) records the rule on the node: metadata ``pkg.onnxscript.
   rewriter.rule_name`` names ``FuseBatchNormIntoConv`` (or ``...Gemm``), and the node's class
   hierarchy names the BatchNorm module it came from;
-- the legacy exporter renames the fused weights after the op (``onnx::Conv_25``), which it never
-  does for a weight it kept as it was (``layer1.0.conv1.weight``).
+- the legacy exporter renames the fused weight and bias after the op (``onnx::Conv_25``,
+  ``onnx::Conv_26``), which it never does for a weight it kept as it was
+  (``layer1.0.conv1.weight``). Folding always writes a bias (β − μγ/σ, even for a conv that had
+  none); constant folding alone also renames a weight it reshaped or sliced (transformers'
+  LFM2 ShortConv), but leaves a missing bias missing and a kept bias named.
 """
 
 from __future__ import annotations
@@ -32,8 +35,11 @@ def folded_batchnorm_nodes(graph: GraphProto) -> tuple[str, ...]:
             continue
         rules = next((entry.value for entry in node.metadata_props if entry.key == _RULE_KEY), "")
         by_rule = "BatchNorm" in rules
-        by_name = node.op_type.startswith("Conv") and any(
-            _LEGACY_FUSED_NAME.match(name) for name in node.input[1:2] if name in initializers)
+        # The bias may come through an Identity: the exporter writes identical folded biases
+        # (zeros at init) once and copies them.
+        by_name = node.op_type.startswith("Conv") and len(node.input) > 2 and \
+            node.input[1] in initializers and \
+            all(_LEGACY_FUSED_NAME.match(name) for name in node.input[1:3])
         if by_rule or by_name:
             folded.append(node.name or node.output[0])
     return tuple(folded)
