@@ -344,6 +344,11 @@ def _torch_dtype(spec: InputSpec) -> torch.dtype:
                                  input_name=spec.name) from None
 
 
+def id_inputs(inputs: tuple[InputSpec, ...]) -> list[str]:
+    """Names of the integer inputs that are not masks: synthesized as random ids."""
+    return [spec.name for spec in inputs if _is_integer(spec.dtype) and not _is_mask(spec.name)]
+
+
 def _is_integer(dtype: str) -> bool:
     return dtype != "bfloat16" and np.dtype(dtype).kind in "iu"
 

@@ -17,11 +17,12 @@ from diagnostics.errors import (
     InvalidConfigError,
     InvalidInputsError,
     ModelLoadError,
+    ProbeError,
     ResourceLimitError,
 )
 from diagnostics.examination import Examination, examine
 from diagnostics.guide_links import link_report
-from diagnostics.inputs import InputsSource, SampleBatch, make_batches, read_inputs
+from diagnostics.inputs import InputsSource, SampleBatch, id_inputs, make_batches, read_inputs
 from diagnostics.limits import DEFAULT_LIMITS, Limits
 from diagnostics.loading.nn_module import ModuleInputs
 from diagnostics.model import LoadedModel
@@ -183,7 +184,11 @@ def diagnose(source: Source | torch.nn.Module, *,
     model, batches = _place(model, batches, device, settings.dtype)
     timings.inputs_s = time.perf_counter() - clock
 
-    found = examine(model, batches, settings, say)
+    try:
+        found = examine(model, batches, settings, say)
+    except ProbeError as exc:
+        raise _with_input_hint(exc, model, synthesized=inputs is None and
+                               not isinstance(source, torch.nn.Module)) from exc
     timings.probe_s, timings.verdict_s = found.probe_s, found.verdict_s
     verdict, layers = found.verdict, found.layers
 
@@ -264,6 +269,20 @@ def warm_up() -> None:
     from diagnostics.render import render_html
 
     render_html(diagnose(WARM_UP_SPEC, config={"samples": 1, "verify_remedies": False}))
+
+
+def _with_input_hint(exc: ProbeError, model: LoadedModel, *, synthesized: bool) -> ProbeError:
+    """``exc``, saying so when the inputs that failed were synthesized token ids: random ids
+    lack what some models look for (BART's classifier pools at the end-of-sequence token;
+    a traced mixture of experts routes every token as in the export)."""
+    ids = id_inputs(model.inputs)
+    if not synthesized or not ids:
+        return exc
+    return ProbeError(
+        f"{exc.detail} — on synthesized inputs ({', '.join(ids)}: random ids): a model that "
+        "needs particular values (an end-of-sequence token, the export's routing) needs its "
+        "own inputs (CLI --inputs FILE.npz, API 'inputs' part, diagnose(..., inputs=))",
+        node=exc.context.get("node"))
 
 
 def _verified_remedies(candidates: list[Candidate], model: LoadedModel,

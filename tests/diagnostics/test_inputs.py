@@ -59,3 +59,36 @@ def test_masks_are_ones_whatever_their_dtype(dtype: str) -> None:
     assert bool((mask == 1).all())
     assert str(mask.dtype) == f"torch.{dtype}"
     assert 0 <= int(ids.min()) <= int(ids.max()) < 7
+
+
+def test_a_probe_that_fails_on_synthesized_ids_says_to_supply_inputs():
+    # BART's classifier pools the hidden state at the end-of-sequence token; random ids have
+    # none, and the failure must say that the inputs, not the model, are what to change.
+    import numpy as np
+    from torch import nn
+
+    from diagnostics import diagnose
+    from diagnostics.errors import ProbeError
+    from tests.onnx_export import export_legacy
+
+    class EosPool(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed, self.head = nn.Embedding(50, 8), nn.Linear(8, 2)
+
+        def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+            hidden = self.embed(input_ids)
+            pooled = hidden[input_ids.eq(2)].view(input_ids.shape[0], -1, 8)[:, -1, :]
+            return self.head(pooled)
+
+    ids = torch.randint(3, 50, (2, 6))
+    ids[:, -1] = 2
+    torch.manual_seed(0)
+    data = export_legacy(EosPool().eval(), (ids,), input_names=["input_ids"])
+    config = {"samples": 1, "verify_remedies": False}
+    with pytest.raises(ProbeError) as caught:
+        diagnose(data, config=config)
+    assert "synthesized inputs (input_ids" in caught.value.detail
+    assert "--inputs" in caught.value.detail
+    report = diagnose(data, config=config, inputs={"input_ids": ids.numpy().astype(np.int64)})
+    assert report.verdict.status == "healthy", report.verdict.summary
