@@ -339,6 +339,15 @@ def test_vocab_follows_index_chains_and_takes_the_smallest_table() -> None:
     assert specs["ids"].dtype == "int32"
 
 
+def test_vocab_follows_ids_through_a_transpose() -> None:
+    # transformers' XLNet transposes its ids to time-major before the lookup.
+    nodes = [helper.make_node("Transpose", ["ids"], ["ids_t"], perm=[1, 0]),
+             helper.make_node("Gather", ["table", "ids_t"], ["e"])]
+    model = _model(nodes, [_value("ids", [2, 5], TensorProto.INT64)],
+                   [_value("e", [5, 2, 8])], [_weight("table", 40, 8)])
+    assert load_onnx(_bytes(model)).inputs[0].vocab == 40
+
+
 def _int64(name: str, *values: int) -> TensorProto:
     return numpy_helper.from_array(np.array(values, dtype=np.int64), name)
 

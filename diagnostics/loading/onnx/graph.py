@@ -175,10 +175,15 @@ def weight_only_nodes(graph: GraphProto) -> list[bool]:
     return result
 
 
+# Ops that hand ids on with their values unchanged (permuted at most).
+_ID_PASSTHROUGH = INDEX_PASSTHROUGH | {"Transpose"}
+
+
 def vocab_sizes(graph: GraphProto) -> dict[str, int]:
     """For inputs used as ``Gather`` indices into an initializer table: the table's row count.
 
-    The input may reach the Gather through Cast/Reshape/Unsqueeze/Squeeze/Flatten/Identity.
+    The input may reach the Gather through Cast/Reshape/Unsqueeze/Squeeze/Flatten/Identity, or a
+    Transpose (transformers' XLNet indexes its table with the ids time-major).
     Where one input indexes several tables, the smallest keeps every synthesized id valid.
     """
     tables = {init.name: list(init.dims) for init in graph.initializer}
@@ -190,7 +195,7 @@ def vocab_sizes(graph: GraphProto) -> dict[str, int]:
             name = frontier.pop()
             for index in users.get(name, ()):
                 node = graph.node[index]
-                if node.op_type in INDEX_PASSTHROUGH and node.input[0] == name:
+                if node.op_type in _ID_PASSTHROUGH and node.input[0] == name:
                     fresh = [out for out in node.output if out not in seen]
                     seen.update(fresh)
                     frontier.extend(fresh)
