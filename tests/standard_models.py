@@ -304,6 +304,64 @@ def timm_deit() -> Exportable:
     return _timm("deit_tiny_distilled_patch16_224")
 
 
+@seeded
+def timm_cait() -> Exportable:
+    """timm ``cait_xxs24_224`` (224 px): LayerScale at 1e-5, and class-attention blocks whose γ is
+    the only path from the patches to the head (a closed gate, not a vanishing stack)."""
+    return _timm("cait_xxs24_224")
+
+
+@seeded
+def convnext_hidden() -> Exportable:
+    """transformers ``ConvNextModel`` (ConvNeXt-T depths, 1/4 widths, 64 px) -> last hidden state:
+    a residual stream whose last branch ends in LayerScale γ = 1e-6, no final norm."""
+    from transformers import ConvNextConfig, ConvNextModel
+
+    config = ConvNextConfig(hidden_sizes=[24, 48, 96, 192], depths=[3, 3, 9, 3])
+    return Exportable(PixelHiddenStates(ConvNextModel(config)), image(size=64), ("pixel_values",))
+
+
+class PixelHiddenStates(nn.Module):
+    """A transformers vision backbone exported for its ``last_hidden_state``."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """(N, 3, H, W) images -> the backbone's last hidden state."""
+        return self.model(pixel_values=pixel_values, return_dict=True).last_hidden_state
+
+
+class Seq2SeqLogits(nn.Module):
+    """A transformers encoder-decoder exported for its ``logits`` on (source, target prefix)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, decoder_input_ids: torch.Tensor) -> torch.Tensor:
+        """(N, S) source ids and (N, T) target ids -> (N, T, vocab) logits."""
+        return self.model(input_ids=input_ids, decoder_input_ids=decoder_input_ids,
+                          return_dict=True).logits
+
+
+@seeded
+def marian_mt() -> Exportable:
+    """transformers ``MarianMTModel`` (6+6 layers, d_model 64): no LayerNorm on the embeddings, so
+    the first attention's projections are the deepest layers; a [1, V] zero logits bias."""
+    from transformers import MarianConfig, MarianMTModel
+
+    config = MarianConfig(vocab_size=VOCAB, decoder_vocab_size=VOCAB, d_model=64,
+                          encoder_layers=6, decoder_layers=6, encoder_attention_heads=4,
+                          decoder_attention_heads=4, encoder_ffn_dim=256, decoder_ffn_dim=256,
+                          max_position_embeddings=64, pad_token_id=1, eos_token_id=2,
+                          decoder_start_token_id=0, use_cache=False)
+    ids = torch.randint(3, VOCAB, (BATCH, SEQUENCE))
+    return Exportable(Seq2SeqLogits(MarianMTModel(config)), (ids, ids[:, : SEQUENCE // 2]),
+                      ("input_ids", "decoder_input_ids"))
+
+
 # --- torch recurrent --------------------------------------------------------------------------
 
 
@@ -364,6 +422,11 @@ MODELS: tuple[StandardModel, ...] = (
     StandardModel("timm_vit", "vit_tiny_patch16_224, 224 px (timm)", timm_vit, "timm"),
     StandardModel("timm_deit", "deit_tiny_distilled_patch16_224, 224 px (timm)", timm_deit,
                   "timm"),
+    StandardModel("timm_cait", "cait_xxs24_224, 224 px (timm)", timm_cait, "timm"),
+    StandardModel("convnext_hidden", "ConvNextModel 1/4 width, last hidden state (transformers)",
+                  convnext_hidden, "transformers"),
+    StandardModel("marian_mt", "MarianMTModel 6+6x64, logits (transformers)", marian_mt,
+                  "transformers"),
     StandardModel("lstm", "nn.LSTM 2x64, 32 steps, last-step head", lstm, "torch", slow=False),
     StandardModel("gru", "nn.GRU 2x64, 32 steps, last-step head", gru, "torch"),
 )
