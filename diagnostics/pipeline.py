@@ -279,9 +279,9 @@ def _with_input_hint(exc: ProbeError, model: LoadedModel, *, synthesized: bool) 
     if not synthesized or not ids:
         return exc
     return ProbeError(
-        f"{exc.detail} — on synthesized inputs ({', '.join(ids)}: random ids): a model that "
-        "needs particular values (an end-of-sequence token, the export's routing) needs its "
-        "own inputs (CLI --inputs FILE.npz, API 'inputs' part, diagnose(..., inputs=))",
+        f"{exc.detail} — the inputs were synthesized ({', '.join(ids)}: random ids); if the "
+        "model needs particular values (an end-of-sequence token, the export's routing), give "
+        "it its own inputs (CLI --inputs FILE.npz, API 'inputs' part, diagnose(..., inputs=))",
         node=exc.context.get("node"))
 
 

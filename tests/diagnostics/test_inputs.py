@@ -88,7 +88,7 @@ def test_a_probe_that_fails_on_synthesized_ids_says_to_supply_inputs():
     config = {"samples": 1, "verify_remedies": False}
     with pytest.raises(ProbeError) as caught:
         diagnose(data, config=config)
-    assert "synthesized inputs (input_ids" in caught.value.detail
+    assert "the inputs were synthesized (input_ids" in caught.value.detail
     assert "--inputs" in caught.value.detail
     report = diagnose(data, config=config, inputs={"input_ids": ids.numpy().astype(np.int64)})
     assert report.verdict.status == "healthy", report.verdict.summary
