@@ -24,6 +24,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
+import torch.nn.functional as F
 from onnx import TensorProto, helper, numpy_helper
 from onnx.backend.test.case import node as onnx_cases
 from onnx.defs import OpSchema, get_all_schemas_with_history, get_schema
@@ -625,3 +626,26 @@ def test_average_pool_with_a_kernel_far_wider_than_its_input_is_one_cheap_window
         got = load_onnx(data).module(torch.from_numpy(x))
     expected = x.sum(axis=(2, 3), keepdims=True) / (2 * (5 if count_include_pad else 3))
     np.testing.assert_allclose(got.numpy(), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_col2im_with_constant_shapes_is_torch_fold() -> None:
+    # What dynamo writes for F.fold (timm VOLO): image and block shapes as initializers.
+    node = helper.make_node("Col2Im", ["x", "image", "block"], ["y"], strides=[2, 2],
+                            pads=[1, 1, 1, 1], dilations=[1, 1])
+    columns = np.random.default_rng(0).normal(size=(2, 3 * 9, 16)).astype(np.float32)
+    data = _model([node], [_float("x", [2, 27, 16])], [_float("y", [2, 3, 7, 7])], opset=18,
+                  initializers=[_int64_tensor("image", [7, 7]), _int64_tensor("block", [3, 3])])
+    module = load_onnx(data).module
+    x = torch.from_numpy(columns).requires_grad_(True)
+    reference = torch.from_numpy(columns).requires_grad_(True)
+    expected = F.fold(reference, (7, 7), (3, 3), padding=1, stride=2)
+    got = module(x)
+    torch.testing.assert_close(got, expected)
+    weights = torch.randn(got.shape)
+    (got * weights).sum().backward()
+    (expected * weights).sum().backward()
+    torch.testing.assert_close(x.grad, reference.grad)
+
+
+def _int64_tensor(name: str, values: list[int]) -> TensorProto:
+    return numpy_helper.from_array(np.array(values, dtype=np.int64), name)
