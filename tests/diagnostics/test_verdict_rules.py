@@ -639,3 +639,31 @@ class TestTransformerEndpoints:
         assert report.verdict.status == "healthy", report.verdict.summary
         assert [name.rsplit("/", 2)[-2] for name in evidence.readout_layers] == ["lm_head"]
         assert "zero-initialized" not in report.verdict.summary
+
+
+class TestBatchStatistics:
+    @staticmethod
+    def _downsampling_bn(size: int) -> tuple[nn.Module, torch.Tensor]:
+        torch.manual_seed(0)
+        net = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                            nn.Conv2d(8, 8, 3, stride=2, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                            nn.Flatten(), nn.LazyLinear(4))
+        x = torch.randn(2, 3, size, size)
+        net(x)  # materialize the lazy head
+        return net, x
+
+    def test_batchnorm_over_few_values_per_channel_is_noted(self):
+        # Batch 2 of 8x8 images: the second BatchNorm sees a 2x2 map, 8 values per channel.
+        net, x = self._downsampling_bn(8)
+        report = diagnose(net, inputs=x, config=QUICK)
+        note = next(note for note in report.notes if "values per channel" in note)
+        assert "only 8 values" in note
+        assert "batch 2" in note
+        unfolded = diagnose(export_legacy(net.eval(), (x,), do_constant_folding=False),
+                            config=QUICK)
+        assert any("only 8 values per channel" in note for note in unfolded.notes)
+
+    def test_enough_values_per_channel_need_no_note(self):
+        net, x = self._downsampling_bn(32)  # 2 x 8 x 8 = 128 values
+        report = diagnose(net, inputs=x, config=QUICK)
+        assert not any("values per channel" in note for note in report.notes)
