@@ -649,3 +649,15 @@ def test_col2im_with_constant_shapes_is_torch_fold() -> None:
 
 def _int64_tensor(name: str, values: list[int]) -> TensorProto:
     return numpy_helper.from_array(np.array(values, dtype=np.int64), name)
+
+
+def test_scatter_nd_into_an_empty_slice() -> None:
+    # torchvision Swin3D's shifted-window mask (dynamo export, small clip) scatters [4, 14, 0]
+    # updates into a [21, 14, 0] tensor: nothing to write, and nothing to fail on.
+    node = helper.make_node("ScatterND", ["data", "indices", "updates"], ["y"])
+    data = _model([node], [_float("data", [21, 14, 0]),
+                           helper.make_tensor_value_info("indices", TensorProto.INT64, [4, 1]),
+                           _float("updates", [4, 14, 0])], [_float("y", [21, 14, 0])], opset=18)
+    out = load_onnx(data).module(torch.zeros(21, 14, 0), torch.tensor([[14], [15], [16], [17]]),
+                                 torch.zeros(4, 14, 0))
+    assert out.shape == (21, 14, 0)

@@ -17,6 +17,7 @@ Every module differentiates with respect to its data input through
 
 from __future__ import annotations
 
+import math
 from typing import ClassVar
 
 import torch
@@ -279,8 +280,10 @@ class OnnxScatterND(nn.Module, OnnxToTorchModule):
         for i in range(depth - 2, -1, -1):
             strides[i] = strides[i + 1] * int(leading[i + 1])
         flat_index = (index * torch.tensor(strides, device=index.device)).sum(-1)
-        flat = data.reshape(-1, *rest)
-        values = updates.reshape(-1, *rest)
+        # Explicit row counts: with an empty slice in ``rest`` (Swin3D's shifted-window mask
+        # at a small clip) a -1 would be ambiguous.
+        flat = data.reshape(math.prod(leading), *rest)
+        values = updates.reshape(flat_index.shape[0], *rest)
         if self.reduction in ("none", "add"):
             result = flat.index_put((flat_index,), values, accumulate=self.reduction == "add")
         else:
