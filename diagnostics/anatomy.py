@@ -182,6 +182,9 @@ _LOOKUPS = frozenset({"Gather", "Embedding"})
 # Elementwise products with a learned tensor: LayerScale (ONNX Mul by γ; timm's modules).
 _GAINS = frozenset({"Mul", "LayerScale", "LayerScale2d"})
 _ELEMENTWISE = frozenset({"Add", "Sub", "Mul"})
+# Ops that insert learned tokens into a sequence (class, distillation, register tokens): each
+# moves only at its own position and is read through the normalizations after it, like a table.
+_INSERTIONS = ("Concat", "Expand")
 
 
 def readout_indices(model: LoadedModel) -> list[int]:
@@ -213,9 +216,10 @@ def is_gain(model: LoadedModel, index: int) -> bool:
 
 
 def is_table(model: LoadedModel, index: int) -> bool:
-    """A lookup table, or a table added to the signal (position/token-type embeddings)."""
+    """A lookup table, a table added to the signal (position/token-type embeddings), or tokens
+    inserted into the sequence (class, distillation, register tokens)."""
     layer = model.layers[index]
-    added = layer.op_type == "Add" and bool(weight_names(model, index))
+    added = layer.op_type in ("Add", *_INSERTIONS) and bool(weight_names(model, index))
     return layer.op_type in _LOOKUPS or added
 
 
