@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from onnx import TensorProto
 from onnx2torch.onnx_graph import OnnxGraph
 from onnx2torch.onnx_node import OnnxNode
 from onnx2torch.utils.common import OnnxMapping, get_const_value
+
+# torch's functional convolutions by number of spatial axes (Conv, pooling as a convolution with
+# ones, Col2Im as a transposed one with a one-hot kernel).
+CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+CONV_TRANSPOSE = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
 
 # ONNX element type -> torch dtype for every type torch can hold exactly. float8/int4/float4
 # have no torch arithmetic; a Cast to them is refused by name rather than approximated.

@@ -17,10 +17,8 @@ from onnx2torch.onnx_node import OnnxNode
 from onnx2torch.utils.common import OnnxToTorchModule, OperationConverterResult
 from torch import nn
 
-from diagnostics.loading.onnx.ops._common import constant_ints, input_at, mapping
+from diagnostics.loading.onnx.ops._common import CONV_TRANSPOSE, constant_ints, input_at, mapping
 from diagnostics.loading.onnx.ops.registry import converter
-
-_CONV_TRANSPOSE = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
 
 
 class OnnxCol2Im(nn.Module, OnnxToTorchModule):
@@ -40,7 +38,7 @@ class OnnxCol2Im(nn.Module, OnnxToTorchModule):
         image = self.image or [int(v) for v in image_shape.tolist()]  # type: ignore[union-attr]
         block = self.block or [int(v) for v in block_shape.tolist()]  # type: ignore[union-attr]
         axes = len(image)
-        if axes not in _CONV_TRANSPOSE:
+        if axes not in CONV_TRANSPOSE:
             raise NotImplementedError(f"Col2Im over {axes} spatial axes")
         dilations = self.dilations or [1] * axes
         strides = self.strides or [1] * axes
@@ -52,7 +50,7 @@ class OnnxCol2Im(nn.Module, OnnxToTorchModule):
         channels = columns.shape[1] // size
         kernel = torch.eye(size, dtype=columns.dtype, device=columns.device)
         kernel = kernel.reshape(size, 1, *block).repeat(channels, 1, *[1] * axes)
-        folded = _CONV_TRANSPOSE[axes](columns.reshape(*columns.shape[:2], *grid), kernel,
+        folded = CONV_TRANSPOSE[axes](columns.reshape(*columns.shape[:2], *grid), kernel,
                                        stride=strides, dilation=dilations, groups=channels)
         short = [padded[i] - folded.shape[2 + i] for i in range(axes)]
         folded = F.pad(folded, [p for gap in reversed(short) for p in (0, gap)])

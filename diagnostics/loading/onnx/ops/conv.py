@@ -25,11 +25,10 @@ from onnx2torch.utils.common import (
 )
 from torch import nn
 
+from diagnostics.loading.onnx.ops._common import CONV, CONV_TRANSPOSE
 from diagnostics.loading.onnx.ops.registry import converter
 
 _STOCK = get_converter("Conv", 11)  # the same function serves Conv and ConvTranspose 1/11
-_CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
-_CONV_TRANSPOSE = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
 
 
 def _text(value) -> str:
@@ -62,14 +61,14 @@ class OnnxConvFunctional(_ConvAttributes):
                 b: torch.Tensor | None = None) -> torch.Tensor:
         """``[N, C, *spatial] -> [N, M, *out]``."""
         rank = w.dim() - 2
-        if rank not in _CONV:
+        if rank not in CONV:
             raise NotImplementedError(f"Conv over {rank} spatial dims")
         strides = self.strides or [1] * rank
         dilations = self.dilations or [1] * rank
         begin, end = self._pads(x.shape[2:], w.shape[2:], strides, dilations)
         x = F.pad(x, [amount for pair in reversed(list(zip(begin, end, strict=True)))
                       for amount in pair])
-        return _CONV[rank](x, w, b, stride=strides, dilation=dilations, groups=self.group)
+        return CONV[rank](x, w, b, stride=strides, dilation=dilations, groups=self.group)
 
     def _pads(self, sizes, kernel, strides, dilations) -> tuple[list[int], list[int]]:
         if self.auto_pad not in ("SAME_UPPER", "SAME_LOWER"):
@@ -101,12 +100,12 @@ class OnnxConvTransposeFunctional(_ConvAttributes):
                 b: torch.Tensor | None = None) -> torch.Tensor:
         """``[N, C, *spatial] -> [N, M·group, *out]``."""
         rank = w.dim() - 2
-        if rank not in _CONV_TRANSPOSE:
+        if rank not in CONV_TRANSPOSE:
             raise NotImplementedError(f"ConvTranspose over {rank} spatial dims")
         strides = self.strides or [1] * rank
         dilations = self.dilations or [1] * rank
         extra = self.output_padding or [0] * rank
-        full = _CONV_TRANSPOSE[rank](x, w, None, stride=strides, dilation=dilations,
+        full = CONV_TRANSPOSE[rank](x, w, None, stride=strides, dilation=dilations,
                                      groups=self.group)
         full = F.pad(full, [amount for e in reversed(extra) for amount in (0, e)])
         begin, end = self._crop(x.shape[2:], full.shape[2:], strides)

@@ -31,10 +31,8 @@ from onnx2torch.utils.common import (
 )
 from torch import nn
 
-from diagnostics.loading.onnx.ops._common import mapping
+from diagnostics.loading.onnx.ops._common import CONV, mapping
 from diagnostics.loading.onnx.ops.registry import converter
-
-_CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 
 
 def _layout(size: int, kernel: int, stride: int, dilation: int, pads: tuple[int, int],
@@ -96,7 +94,7 @@ class OnnxAveragePool(nn.Module, OnnxToTorchModule):
             mask = F.pad(mask, [p for *_, e in reversed(layouts) for p in (0, e)])
         else:
             mask = F.pad(mask, torch_pads)
-        conv = _CONV[dims]
+        conv = CONV[dims]
         channels = x.shape[1]
         ones = torch.ones((channels, 1, *kernel), dtype=x.dtype, device=x.device)
         total = conv(padded, ones, stride=self.strides, dilation=self.dilations, groups=channels)
@@ -141,7 +139,7 @@ class OnnxLpPool(nn.Module, OnnxToTorchModule):
                  ceil_mode: bool, p: int) -> None:
         """Attributes as in ONNX; ``pads`` are ``[begin..., end...]``."""
         super().__init__()
-        if len(kernel) not in _CONV:
+        if len(kernel) not in CONV:
             raise NotImplementedError(f"LpPool over {len(kernel)} spatial dims")
         if auto_pad not in ("NOTSET", "VALID", "SAME_UPPER", "SAME_LOWER"):
             raise NotImplementedError(f"LpPool auto_pad={auto_pad!r}")
@@ -177,7 +175,7 @@ class OnnxLpPool(nn.Module, OnnxToTorchModule):
         powered = F.pad(x.abs().pow(self.p), flat)
         powered = powered.reshape(batch * channels, 1, *powered.shape[2:])
         ones = torch.ones((1, 1, *self.kernel), dtype=x.dtype, device=x.device)
-        summed = _CONV[len(self.kernel)](powered, ones, stride=self.strides,
+        summed = CONV[len(self.kernel)](powered, ones, stride=self.strides,
                                                  dilation=self.dilations)
         return summed.pow(1.0 / self.p).reshape(batch, channels, *summed.shape[2:])
 
