@@ -184,7 +184,7 @@ _GAINS = frozenset({"Mul", "LayerScale", "LayerScale2d"})
 _ELEMENTWISE = frozenset({"Add", "Sub", "Mul"})
 # Ops that insert learned tokens into a sequence (class, distillation, register tokens): each
 # moves only at its own position and is read through the normalizations after it, like a table.
-_INSERTIONS = ("Concat", "Expand")
+INSERTIONS = frozenset({"Concat", "Expand"})
 
 
 def readout_indices(model: LoadedModel) -> list[int]:
@@ -219,7 +219,7 @@ def is_table(model: LoadedModel, index: int) -> bool:
     """A lookup table, a table added to the signal (position/token-type embeddings), or tokens
     inserted into the sequence (class, distillation, register tokens)."""
     layer = model.layers[index]
-    added = layer.op_type in ("Add", *_INSERTIONS) and bool(weight_names(model, index))
+    added = layer.op_type in INSERTIONS | {"Add"} and bool(weight_names(model, index))
     return layer.op_type in _LOOKUPS or added
 
 

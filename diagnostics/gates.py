@@ -21,10 +21,6 @@ from diagnostics import anatomy
 from diagnostics.model import LayerKind, LoadedModel
 from diagnostics.report import LayerReport
 
-# Ops that insert learned tokens into a sequence: their output mixes the tokens' stream with
-# the sequence's, so they say nothing about the signal below a gate.
-_INSERTIONS = frozenset({"Concat", "Expand"})
-
 
 def output_rms(layer: LayerReport) -> float:
     """RMS of the gradient at the layer's output (median over samples; 0 when not measured)."""
@@ -36,10 +32,8 @@ def gain_rms(model: LoadedModel, index: int) -> float | None:
     """RMS of a learned elementwise gain's values, or None when the layer is no such gain."""
     if not anatomy.is_gain(model, index):
         return None
-    names = [name for name in model.layers[index].parameters if name in model.parameters]
-    values = [model.parameters[name].detach() for name in names]
-    if not values:
-        return None
+    values = [model.parameters[name].detach() for name in model.layers[index].parameters
+              if name in model.parameters]  # at least one: is_gain says so
     count = sum(v.numel() for v in values)
     return math.sqrt(sum(float(v.double().pow(2).sum()) for v in values) / max(count, 1))
 
@@ -59,7 +53,8 @@ def closed_gate(model: LoadedModel, layers: list[LayerReport],
         deeper = [output_rms(layer) for i, layer in enumerate(layers)
                   if layer.depth > layers[index].depth
                   and LayerKind.PARAMETRIC in model.layers[i].kinds
-                  and model.layers[i].op_type not in _INSERTIONS
+                  # an insertion's output mixes the tokens' stream with the sequence's
+                  and model.layers[i].op_type not in anatomy.INSERTIONS
                   and not anatomy.is_table(model, i) and layer.output_grad_norm is not None]
         if deeper and max(deeper) < math.sqrt(gamma) * top:
             return index, gamma
