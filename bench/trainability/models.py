@@ -32,6 +32,7 @@ CLASSES = 4           # classification tasks' classes
 BATCH = 64            # MLP/CNN training batch (also the spec's input batch)
 IMAGE = (3, 8, 8)     # CNN input: 3 channels, 8x8
 CHANNELS = 8          # CNN hidden channels
+MIXER_CHANNELS = 16   # ConvMixer-style nets' channels
 RNN_BATCH = 32        # adding-problem batch
 RNN_HIDDEN = 32
 
@@ -42,8 +43,8 @@ class BenchModel:
 
     Attributes:
         id: Stable, descriptive identifier (``cnn-relu-d10-bn-init3x``).
-        family: ``mlp``, ``mlp-norm``, ``mlp-residual``, ``cnn``, ``cnn-norm`` or ``rnn``; the
-            split is stratified by it.
+        family: ``mlp``, ``mlp-norm``, ``mlp-residual``, ``cnn``, ``cnn-norm``, ``cnn-mixer``
+            or ``rnn``; the split is stratified by it.
         task: ``teacher-vector``, ``teacher-image`` or ``adding``.
         spec: The architecture spec (a JSON-ready dict).
         knobs: What it was built from (activation, depth, init multiplier, norm, ...).
@@ -130,6 +131,41 @@ def cnn(activation: str, depth: int, multiplier: float | None, *,
                        "norm": "bn" if norm else None, "residual": False})
 
 
+def mixer(activation: str, depth: int, multiplier: float | None) -> BenchModel:
+    """A ConvMixer-style CNN (Trockman & Kolter 2022) with ``depth`` blocks: a 1x1 stem, then
+    blocks ``x + BN(act(depthwise 3x3(x)))`` -> ``BN(act(pointwise 1x1))``, and a Linear readout
+    on the flattened map (the task needs where things are, which a global pool would lose).
+
+    Each BatchNorm sits *after* its activation, and only the depthwise half is residual, so the
+    backward signal grows at every block (timm's ``convmixer_768_32``: 2.6e4 over 32 blocks)
+    while every convolution's output reaches the loss only through a BatchNorm.
+    """
+    gain, act = GAINS[activation], {"type": _ACTIVATION_TYPES[activation]}
+    channels, (in_channels, height, width) = MIXER_CHANNELS, IMAGE
+
+    def norm() -> dict[str, Any]:
+        return {"type": "BatchNorm2d", "num_features": channels}
+
+    depthwise = {"type": "Conv2d", "in_channels": channels, "out_channels": channels,
+                 "kernel_size": 3, "padding": 1, "groups": channels,
+                 "init": _init(multiplier, 9, gain)}
+    pointwise = {"type": "Conv2d", "in_channels": channels, "out_channels": channels,
+                 "kernel_size": 1, "init": _init(multiplier, channels, gain)}
+    layers: list[dict[str, Any]] = [
+        {"type": "Conv2d", "in_channels": in_channels, "out_channels": channels,
+         "kernel_size": 1, "init": _init(multiplier, in_channels, gain)}, act, norm(),
+        {"type": "Repeat", "times": depth, "layers": [
+            {"type": "Residual", "layers": [depthwise, act, norm()]}, pointwise, act, norm()]},
+        {"type": "Flatten"},
+        _linear(channels * height * width, CLASSES, multiplier, GAINS["linear"])]
+    ident = f"mixer-{activation}-d{depth}-{_mult_tag(multiplier)}"
+    spec = {"name": ident, "inputs": [{"name": "x", "shape": [BATCH, *IMAGE]}],
+            "layers": layers}
+    return BenchModel(ident, "cnn-mixer", "teacher-image", spec,
+                      {"activation": activation, "depth": depth, "init": multiplier,
+                       "norm": "bn-after-activation", "residual": "depthwise"})
+
+
 def rnn(cell: str, steps: int, multiplier: float | None, *,
         recurrent: str | None = None) -> BenchModel:
     """A one-layer recurrent net (RNN tanh, LSTM or GRU, hidden 32) and a Linear readout.
@@ -173,6 +209,11 @@ _CNN_GRID: tuple[tuple[str, int, float | None], ...] = (
     ("gelu", 10, 1.0), ("gelu", 16, 0.01), ("selu", 10, 1.0), ("selu", 10, 3.0))
 _CNN_NORM_GRID: tuple[tuple[str, int, float | None], ...] = (
     ("relu", 20, 3.0), ("tanh", 20, 0.1), ("sigmoid", 10, None), ("relu", 10, 30.0))
+# ConvMixer-style: BatchNorm after the activation (added 2026-12-05, for the scale-invariance
+# rule: nets whose backward signal grows through normalized layers, labelled by training).
+_MIXER_GRID: tuple[tuple[str, int, float | None], ...] = (
+    ("relu", 32, None), ("relu", 32, 1.0), ("relu", 32, 3.0), ("relu", 16, None),
+    ("gelu", 32, None), ("gelu", 32, 0.1), ("tanh", 32, None), ("sigmoid", 32, None))
 _RNN_GRID: tuple[tuple[str, int, float | None, str | None], ...] = (
     ("RNN", 50, None, None), ("RNN", 50, 1.0, "orthogonal"), ("RNN", 50, 0.1, None),
     ("RNN", 50, 3.0, None), ("RNN", 100, None, None),
@@ -191,6 +232,7 @@ def all_models() -> list[BenchModel]:
     models += [cnn(act, depth, mult) for act, depth, mult in _CNN_GRID]
     models += [cnn(act, depth, mult, norm=True) for act, depth, mult in _CNN_NORM_GRID]
     models += [rnn(cell, steps, mult, recurrent=rec) for cell, steps, mult, rec in _RNN_GRID]
+    models += [mixer(act, depth, mult) for act, depth, mult in _MIXER_GRID]
     ids = [model.id for model in models]
     if len(set(ids)) != len(ids):
         repeated = sorted({i for i in ids if ids.count(i) > 1})
