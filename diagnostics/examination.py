@@ -69,7 +69,8 @@ def examine(model: LoadedModel, batches: list[SampleBatch], config: DiagnosisCon
         with temporal.last_step_view(model.module, last_step_of) as loss_reads:
             for number, batch in enumerate(batches, 1):
                 say(f"probing sample {number}/{len(batches)}")
-                observations.append(run_sample(model, batch, config, loss_reads))
+                observations.append(run_sample(model, batch, config, loss_reads,
+                                               trace_invariance=number == 1))
         if target is not None:
             say("measuring the temporal profile")
             norms = [temporal.step_norms(model, batch, config, target) for batch in batches]
@@ -85,6 +86,8 @@ def examine(model: LoadedModel, batches: list[SampleBatch], config: DiagnosisCon
         substituted_readouts=tuple(model.layers[i].name for i in zero_heads),
         temporal=tuple(profiles),
         ungated=target is not None and _op_of(model, target.layer) in _UNGATED_CELLS,
+        scale_invariant=observations[0].scale_invariant or frozenset() if observations
+        else frozenset(),
     )
     step = rounding_step(layers)
     if step is not None and 0 < step[1] < config.thresholds.rounding_ratio:

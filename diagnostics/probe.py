@@ -23,6 +23,7 @@ from diagnostics.config import DiagnosisConfig, Loss, NormStats
 from diagnostics.errors import DiagnosticsError, OutOfMemoryError, ProbeError
 from diagnostics.inputs import SampleBatch
 from diagnostics.model import LoadedModel
+from diagnostics.scale_invariance import scale_invariant
 from diagnostics.stats import (
     ActivationSummary,
     GradSummary,
@@ -61,6 +62,7 @@ class SampleObservation:
     first_nonfinite_forward: str | None = None
     first_nonfinite_backward: str | None = None
     nonfinite_inputs: list[str] = field(default_factory=list)
+    scale_invariant: frozenset[int] | None = None
 
 
 @contextmanager
@@ -96,7 +98,8 @@ def probe_mode(module: nn.Module, norm_stats: NormStats) -> Iterator[None]:
 
 def run_sample(model: LoadedModel, batch: SampleBatch,  # noqa: C901
                config: DiagnosisConfig,
-               loss_reads: Callable[[object], object] | None = None) -> SampleObservation:
+               loss_reads: Callable[[object], object] | None = None, *,
+               trace_invariance: bool = False) -> SampleObservation:
     """Run one forward+backward pass on ``batch`` and collect the statistics.
 
     Args:
@@ -105,6 +108,9 @@ def run_sample(model: LoadedModel, batch: SampleBatch,  # noqa: C901
         config: Loss, thresholds.
         loss_reads: What of the outputs the loss reads (default: all of them), e.g. the last
             time step (:func:`diagnostics.temporal.last_step_view`).
+        trace_invariance: Also find the layers whose output reaches the loss only through a
+            normalization (:mod:`diagnostics.scale_invariance`), from this pass's graph; the
+            graph is the same in every sample, so the examination asks once.
 
     Raises:
         ProbeError: The forward or backward pass raised (shape mismatch, bad ids ...).
@@ -115,6 +121,7 @@ def run_sample(model: LoadedModel, batch: SampleBatch,  # noqa: C901
     observed.nonfinite_inputs = [model.inputs[i].name for i in batch.nonfinite_inputs]
     last_entered: list[str] = []
     handles: list[torch.utils.hooks.RemovableHandle] = []
+    output_nodes: dict[int, object] = {}
 
     def forward_hook(index: int):
         layer = model.layers[index]
@@ -133,6 +140,8 @@ def run_sample(model: LoadedModel, batch: SampleBatch,  # noqa: C901
                     observed.first_nonfinite_forward = layer.name
             if tensor.requires_grad:
                 tensor.register_hook(grad_hook(index))
+                if trace_invariance and tensor.grad_fn is not None:
+                    output_nodes.setdefault(index, tensor.grad_fn)
 
         return hook
 
@@ -186,6 +195,9 @@ def run_sample(model: LoadedModel, batch: SampleBatch,  # noqa: C901
         loss = compute_loss(outputs if loss_reads is None else loss_reads(outputs),
                             config.loss, batch.seed)
         observed.loss = float(loss.detach())
+        if trace_invariance:
+            observed.scale_invariant = scale_invariant(loss.grad_fn, output_nodes)
+        output_nodes.clear()
         if loss.requires_grad:
             try:
                 loss.backward()

@@ -171,6 +171,18 @@ class Evidence(_Model):
         default_factory=list,
         description="Weights initialized below a fan-in initialization's scale (class tokens, "
         "zero-init heads ...): their relative step is judged against that scale, not ‖W‖.")
+    scale_invariant_layers: list[str] = Field(
+        default_factory=list,
+        description="Layers whose output reaches the loss only through a batch/layer/group "
+        "normalization (through linear maps and ReLU-like activations): the loss does not change "
+        "when their weights are scaled, so a large step turns those weights and grows their "
+        "norm, which shrinks the next steps; it cannot blow the output up. relative_update does "
+        "not judge their weights.")
+    signal_growth_normalized: bool = Field(
+        False, description="Every weight below shallowest_layer is in scale_invariant_layers: a "
+        "backward signal that grows with depth cannot blow the forward pass up there, so a net "
+        "judged exploding by backward_signal_exploding stalls rather than diverges (benchmark "
+        "family cnn-mixer).")
     forward_growth: Stat | None = Field(
         None, description="RMS of the output layer's activations / RMS of the float inputs.")
     readout_layers: list[str] = Field(

@@ -165,6 +165,8 @@ def judge(model: LoadedModel, layers: list[LayerReport], samples: list[SampleObs
             evidence.per_layer_gain = ratio ** (1 / steps)
         _flag_profile(model, layers, shallow, thresholds)
         evidence.weight_grad_ratio = _weight_grad_ratio(layers, deep, shallow)
+        evidence.signal_growth_normalized = _normalized_below(model, layers, shallow,
+                                                              facts.scale_invariant)
     weight_ends = _endpoints(model, layers, readouts, weighted=True, gate=below)
     if weight_ends:
         adam_facts = _AdamFacts(adam.sample_l1_ratios(layers, samples, weight_ends),
@@ -173,8 +175,9 @@ def judge(model: LoadedModel, layers: list[LayerReport], samples: list[SampleObs
         evidence.first_weight_grad_rms = adam.first_weight_grad_rms(layers, weight_ends[0])
         evidence.first_weight_layer, evidence.last_weight_layer = \
             layers[weight_ends[0]].name, layers[weight_ends[1]].name
+    evidence.scale_invariant_layers = [layers[i].name for i in sorted(facts.scale_invariant)]
     _collect_layer_evidence(layers, samples, evidence)
-    _relative_steps(model, layers, config, evidence)
+    _relative_steps(model, layers, config, evidence, facts.scale_invariant)
     evidence.forward_growth = _forward_growth(layers, samples, readouts, facts)
     _gradient_stop(layers, readouts, evidence)
     evidence.dead_layers_blocking = _blocking_dead_layers(layers)
@@ -270,13 +273,26 @@ def _collect_layer_evidence(layers: list[LayerReport], samples: list[SampleObser
         evidence.nonfinite_count = max(evidence.nonfinite_count, 1)
 
 
+def _normalized_below(model: LoadedModel, layers: list[LayerReport], top: int,
+                      invariant: frozenset[int]) -> bool:
+    """Whether every layer with a weight below ``top`` (the profile's shallow end) is
+    scale-invariant: a growing backward signal then cannot blow the forward pass up."""
+    below = [i for i, layer in enumerate(layers)
+             if LayerKind.PARAMETRIC in model.layers[i].kinds
+             and layer.depth > layers[top].depth and any(is_weight(p) for p in layer.parameters)]
+    return bool(below) and all(i in invariant for i in below)
+
+
 def _relative_steps(model: LoadedModel, layers: list[LayerReport], config: DiagnosisConfig,
-                    evidence: Evidence) -> None:
+                    evidence: Evidence, invariant: frozenset[int]) -> None:
     """‖first step‖ / max(‖W‖, fan-in norm) for every weight; flag layers whose step is too
-    large. The step is lr·‖g‖ for SGD and ≈ lr·√numel for Adam (every element moves by ≈ lr)."""
+    large. The step is lr·‖g‖ for SGD and ≈ lr·√numel for Adam (every element moves by ≈ lr).
+    Scale-invariant layers' weights are not judged: a step that overwrites one turns it and
+    grows its norm, and the normalization after it bounds the output
+    (:mod:`diagnostics.scale_invariance`)."""
     best: tuple[float, str] | None = None
     for index, layer in enumerate(layers):
-        if anatomy.is_table(model, index):
+        if index in invariant or anatomy.is_table(model, index):
             # Lookup tables, added tensors (position/token-type embeddings) and inserted tokens
             # (class tokens): a row moves only where it is used, by the sum over every position
             # that used it, and the normalization after them makes the step scale-invariant, so

@@ -34,6 +34,8 @@ class Facts:
             probe, so the body's profile could be measured at all.
         temporal: The temporal profiles of recurrent layers.
         ungated: Whether the profiled recurrent layer is an ungated (vanilla) cell.
+        scale_invariant: Indices of the layers whose output reaches the loss only through a
+            normalization (:mod:`diagnostics.scale_invariance`).
     """
 
     input_rms: tuple[float | None, ...] = ()
@@ -41,6 +43,7 @@ class Facts:
     substituted_readouts: tuple[str, ...] = ()
     temporal: tuple[TemporalProfile, ...] = field(default=())
     ungated: bool = False
+    scale_invariant: frozenset[int] = frozenset()
 
 
 def evaluate_rules(evidence: Evidence, config: DiagnosisConfig, facts: Facts) -> list[RuleCheck]:
@@ -110,7 +113,9 @@ def _profile_rules(evidence: Evidence, config: DiagnosisConfig) -> list[RuleChec
         RuleCheck(rule="backward_signal_exploding", value=ratio,
                   threshold=thresholds.exploding_ratio,
                   fired=ratio is not None and ratio > thresholds.exploding_ratio,
-                  detail=f"width-corrected ‖δ‖ ratio {ends} above the threshold"),
+                  detail=f"width-corrected ‖δ‖ ratio {ends} above the threshold"
+                  + ("; every weight below the top feeds a normalization: expect a stall, "
+                     "not a divergence" if evidence.signal_growth_normalized else "")),
         RuleCheck(rule="backward_signal_vanishing", value=ratio,
                   threshold=thresholds.vanishing_ratio,
                   fired=sgd and ratio is not None and ratio < thresholds.vanishing_ratio,
@@ -153,7 +158,8 @@ def _time_and_step_rules(evidence: Evidence, config: DiagnosisConfig,
         RuleCheck(rule="relative_update", value=step, threshold=thresholds.max_relative_step,
                   fired=step is not None and step > thresholds.max_relative_step,
                   detail=f"largest first {how} / scale "
-                  f"({evidence.max_relative_step_parameter})"),
+                  f"({evidence.max_relative_step_parameter}); weights of scale-invariant "
+                  "layers are not judged"),
     ]
 
 

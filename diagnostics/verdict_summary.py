@@ -133,7 +133,14 @@ def _profile_rule_text(evidence: Evidence, rule: RuleCheck, _samples: list) -> s
     side = "above" if rule.rule.endswith("exploding") else "below"
     extra = (f"; {len(evidence.saturated_layers)} saturated layer(s)"
              if evidence.saturated_layers and side == "below" else "")
-    return (f"{_profile_text(evidence)} ({side} the threshold {rule.threshold:g}×){extra}.")
+    text = f"{_profile_text(evidence)} ({side} the threshold {rule.threshold:g}×){extra}."
+    if side == "above" and evidence.signal_growth_normalized:
+        text += (f" Every weight below {evidence.shallowest_layer} feeds a normalization, "
+                 "which keeps the forward pass bounded: expect training to stall rather than "
+                 "diverge (the first layers' steps dwarf the last layers', relative to their "
+                 "weights; Yang et al. 2019). Skip connections around every block (as in "
+                 "ResNets) or a shallower stack avoid it.")
+    return text
 
 
 # temporal_vanishing's detail names the cell it judged; the summary tells the two kinds apart.
