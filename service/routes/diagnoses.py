@@ -88,9 +88,14 @@ def list_diagnoses(jobs: Jobs, owner: Owner,
 
 @router.get("/{job_id}", response_model=JobRead,
             responses=error_responses(401, 404, 422, 503))
-def get_diagnosis(job_id: str, jobs: Jobs, owner: Owner) -> JobRead:
-    """Read a diagnosis: its status, timing, error or report."""
-    return job_read(jobs.get(job_id, owner))
+async def get_diagnosis(job_id: str, jobs: Jobs, owner: Owner,
+                        wait: WaitSeconds = 0) -> JobRead:
+    """Read a diagnosis: its status, timing, error or report. With ``?wait`` the request is held
+    until the job finishes (or the wait is over), so a client waiting for a verdict needs one
+    request, not a polling loop, and hears of it as soon as it is written."""
+    if wait > 0:
+        return job_read(await jobs.wait(job_id, owner, wait))
+    return job_read(await run_in_threadpool(jobs.get, job_id, owner))
 
 
 @router.delete(

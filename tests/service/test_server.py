@@ -56,6 +56,30 @@ def test_spec_job_runs_to_a_verdict_and_a_report(server: ServiceProcess) -> None
         assert "healthy" in page.text
 
 
+def test_get_with_wait_holds_until_the_job_finishes(server: ServiceProcess) -> None:
+    # A client that submitted without waiting (a CI step that queues first) waits for the
+    # verdict with one long-poll instead of a polling loop, and hears of it as it is written.
+    with server.client() as client:
+        queued = _post_spec(client, spec_mlp(width=16, name="long-poll"), {"samples": 1},
+                            reuse="false")
+        assert queued.status_code == 202, queued.text
+        path = queued.headers["Location"]
+        done = client.get(path, params={"wait": 60}, timeout=90)
+        assert done.status_code == 200
+        job = done.json()
+        assert job["status"] == "succeeded", dump(job)
+        assert job["result"]["verdict"]["status"] == "healthy"
+        started = time.monotonic()
+        again = client.get(path, params={"wait": 60}, timeout=90)  # finished: no hold
+        assert again.json()["status"] == "succeeded"
+        assert time.monotonic() - started < 10
+        missing = client.get("/v1/diagnoses/0123456789abcdef", params={"wait": 1})
+        assert missing.status_code == 404
+        too_long = client.get(path, params={"wait": 61})
+        assert too_long.status_code == 422
+        assert too_long.json()["field"] == "query.wait"
+
+
 def test_onnx_upload_with_inputs_runs(server: ServiceProcess) -> None:
     inputs = npz_bytes(x=np.random.default_rng(0).normal(size=(4, 8)).astype(np.float32))
     with server.client() as client:

@@ -133,3 +133,32 @@ def test_unreachable_service_exits_1(files: dict[str, Path]) -> None:
     result = _submit(files["healthy"], "--url", f"http://127.0.0.1:{free_port()}", "--wait")
     assert result.returncode == 1
     assert "cannot reach" in result.stderr
+
+
+class _Answers:
+    """A stand-in for the service: answers each status request at once with the next record."""
+
+    def __init__(self, statuses: list[str]) -> None:
+        self.statuses, self.params = statuses, []
+
+    def get(self, _path: str, params: dict | None = None) -> httpx.Response:
+        self.params.append(params)
+        status = self.statuses.pop(0)
+        return httpx.Response(200, json={"id": "j", "status": status,
+                                          "links": {"self": "/v1/diagnoses/j"}})
+
+
+def test_wait_long_polls_and_stays_gentle_with_a_server_that_answers_at_once(monkeypatch):
+    # Against a server with GET ?wait each request is held until the job ends; one without it
+    # answers at once, and then requests are still a second apart, not a busy loop.
+    from service.commands import submit
+
+    slept: list[float] = []
+    monkeypatch.setattr(submit.time, "sleep", slept.append)
+    service = _Answers(["running", "running", "succeeded"])
+    job = submit._wait(service, {"id": "j", "status": "queued",
+                                 "links": {"self": "/v1/diagnoses/j"}}, timeout=600)
+    assert job["status"] == "succeeded"
+    assert [p["wait"] for p in service.params] == [submit._HOLD_S] * 3
+    assert len(slept) == 2
+    assert all(0.9 < s <= submit._POLL_S for s in slept)
