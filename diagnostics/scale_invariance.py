@@ -9,8 +9,8 @@ such a weight, ⟨∂L/∂W, W⟩ = 0 and ‖∂L/∂W‖ ∝ 1/‖W‖: an over
 and *grows its norm* (‖W + Δ‖² = ‖W‖² + ‖Δ‖²), which shrinks every later step; the
 normalization bounds the output (van Laarhoven 2017; Arora, Li & Lyu 2019, "auto rate-tuning").
 So a first step that "overwrites" such a weight predicts no divergence, and relative_update does
-not judge it (torchvision ResNet-50/RegNet/MNASNet probed at batch 2, 64 px: stem steps of
-2.6-12× their weights, nets that train).
+not judge it (torchvision ResNet-50/ResNeXt-50/MNASNet/RegNet-X exported unfolded and probed
+at batch 2, 64 px: stem steps of 1.0-3.8× their scale, nets that train).
 
 A backward signal that grows through such layers cannot blow the forward pass up either, but it
 is no sign of health: the benchmark's ConvMixer-style nets (BatchNorm after each activation,
