@@ -88,6 +88,16 @@ def resnet18() -> Exportable:
 
 
 @seeded
+def resnet50() -> Exportable:
+    """torchvision ``resnet50(weights=None)``, 1000 classes, 2x3x64x64: unfolded, its stem's
+    first SGD step is ~3.8x the stem's scale, which relative_update judged before it knew the
+    stem feeds a BatchNorm (scale-invariant)."""
+    import torchvision
+
+    return Exportable(torchvision.models.resnet50(weights=None), image(), ("input",))
+
+
+@seeded
 def mobilenet_v3_small() -> Exportable:
     """torchvision ``mobilenet_v3_small(weights=None)``, 1000 classes, 2x3x64x64."""
     import torchvision
@@ -394,6 +404,8 @@ def gru() -> Exportable:
 MODELS: tuple[StandardModel, ...] = (
     StandardModel("resnet18", "ResNet-18 (torchvision), 64 px", resnet18, "torchvision",
                   has_batch_norm=True, slow=False),
+    StandardModel("resnet50", "ResNet-50 (torchvision), 64 px", resnet50, "torchvision",
+                  has_batch_norm=True),
     StandardModel("mobilenet_v3_small", "MobileNetV3-Small (torchvision), 64 px",
                   mobilenet_v3_small, "torchvision", has_batch_norm=True),
     StandardModel("efficientnet_b0", "EfficientNet-B0 (torchvision), 64 px", efficientnet_b0,
