@@ -116,7 +116,10 @@ def run_case(model: str, exporter: str, timeout: float) -> dict:
                      "PATH": "/usr/bin:/bin"})
         except subprocess.TimeoutExpired:
             return {"model": model, "exporter": exporter, "status": "timeout"}
-    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    # The row may share a line with what torch's C++ side printed to the same pipe (the legacy
+    # exporter dumps its whole IR graph on a failed export), so look for it anywhere in a line.
+    lines = [line[line.index('{"model"'):] for line in done.stdout.splitlines()
+             if '{"model"' in line]
     if not lines:
         tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
         return {"model": model, "exporter": exporter, "status": "crashed", "detail": tail[:200]}
