@@ -188,7 +188,8 @@ def judge(model: LoadedModel, layers: list[LayerReport], samples: list[SampleObs
     rules = evaluate_rules(evidence, config, facts)
     evidence.rules = rules
     status = status_of(rules)
-    per_sample = [_sample_status(sample, ratio, config, status, adam_facts.of(i))
+    per_sample = [_sample_status(sample, ratio, config, status, adam_facts.of(i),
+                                 evidence.signal_growth_normalized)
                   for i, (sample, ratio) in
                   enumerate(zip(samples, ratios or [None] * len(samples), strict=True))]
     flags = sorted({flag for layer in layers for flag in layer.flags}, key=list(Flag).index)
@@ -277,8 +278,10 @@ def _normalized_below(model: LoadedModel, layers: list[LayerReport], top: int,
                       invariant: frozenset[int]) -> bool:
     """Whether every layer with a weight below ``top`` (the profile's shallow end) is
     scale-invariant: a growing backward signal then cannot blow the forward pass up."""
+    # Tables are left out as the profile leaves them out: a dynamo export computes a Conv's
+    # missing bias by an Expand of zeros shaped after the weight, which lists that weight too.
     below = [i for i, layer in enumerate(layers)
-             if LayerKind.PARAMETRIC in model.layers[i].kinds
+             if LayerKind.PARAMETRIC in model.layers[i].kinds and not anatomy.is_table(model, i)
              and layer.depth > layers[top].depth and any(is_weight(p) for p in layer.parameters)]
     return bool(below) and all(i in invariant for i in below)
 
@@ -392,7 +395,8 @@ class _AdamFacts:
 
 def _sample_status(sample: SampleObservation, ratio: SignalRatio | None,
                    config: DiagnosisConfig, overall: Status,
-                   adam_facts: tuple[float | None, float | None]) -> Status:
+                   adam_facts: tuple[float | None, float | None],
+                   growth_normalized: bool = False) -> Status:
     thresholds = config.thresholds
     if not math.isfinite(sample.loss) or sample.first_nonfinite_backward or \
             sample.first_nonfinite_forward:
@@ -400,7 +404,7 @@ def _sample_status(sample: SampleObservation, ratio: SignalRatio | None,
     if overall is Status.INCONCLUSIVE:
         return overall
     if ratio is not None and ratio.robust > thresholds.exploding_ratio:
-        return Status.EXPLODING
+        return Status.HEALTHY if growth_normalized else Status.EXPLODING
     if ratio is None or ratio.robust >= thresholds.vanishing_ratio:
         return Status.HEALTHY
     if config.optimizer is Optimizer.ADAM:

@@ -112,10 +112,12 @@ def _profile_rules(evidence: Evidence, config: DiagnosisConfig) -> list[RuleChec
                   + ("" if sgd else " (Adam's bounded steps undo an output scale slowly)")),
         RuleCheck(rule="backward_signal_exploding", value=ratio,
                   threshold=thresholds.exploding_ratio,
-                  fired=ratio is not None and ratio > thresholds.exploding_ratio,
+                  fired=ratio is not None and ratio > thresholds.exploding_ratio
+                  and not evidence.signal_growth_normalized,
                   detail=f"width-corrected ‖δ‖ ratio {ends} above the threshold"
-                  + ("; every weight below the top feeds a normalization: expect a stall, "
-                     "not a divergence" if evidence.signal_growth_normalized else "")),
+                  + ("; not judged: every weight below the top feeds a normalization, so the "
+                     "growth cannot blow the forward pass up" if evidence.signal_growth_normalized
+                     else "")),
         RuleCheck(rule="backward_signal_vanishing", value=ratio,
                   threshold=thresholds.vanishing_ratio,
                   fired=sgd and ratio is not None and ratio < thresholds.vanishing_ratio,

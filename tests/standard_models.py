@@ -98,6 +98,16 @@ def resnet50() -> Exportable:
 
 
 @seeded
+def resnet101() -> Exportable:
+    """torchvision ``resnet101(weights=None)``, 1000 classes, 2x3x64x64: unfolded, its backward
+    signal grows ~1.5e3x from the stem to the last block, every weight below feeding a
+    BatchNorm (scale-invariant), and it trains."""
+    import torchvision
+
+    return Exportable(torchvision.models.resnet101(weights=None), image(), ("input",))
+
+
+@seeded
 def mobilenet_v3_small() -> Exportable:
     """torchvision ``mobilenet_v3_small(weights=None)``, 1000 classes, 2x3x64x64."""
     import torchvision
@@ -405,6 +415,8 @@ MODELS: tuple[StandardModel, ...] = (
     StandardModel("resnet18", "ResNet-18 (torchvision), 64 px", resnet18, "torchvision",
                   has_batch_norm=True, slow=False),
     StandardModel("resnet50", "ResNet-50 (torchvision), 64 px", resnet50, "torchvision",
+                  has_batch_norm=True),
+    StandardModel("resnet101", "ResNet-101 (torchvision), 64 px", resnet101, "torchvision",
                   has_batch_norm=True),
     StandardModel("mobilenet_v3_small", "MobileNetV3-Small (torchvision), 64 px",
                   mobilenet_v3_small, "torchvision", has_batch_norm=True),

@@ -2,10 +2,9 @@
 read from the autograd graph, and what the verdict makes of it.
 
 The physics (diagnostics/scale_invariance.py): L(c·W) = L(W) for such a weight, so a large SGD
-step turns it and grows its norm instead of blowing the output up. A backward signal that grows
-through such layers (ConvMixer-style nets, BatchNorm after the activation) cannot blow the output
-up either, but training says those nets stall (bench/trainability, family ``cnn-mixer``), so it
-is still judged.
+step turns it and grows its norm instead of blowing the output up, and a backward signal that
+grows through such layers alone cannot blow the output up either (torchvision ResNet-101/152,
+unfolded, grow it 1.5e3-5.4e3 and train).
 """
 
 from __future__ import annotations
@@ -115,16 +114,22 @@ def test_a_resnet_stem_overwritten_by_its_first_step_is_not_exploding():
     assert evidence.max_relative_step < 1
 
 
-def test_convmixer_signal_growth_through_batchnorm_is_judged_and_explained():
+def test_signal_growth_through_batchnorm_alone_is_not_exploding():
     # BatchNorm after each activation: the backward signal grows ~1.35x per block (3e4 over
-    # 32). It cannot diverge; it stalls under SGD and Adam (labels.json: cnn-mixer family).
+    # 32), but every weight feeds a BatchNorm, so it cannot blow the forward pass up.
+    # torchvision ResNet-101/152 (unfolded) grow it 1.5e3-5.4e3 the same way and train; this
+    # ConvMixer-style stack stalls (labels.json), as deep normalized ReLU stacks without skips
+    # do whatever this ratio says (docs/trainability.md).
     spec = mixer("relu", 32, None).spec
     report = diagnose(spec, config=QUICK)
     evidence = report.verdict.evidence
-    assert report.verdict.status == "exploding", report.verdict.summary
+    assert report.verdict.status == "healthy", report.verdict.summary
     assert evidence.backward_signal_ratio.median > 1e3
     assert evidence.signal_growth_normalized
-    assert "expect training to stall rather than diverge" in report.verdict.summary
+    check = next(r for r in evidence.rules if r.rule == "backward_signal_exploding")
+    assert not check.fired
+    assert "not judged" in check.detail
+    assert "above the exploding threshold, but every weight" in report.verdict.summary
     convs = [layer.name for layer in report.layers if layer.op_type == "Conv2d"]
     assert set(convs) <= set(evidence.scale_invariant_layers)
     readout = evidence.readout_layers[0]
@@ -139,7 +144,8 @@ def test_the_same_net_on_running_statistics_is_still_judged():
     evidence = report.verdict.evidence
     assert evidence.scale_invariant_layers == []
     assert not evidence.signal_growth_normalized
-    assert "stall rather than diverge" not in report.verdict.summary
+    check = next(r for r in evidence.rules if r.rule == "backward_signal_exploding")
+    assert check.fired == (check.value > check.threshold)
 
 
 def test_pointwise_layers_without_their_batchnorm_are_not_scale_invariant():

@@ -259,6 +259,9 @@ def _layers(graph: GraphProto, display: dict[str, str],
     )
 
 
+_SHAPE_ONLY = frozenset({"Shape", "Size"})
+
+
 def _node_parameters(graph: GraphProto, bound: BoundParameters) -> list[tuple[str, ...]]:
     """Per node, the parameters it uses.
 
@@ -273,6 +276,12 @@ def _node_parameters(graph: GraphProto, bound: BoundParameters) -> list[tuple[st
     result: list[tuple[str, ...]] = []
     for node, only in zip(graph.node, weight_only, strict=True):
         names: list[str] = []
+        if node.op_type in _SHAPE_ONLY:
+            # Reads its input's shape, not its values: no gradient reaches the tensor through it.
+            # (Dynamo exports build a Conv's missing zero bias as Expand(0, Shape(W)[0]); the
+            # weight went to that Expand and the Conv was left with none.)
+            result.append(tuple(bound.extra_by_node.get(node.name, ())))
+            continue
         reads = (*node.input, *(name for name in captured_names(node) if name not in node.input))
         for index, value in enumerate(reads):
             if value in bound.parameters:
