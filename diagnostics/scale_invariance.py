@@ -12,12 +12,12 @@ So a first step that "overwrites" such a weight predicts no divergence, and rela
 not judge it (torchvision ResNet-50/ResNeXt-50/MNASNet/RegNet-X exported unfolded and probed
 at batch 2, 64 px: stem steps of 1.0-3.8× their scale, nets that train).
 
-A backward signal that grows through such layers cannot blow the forward pass up either, but it
-is no sign of health: the benchmark's ConvMixer-style nets (BatchNorm after each activation,
-family ``cnn-mixer``) grow it 360-3.7e4× over 16-32 blocks and every ReLU/GELU one stalls under
-SGD and Adam (Yang et al. 2019: BatchNorm without skips makes gradients explode with depth and
-deep nets untrainable). backward_signal_exploding still fires there; the summary says to expect
-a stall, not a divergence.
+A backward signal that grows through such layers alone cannot blow the forward pass up either,
+so backward_signal_exploding does not fire where every weight below the top of the depth profile
+is scale-invariant: torchvision ResNet-101/152, ResNeXt-101 and Wide-ResNet-101 (unfolded) read
+1.5e3-5.4e3 that way and train. It predicts no stall either: the benchmark's ConvMixer-style nets
+(family ``cnn-mixer``) grow it 360-3.7e4× and their ReLU/GELU ones stall, like every deep
+normalized ReLU stack without skips there, whatever its ratio (docs/trainability.md).
 
 Read from the autograd graph of the probe's own first pass (built the same way for ONNX files,
 specs and modules): the nodes between each watched layer's output and the loss.
