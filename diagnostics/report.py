@@ -181,7 +181,7 @@ class Evidence(_Model):
     signal_growth_normalized: bool = Field(
         False, description="Every weight below shallowest_layer is in scale_invariant_layers: a "
         "backward signal that grows with depth cannot blow the forward pass up there, so "
-        "backward_signal_exploding does not fire (torchvision ResNet-101/152 read 1.5e3-5.4e3 "
+        "backward_signal_exploding does not fire (torchvision ResNet-101/152 read 1.5e3-1.2e4 "
         "and train).")
     forward_growth: Stat | None = Field(
         None, description="RMS of the output layer's activations / RMS of the float inputs.")

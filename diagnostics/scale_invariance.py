@@ -15,7 +15,7 @@ at batch 2, 64 px: stem steps of 1.0-3.8× their scale, nets that train).
 A backward signal that grows through such layers alone cannot blow the forward pass up either,
 so backward_signal_exploding does not fire where every weight below the top of the depth profile
 is scale-invariant: torchvision ResNet-101/152, ResNeXt-101 and Wide-ResNet-101 (unfolded) read
-1.5e3-5.4e3 that way and train. It predicts no stall either: the benchmark's ConvMixer-style nets
+1.5e3-1.2e4 that way and train. It predicts no stall either: the benchmark's ConvMixer-style nets
 (family ``cnn-mixer``) grow it 360-3.7e4× and their ReLU/GELU ones stall, like every deep
 normalized ReLU stack without skips there, whatever its ratio (docs/trainability.md).
 

@@ -62,7 +62,7 @@ def _summary(status: Status, rules: list[RuleCheck], evidence: Evidence,
                     f"below {evidence.shallowest_layer} feeds a normalization "
                     "(scale-invariant), so the growth cannot blow the forward pass up, and a "
                     "large step there grows the weight's norm, not the output; no rule fired "
-                    f"(torchvision ResNet-101/152 read 1.5e3-5.4e3 this way and train).{extra}")
+                    f"(torchvision ResNet-101/152 read 1.5e3-1.2e4 this way and train).{extra}")
         if profile:
             return f"Healthy: {profile}, within the thresholds; no rule fired.{extra}"
         return ("Healthy: no rule fired (fewer than two hidden layers with parameters to "

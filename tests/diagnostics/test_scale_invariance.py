@@ -4,7 +4,7 @@ read from the autograd graph, and what the verdict makes of it.
 The physics (diagnostics/scale_invariance.py): L(c·W) = L(W) for such a weight, so a large SGD
 step turns it and grows its norm instead of blowing the output up, and a backward signal that
 grows through such layers alone cannot blow the output up either (torchvision ResNet-101/152,
-unfolded, grow it 1.5e3-5.4e3 and train).
+unfolded, grow it 1.5e3-1.2e4 and train).
 """
 
 from __future__ import annotations
@@ -117,7 +117,7 @@ def test_a_resnet_stem_overwritten_by_its_first_step_is_not_exploding():
 def test_signal_growth_through_batchnorm_alone_is_not_exploding():
     # BatchNorm after each activation: the backward signal grows ~1.35x per block (3e4 over
     # 32), but every weight feeds a BatchNorm, so it cannot blow the forward pass up.
-    # torchvision ResNet-101/152 (unfolded) grow it 1.5e3-5.4e3 the same way and train; this
+    # torchvision ResNet-101/152 (unfolded) grow it 1.5e3-1.2e4 the same way and train; this
     # ConvMixer-style stack stalls (labels.json), as deep normalized ReLU stacks without skips
     # do whatever this ratio says (docs/trainability.md).
     spec = mixer("relu", 32, None).spec
