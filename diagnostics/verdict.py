@@ -278,8 +278,8 @@ def _normalized_below(model: LoadedModel, layers: list[LayerReport], top: int,
                       invariant: frozenset[int]) -> bool:
     """Whether every layer with a weight below ``top`` (the profile's shallow end) is
     scale-invariant: a growing backward signal then cannot blow the forward pass up."""
-    # Tables are left out as the profile leaves them out: a dynamo export computes a Conv's
-    # missing bias by an Expand of zeros shaped after the weight, which lists that weight too.
+    # Tables (embeddings, inserted tokens) are left out, as the profile's endpoints and
+    # relative_update leave them out: a row moves only where it is used.
     below = [i for i, layer in enumerate(layers)
              if LayerKind.PARAMETRIC in model.layers[i].kinds and not anatomy.is_table(model, i)
              and layer.depth > layers[top].depth and any(is_weight(p) for p in layer.parameters)]

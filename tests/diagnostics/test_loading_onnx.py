@@ -212,6 +212,20 @@ def test_transformer_weights_behind_transpose_and_vocab() -> None:
     assert not any(layer.op_type == "Transpose" for layer in loaded.layers)
 
 
+def test_a_weight_read_only_for_its_shape_belongs_to_the_layer_that_uses_its_values() -> None:
+    # The dynamo exporter (optimize=False) gives a Conv without a bias a zero one built as
+    # Expand(0, Shape(W)[0]): the Conv uses W's values, the Expand only its shape.
+    torch.manual_seed(0)
+    module = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8),
+                           nn.ReLU(), nn.Flatten(), nn.Linear(8 * 8 * 8, 4)).eval()
+    data = export_dynamo(module, (torch.randn(2, 3, 8, 8),), optimize=False)
+    graph = onnx.load_from_string(data).graph
+    assert {"Shape", "Expand"} <= {node.op_type for node in graph.node}
+    owners = {layer.op_type: layer.parameters for layer in load_onnx(data).layers
+              if "0.weight" in layer.parameters}
+    assert owners == {"Conv": ("0.weight",)}
+
+
 def test_bn_fold_is_noted() -> None:
     torch.manual_seed(0)
     net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU()).eval()
