@@ -101,7 +101,9 @@ def _plain_depth(model, found, config) -> Cause | None:
     depths = [layer.depth for layer in model.layers]
     chain = len(set(depths)) == len(depths)
     shallow = count < anatomy.DEEP_CHAIN
-    if found.verdict.status in _NO_FAILURE or shallow or (normalized and not chain):
+    # An unrolled recurrence is deep in time, not in layers (``recurrent_memory`` says so).
+    if found.verdict.status in _NO_FAILURE or shallow or (normalized and not chain) \
+            or model.unrolled_recurrence is not None:
         return None
     return Cause(
         id="plain_depth",

@@ -31,9 +31,6 @@ from diagnostics.verdict_rules import Facts
 Progress = Callable[[str], None]
 
 # Cells without gates: their memory is a product of Jacobians with nothing to keep it open.
-_UNGATED_CELLS = frozenset({"RNN"})
-
-
 @dataclass
 class Examination:
     observations: list[SampleObservation]
@@ -85,7 +82,7 @@ def examine(model: LoadedModel, batches: list[SampleBatch], config: DiagnosisCon
         input_rms=tuple(_input_rms(batch) for batch in batches),
         substituted_readouts=tuple(model.layers[i].name for i in zero_heads),
         temporal=tuple(profiles),
-        ungated=target is not None and _op_of(model, target.layer) in _UNGATED_CELLS,
+        ungated=target is not None and target.ungated,
         scale_invariant=observations[0].scale_invariant or frozenset() if observations
         else frozenset(),
     )
@@ -103,10 +100,6 @@ def examine(model: LoadedModel, batches: list[SampleBatch], config: DiagnosisCon
             verdict.summary += f" {temporal.describe(found)}"
     return Examination(observations, layers, verdict, statuses, profiles, probe_s,
                        time.perf_counter() - clock)
-
-
-def _op_of(model: LoadedModel, name: str) -> str | None:
-    return next((layer.op_type for layer in model.layers if layer.name == name), None)
 
 
 def _input_rms(batch: SampleBatch) -> float | None:

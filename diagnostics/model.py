@@ -119,6 +119,29 @@ class SourceInfo:
     producer: str | None = None
 
 
+@dataclass(frozen=True)
+class UnrolledSequence:
+    """The input sequence of a recurrence the exporter unrolled into one cell copy per step
+    (dynamo's ``nn.RNN``; a loop over ``nn.LSTMCell``): where its temporal profile is measured.
+
+    Attributes:
+        value: Name of the sequence tensor (for the report).
+        module_path: Submodule whose output ``output`` it is; ``""`` for the module's own
+            input number ``output`` (a graph input).
+        output: Which output of that submodule, or which model input.
+        time_axis: The axis the steps are cut along.
+        steps: How many steps the file unrolled.
+        gated: A sigmoid gate lies on the recurrent path (an LSTM/GRU-like cell).
+    """
+
+    value: str
+    module_path: str
+    output: int
+    time_axis: int
+    steps: int
+    gated: bool
+
+
 @dataclass
 class LoadedModel:
     """A model ready to probe.
@@ -136,6 +159,7 @@ class LoadedModel:
             exporter").
         folded_normalization: Names of layers into which the exporter folded a BatchNorm: the
             file is then not the graph that trains (the verdict says so).
+        unrolled_recurrence: A recurrence unrolled step by step in the file, if any.
     """
 
     module: nn.Module
@@ -146,6 +170,7 @@ class LoadedModel:
     source: SourceInfo
     notes: tuple[str, ...] = field(default=())
     folded_normalization: tuple[str, ...] = field(default=())
+    unrolled_recurrence: UnrolledSequence | None = None
 
 
 def copy_model(model: LoadedModel) -> LoadedModel:

@@ -15,7 +15,7 @@ import statistics
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import nn
@@ -28,6 +28,7 @@ from diagnostics.report import Status, TemporalProfile
 from diagnostics.stats import profile_ratio
 
 RECURRENT_OPS = frozenset({"RNN", "LSTM", "GRU"})
+_UNGATED_OPS = frozenset({"RNN"})
 
 
 @dataclass(frozen=True)
@@ -35,7 +36,14 @@ class TemporalTarget:
     layer: str
     module_path: str
     time_axis: int
-    argument: int = 0  # which forward argument of the module is the sequence
+    argument: int = 0  # which forward argument (or, with ``on_output``, output) is the sequence
+    on_output: bool = False  # the sequence is an output of ``module_path``, not an argument
+    ungated: bool = False  # a vanilla cell: nothing gates its state from step to step
+    per_call: bool = False  # a cell called once per step (a Python loop): one step per call
+
+
+PER_CALL_AXIS = -1  # the reported time axis of a cell called once per step
+_CELLS = {"RNNCell": True, "LSTMCell": False, "GRUCell": False}  # class -> ungated
 
 
 @runtime_checkable
@@ -55,20 +63,68 @@ class _Captured:
 def find_target(model: LoadedModel) -> TemporalTarget | None:
     """The first recurrent layer and the time axis of its input, or None.
 
-    Recurrent layers are RNN/LSTM/GRU nodes and modules, and loops that read a sequence one
+    Recurrent layers are RNN/LSTM/GRU nodes and modules, loops that read a sequence one
     step per iteration (tf2onnx's Keras GRU: a ``Loop`` whose module names the argument in
-    ``sequence_argument``).
+    ``sequence_argument``), recurrences the exporter unrolled step by step
+    (``LoadedModel.unrolled_recurrence``), when no node comes first, and torch cells
+    (``nn.RNNCell``/``LSTMCell``/``GRUCell``) a live module calls once per step.
     """
     for layer in model.layers:
         module = model.module.get_submodule(layer.module_path)
+        if layer.op_type in _CELLS and isinstance(module, nn.RNNCellBase):
+            return TemporalTarget(layer.name, layer.module_path, PER_CALL_AXIS,
+                                  ungated=_CELLS[layer.op_type], per_call=True)
         if layer.op_type in RECURRENT_OPS:
             batch_first = bool(getattr(module, "batch_first", False)) or \
                 getattr(module, "layout", 0) == 1
-            return TemporalTarget(layer.name, layer.module_path, 1 if batch_first else 0)
+            return TemporalTarget(layer.name, layer.module_path, 1 if batch_first else 0,
+                                  ungated=layer.op_type in _UNGATED_OPS)
         if isinstance(module, _SequenceLoop) and module.sequence_argument is not None:
             return TemporalTarget(layer.name, layer.module_path, int(module.layout),
                                   module.sequence_argument)
-    return None
+    unrolled = model.unrolled_recurrence
+    if unrolled is None:
+        return None
+    if not unrolled.module_path:
+        return TemporalTarget(model.inputs[unrolled.output].name, "", unrolled.time_axis,
+                              unrolled.output, ungated=not unrolled.gated)
+    return TemporalTarget(unrolled.value, unrolled.module_path, unrolled.time_axis,
+                          unrolled.output, on_output=True, ungated=not unrolled.gated)
+
+
+@contextmanager
+def _watching(module: nn.Module, target: TemporalTarget,
+              seen: Callable[[torch.Tensor], torch.Tensor | None],
+              new_pass: Callable[[], None] | None = None) -> Iterator[None]:
+    """Call ``seen`` on the sequence tensor at every forward pass of ``module`` in the block
+    (for a per-call cell: on each step's input, in order; ``new_pass`` is called when a pass of
+    ``module`` begins); a tensor it returns replaces the sequence (to make it require grad)."""
+    watched = module.get_submodule(target.module_path)
+    starts = module.register_forward_pre_hook(lambda *_: new_pass()) if new_pass else None
+    index = target.argument
+
+    def pre_hook(_module: nn.Module, args: tuple) -> tuple | None:
+        replaced = seen(args[index])
+        return None if replaced is None else (*args[:index], replaced, *args[index + 1:])
+
+    def post_hook(_module: nn.Module, _args: tuple, output: Any) -> Any:
+        if isinstance(output, torch.Tensor):
+            return seen(output)
+        outputs = list(output)
+        replaced = seen(outputs[index])
+        if replaced is None:
+            return None
+        outputs[index] = replaced
+        return type(output)(outputs)
+
+    handle = (watched.register_forward_hook(post_hook) if target.on_output
+              else watched.register_forward_pre_hook(pre_hook))
+    try:
+        yield
+    finally:
+        handle.remove()
+        if starts is not None:
+            starts.remove()
 
 
 def step_norms(model: LoadedModel, batch: SampleBatch, config: DiagnosisConfig,
@@ -78,25 +134,30 @@ def step_norms(model: LoadedModel, batch: SampleBatch, config: DiagnosisConfig,
     Call inside :func:`diagnostics.probe.probe_mode`. Returns None when the sequence has fewer
     than two steps or no gradient reaches it.
     """
-    module = model.module.get_submodule(target.module_path)
     captured = _Captured()
+    per_step: dict[int, float] = {}
 
     def record(grad: torch.Tensor) -> None:
         steps = grad.detach().movedim(target.time_axis, 0)
         wide = steps.reshape(steps.shape[0], -1).to(torch.float64)
         captured.norms = [float(v) for v in torch.linalg.vector_norm(wide, dim=1)]
 
-    def pre_hook(_module: nn.Module, args: tuple) -> tuple:
-        x = args[target.argument]
+    def seen(x: torch.Tensor) -> torch.Tensor:
         if not x.requires_grad:
             x = x.detach().requires_grad_(True)
+        if target.per_call:
+            step = captured.length
+            captured.length += 1
+            x.register_hook(lambda grad: per_step.__setitem__(
+                step, float(torch.linalg.vector_norm(grad.detach().to(torch.float64)))))
+            return x
         captured.length = int(x.shape[target.time_axis])
         x.register_hook(record)
-        return (*args[:target.argument], x, *args[target.argument + 1:])
+        return x
 
-    handle = module.register_forward_pre_hook(pre_hook)
     try:
-        outputs = model.module(*batch.tensors)
+        with _watching(model.module, target, seen):
+            outputs = model.module(*batch.tensors)
         length = captured.length
         if length < 2:
             return None
@@ -104,9 +165,10 @@ def step_norms(model: LoadedModel, batch: SampleBatch, config: DiagnosisConfig,
         if loss.requires_grad:
             loss.backward()
     finally:
-        handle.remove()
         for param in model.parameters.values():
             param.grad = None
+    if target.per_call:  # a step the loss does not read gets no gradient: 0, not missing
+        return [per_step.get(step, 0.0) for step in range(captured.length)]
     return captured.norms
 
 
@@ -128,15 +190,15 @@ def last_step_view(module: nn.Module,
         return
     length = [0]
 
-    def pre_hook(_module: nn.Module, args: tuple) -> None:
-        length[0] = int(args[target.argument].shape[target.time_axis])
+    def seen(x: torch.Tensor) -> None:
+        length[0] = length[0] + 1 if target.per_call else int(x.shape[target.time_axis])
 
-    handle = module.get_submodule(target.module_path).register_forward_pre_hook(pre_hook)
-    try:
+    def new_pass() -> None:
+        length[0] = 0
+
+    with _watching(module, target, seen, new_pass if target.per_call else None):
         yield lambda outputs: _last_step(outputs, length[0], target.time_axis) \
             if length[0] > 1 else outputs
-    finally:
-        handle.remove()
 
 
 def _last_step(outputs: object, length: int, axis: int) -> list[torch.Tensor]:
@@ -146,7 +208,7 @@ def _last_step(outputs: object, length: int, axis: int) -> list[torch.Tensor]:
     # output's time axis need not be the node's: take the one axis of the sequence's length.
     selected = []
     for tensor in float_tensors(outputs):
-        if tensor.dim() > axis and tensor.shape[axis] == length:
+        if 0 <= axis < tensor.dim() and tensor.shape[axis] == length:
             selected.append(tensor.select(axis, length - 1))
             continue
         matching = [dim for dim in range(tensor.dim()) if tensor.shape[dim] == length]

@@ -13,7 +13,9 @@ from diagnostics.report import Remedy, Status
 def add_normalization(context: Context) -> Candidate | None:
     model = context.model
     verdict = context.found.verdict
-    if verdict.status is Status.HEALTHY or anatomy.has_normalization(model):
+    # An unrolled recurrence's "depth" is its time steps: the remedy is a gated cell, not this.
+    if verdict.status is Status.HEALTHY or anatomy.has_normalization(model) \
+            or model.unrolled_recurrence is not None:
         return None
     count = anatomy.weighted_count(model)
     if count < 4:
@@ -37,7 +39,8 @@ def add_normalization(context: Context) -> Candidate | None:
 def add_residual(context: Context) -> Candidate | None:
     model = context.model
     verdict = context.found.verdict
-    if verdict.status is Status.HEALTHY or not anatomy.is_chain(model):
+    if verdict.status is Status.HEALTHY or not anatomy.is_chain(model) \
+            or model.unrolled_recurrence is not None:
         return None
     count = anatomy.weighted_count(model)
     if count < anatomy.DEEP_CHAIN:

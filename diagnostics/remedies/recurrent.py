@@ -23,7 +23,11 @@ def temporal_trouble(context: Context):
 
 def gated_cells(context: Context) -> Candidate | None:
     profile = temporal_trouble(context)
-    vanilla = [layer for layer in context.model.layers if layer.op_type == "RNN"]
+    vanilla = [layer.name for layer in context.model.layers
+               if layer.op_type in ("RNN", "RNNCell")]
+    unrolled = context.model.unrolled_recurrence
+    if not vanilla and unrolled is not None and not unrolled.gated and profile is not None:
+        vanilla = [profile.input]  # the exporter unrolled the cell: name its input sequence
     if profile is None or not vanilla:
         return None
     steps = len(profile.grad_norms)
@@ -34,7 +38,7 @@ def gated_cells(context: Context) -> Candidate | None:
                    "recurrent Jacobian at every step; gated cells carry it through an additive "
                    "memory, and chrono initialization (Tallec & Ollivier 2018) sets the forget "
                    f"gates for time scales up to {steps} steps."),
-        layers=[layer.name for layer in vanilla],
+        layers=vanilla,
         params={"cell": "LSTM", "alternative": "GRU", "init": "chrono",
                 "chrono_max_timescale": steps, "orthogonal_recurrent_init": True},
     )

@@ -23,6 +23,7 @@ import contextvars
 import hashlib
 import types
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import onnx2torch
@@ -53,6 +54,7 @@ from diagnostics.loading.onnx.graph import (
     default_opset,
     input_specs,
     layer_depths,
+    real_inputs,
     scalar_constants,
     weight_only_nodes,
 )
@@ -66,7 +68,8 @@ from diagnostics.loading.onnx.rewrites import (
     normalize_default_domain,
     tie_identity_initializers,
 )
-from diagnostics.model import LayerInfo, LayerKind, LoadedModel, SourceInfo
+from diagnostics.loading.onnx.unrolled import find_unrolled_recurrence
+from diagnostics.model import LayerInfo, LayerKind, LoadedModel, SourceInfo, UnrolledSequence
 
 # Ops that hand a weight on unchanged in values (layout or dtype only): the weight is reported
 # on the node that consumes their output (the MatMul after ``Transpose(W)``), not on them.
@@ -137,6 +140,7 @@ def load_onnx(data: bytes, *, name: str | None = None, limits: Limits = DEFAULT_
         source=_source(model, data, name),
         notes=(*load_notes, *_notes(model.graph, copies, bound, folded), *_tied_notes(tied)),
         folded_normalization=folded,
+        unrolled_recurrence=_unrolled(model.graph, inferred.graph, display),
     )
 
 
@@ -223,6 +227,18 @@ def _failing_node(exc: BaseException):
             return trace.tb_frame.f_locals.get("onnx_node")
         trace = trace.tb_next
     return None
+
+
+def _unrolled(graph: GraphProto, inferred: GraphProto,
+              display: dict[str, str]) -> UnrolledSequence | None:
+    ranks = {value.name: len(value.type.tensor_type.shape.dim)
+             for value in (*inferred.value_info, *inferred.input, *inferred.output)
+             if value.type.HasField("tensor_type") and value.type.tensor_type.HasField("shape")}
+    found = find_unrolled_recurrence(graph, [value.name for value in real_inputs(graph)], ranks)
+    if found is None or not found.module_path:
+        return found
+    # Submodules are named after the nodes as in the file; the report shows the display names.
+    return replace(found, value=display.get(found.value, found.value))
 
 
 def _layers(graph: GraphProto, display: dict[str, str],
