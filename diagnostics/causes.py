@@ -76,7 +76,8 @@ def _initialization(model, found, config) -> Cause | None:
         return None
     return Cause(
         id="initialization_scale",
-        title=f"{len(off)} weight(s) off the fan-in rule for the activation after them",
+        title=f"{len({entry['parameter'] for entry in off})} weight(s) off the fan-in rule for "
+              "the activation after them",
         layers=[entry["layer"] for entry in off],
         evidence={"weights": {entry["parameter"]: {
             "measured_std": _round(entry["measured_std"]), "recommended": entry["scheme"],

@@ -30,10 +30,12 @@ def reinitialize(context: Context) -> Candidate | None:
     worst = max(off, key=lambda p: abs(math.log(max(p["ratio"], 1e-300))))
     centred = [p for p in off if p["input_mean"]]
     schemes = sorted({p["scheme"] for p in off})
+    # A weight shared by several layers (an unrolled recurrence, tied layers) counts once.
+    count = len({p["parameter"] for p in off})
     remedy = Remedy(
         id="reinitialize", rank=0,
-        title=f"Re-initialize {len(off)} weight(s) with {', '.join(schemes)}",
-        rationale=(f"{ratio_sentence(verdict.evidence)}{len(off)} weight(s) are off the fan-in "
+        title=f"Re-initialize {count} weight(s) with {', '.join(schemes)}",
+        rationale=(f"{ratio_sentence(verdict.evidence)}{count} weight(s) are off the fan-in "
                    f"rule for the activation that follows them; worst: {worst['parameter']} has "
                    f"std {worst['measured_std']:.3g} where {worst['scheme']} gives "
                    f"{worst['std']:.3g} ({worst['ratio']:.3g}×). Each layer scales the backward "

@@ -197,8 +197,20 @@ def test_diagnose_reports(family: str) -> None:
 RECURRENT = {"lstm": "LSTM", "bilstm": "LSTM", "gru": "GRU", "rnn": "RNN"}
 
 
-# dynamo unrolls nn.RNN into per-step MatMul/Add/Tanh: no recurrent node is left to find.
+# dynamo unrolls nn.RNN into per-step MatMul/Add/Tanh: no recurrent node is left to find; the
+# unrolled recurrence is found instead (test_unrolled_rnn_is_profiled_like_its_recurrent_node).
 UNROLLED = {("rnn", "dynamo")}
+
+
+@pytest.mark.parametrize(("family", "exporter"), sorted(UNROLLED))
+def test_unrolled_rnn_is_profiled_like_its_recurrent_node(family: str, exporter: str) -> None:
+    unrolled = _loaded(family, exporter).unrolled_recurrence
+    assert unrolled is not None
+    assert (unrolled.steps, unrolled.gated) == (12, False)
+    config = _config(family)
+    (profile,) = diagnose(_exported(family, exporter), config=config).temporal
+    (reference,) = diagnose(_exported(family, "legacy"), config=config).temporal
+    assert profile.grad_norms == pytest.approx(reference.grad_norms, rel=1e-4)
 
 
 @pytest.mark.parametrize(("family", "exporter"), [
