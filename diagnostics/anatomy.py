@@ -162,6 +162,13 @@ def init_plan(model: LoadedModel) -> list[dict]:
     return plan
 
 
+def in_unrolled_cell(model: LoadedModel, layer: LayerInfo) -> bool:
+    """Whether ``layer`` is one step's copy of a recurrent cell the exporter unrolled: its
+    tanh/sigmoid is the cell's own, judged through time, not a hidden layer of a deep stack."""
+    unrolled = model.unrolled_recurrence
+    return unrolled is not None and layer.module_path in unrolled.cell_paths
+
+
 def has_normalization(model: LoadedModel) -> bool:
     return any(LayerKind.NORMALIZATION in layer.kinds for layer in model.layers)
 

@@ -34,7 +34,8 @@ def _saturation(model, found, config) -> Cause | None:
                  for layer in layers if Flag.SATURATED in layer.flags and layer.activations
                  and layer.activations.saturated_fraction}
     hidden = [layer.name for layer in model.layers
-              if layer.activation in anatomy.SATURATING and layer.depth > 0]
+              if layer.activation in anatomy.SATURATING and layer.depth > 0
+              and not anatomy.in_unrolled_cell(model, layer)]
     if not saturated and not (hidden and found.verdict.status is Status.VANISHING):
         return None
     return Cause(

@@ -132,6 +132,9 @@ class UnrolledSequence:
         time_axis: The axis the steps are cut along.
         steps: How many steps the file unrolled.
         gated: A sigmoid gate lies on the recurrent path (an LSTM/GRU-like cell).
+        cell_paths: Submodules on the recurrent path, from the first step's product by the
+            recurrent weight to the last: the cell's own nonlinearities, which are no hidden
+            layers of a deep stack.
     """
 
     value: str
@@ -140,6 +143,7 @@ class UnrolledSequence:
     time_axis: int
     steps: int
     gated: bool
+    cell_paths: frozenset[str] = frozenset()
 
 
 @dataclass

@@ -57,6 +57,9 @@ def _summary(status: Status, rules: list[RuleCheck], evidence: Evidence,
             return (f"Healthy: an Adam step at {evidence.first_weight_layer} changes the loss "
                     f"{l1:.3g}× as much as one at {evidence.last_weight_layer}, within the "
                     f"thresholds; no rule fired{judged}.{extra}")
+        if optimizer is Optimizer.ADAM and profile:
+            return (f"Healthy: {profile}; it is not judged: Adam's steps do not scale with the "
+                    f"gradient's size; no rule fired.{extra}")
         if profile and evidence.signal_growth_normalized and _above_exploding(rules):
             return (f"Healthy: {profile}, above the exploding threshold, but every weight "
                     f"below {evidence.shallowest_layer} feeds a normalization "

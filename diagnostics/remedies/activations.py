@@ -18,7 +18,8 @@ from diagnostics.report import Flag, Remedy, Status
 
 def hidden_saturating(model: LoadedModel) -> list[int]:
     return [i for i, layer in enumerate(model.layers)
-            if layer.activation in anatomy.SATURATING and layer.depth > 0]
+            if layer.activation in anatomy.SATURATING and layer.depth > 0
+            and not anatomy.in_unrolled_cell(model, layer)]
 
 
 def replace_activation(context: Context) -> Candidate | None:

@@ -5,6 +5,7 @@ rescale data-dependently (LSUV).
 from __future__ import annotations
 
 import math
+from collections import Counter
 
 from torch import nn
 
@@ -63,9 +64,14 @@ def data_dependent_init(context: Context) -> Candidate | None:
     verdict = context.found.verdict
     if verdict.status is Status.HEALTHY:
         return None
+    # LSUV fits each layer's own weights in turn: a weight several layers share (every step's
+    # copy of an unrolled cell, tied layers) cannot be fitted to each of them.
+    users = Counter(name for layer in model.layers for name in layer.parameters)
     rescalable = [layer.name for layer in model.layers
                   if isinstance(model.module.get_submodule(layer.module_path),
-                                (nn.Linear, nn.modules.conv._ConvNd))]
+                                (nn.Linear, nn.modules.conv._ConvNd))
+                  and not anatomy.in_unrolled_cell(model, layer)
+                  and all(users[name] == 1 for name in layer.parameters)]
     if not rescalable:
         return None
     remedy = Remedy(

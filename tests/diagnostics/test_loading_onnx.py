@@ -891,3 +891,22 @@ def test_unconvertible_op_a_float_output_needs_is_still_refused() -> None:
 def test_the_default_file_budget_fits_embedded_weights_at_the_parameter_budget():
     # float32 weights inside the .onnx: 4 bytes per parameter, plus the graph.
     assert DEFAULT_LIMITS.max_model_bytes > 4 * DEFAULT_LIMITS.max_parameters
+
+
+def test_an_lstm_whose_projection_the_exporter_dropped_is_refused_by_name():
+    # dynamo writes nn.LSTM(proj_size=8) as an LSTM node of hidden size 8 with a 16-wide initial
+    # cell state; the checker accepts it, and the probe's forward pass would fail deep inside.
+    class Projected(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.rnn = nn.LSTM(3, 16, proj_size=8, batch_first=True)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.rnn(x)[0]
+
+    torch.manual_seed(0)
+    data = export_dynamo(Projected().eval(), (torch.randn(2, 5, 3),))
+    with pytest.raises(ModelLoadError, match="proj_size") as caught:
+        load_onnx(data)
+    assert "hidden_size 8" in caught.value.detail
+    assert caught.value.context["node"] in caught.value.detail

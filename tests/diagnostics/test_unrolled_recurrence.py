@@ -100,6 +100,37 @@ def test_the_default_export_of_a_vanilla_rnn_is_judged_like_its_legacy_export(va
     dynamo, legacy = (reports[name].temporal[0] for name in ("dynamo", "legacy"))
     assert dynamo.effective_horizon == legacy.effective_horizon
     assert dynamo.grad_norms == pytest.approx(legacy.grad_norms, rel=1e-4)
+    # The 50 step copies are time, not depth: no "deep tanh stack" causes or remedies.
+    causes = {cause.id for cause in reports["dynamo"].causes}
+    remedies = {remedy.id for remedy in reports["dynamo"].remedies}
+    assert "recurrent_memory" in causes
+    assert causes.isdisjoint({"saturating_activations", "plain_depth"})
+    assert "gated-cells" in remedies
+    assert remedies.isdisjoint({"replace-activation", "add-normalization", "add-residual",
+                                "data-dependent-init"})
+
+
+def test_a_bidirectional_rnn_is_measured_on_its_input_in_both_exports():
+    # dynamo projects the input once per direction: the sequence is read before both.
+    torch.manual_seed(0)
+
+    class Both(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.rnn = nn.RNN(3, 16, batch_first=True, bidirectional=True)
+            self.head = nn.Linear(32, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(self.rnn(x)[0])
+
+    exports = _exports(Both(), torch.randn(4, 40, 3))
+    unrolled = load_onnx(exports["dynamo"]).unrolled_recurrence
+    assert unrolled is not None
+    assert (unrolled.module_path, unrolled.time_axis) == ("", 1)
+    config = {"verify_remedies": False, "samples": 1}
+    dynamo, legacy = (diagnose(exports[name], config=config).temporal[0]
+                      for name in ("dynamo", "legacy"))
+    assert dynamo.grad_norms == pytest.approx(legacy.grad_norms, rel=1e-4)
 
 
 @pytest.mark.parametrize(("cell", "gated"), [("RNNCell", False), ("LSTMCell", True),

@@ -58,6 +58,7 @@ from diagnostics.loading.onnx.graph import (
     scalar_constants,
     weight_only_nodes,
 )
+from diagnostics.loading.onnx.ops.recurrent import check_state_widths
 from diagnostics.loading.onnx.outputs import keep_float_outputs
 from diagnostics.loading.onnx.params import BoundParameters, bind_parameters
 from diagnostics.loading.onnx.rewrites import (
@@ -118,6 +119,7 @@ def load_onnx(data: bytes, *, name: str | None = None, limits: Limits = DEFAULT_
         validate_and_infer(external.checkable(model), limits, notes=load_notes,
                            serialized=data if unchanged else None), model)
     check_outputs_computed(model.graph)
+    check_state_widths(model.graph, inferred.graph)
 
     display = assign_safe_names(model.graph)
     folded = tuple(display[name] for name in folded_batchnorm_nodes(model.graph))

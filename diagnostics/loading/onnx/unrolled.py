@@ -29,7 +29,7 @@ value the user fed in, so it reads the same tensor as the legacy export's ``RNN`
 
 from __future__ import annotations
 
-from collections import defaultdict, deque
+from collections import Counter, defaultdict, deque
 
 from onnx import GraphProto, NodeProto, TensorProto, numpy_helper
 
@@ -72,6 +72,8 @@ def find_unrolled_recurrence(graph: GraphProto, real_inputs: list[str],
         if chain is None:
             continue
         gated = _gated(graph, chain, users)
+        cell = frozenset(graph.node[i].name
+                         for i in _cell_nodes(graph, chain, steps[0], steps[-1], users))
         value, axis = _walk_back(graph, value, axis, producers, users, initializers, ranks)
         if value in producers:
             node = graph.node[producers[value]]
@@ -80,7 +82,7 @@ def find_unrolled_recurrence(graph: GraphProto, real_inputs: list[str],
             producer, output = "", real_inputs.index(value)
         else:
             continue
-        return UnrolledSequence(value, producer, output, axis, len(steps), gated)
+        return UnrolledSequence(value, producer, output, axis, len(steps), gated, cell)
     return None
 
 
@@ -210,6 +212,56 @@ def _reaches(graph: GraphProto, values, targets: set[int], users: dict[str, list
     return False
 
 
+def _cell_nodes(graph: GraphProto, chain: list[int], first_step: str, last_step: str,
+                users: dict[str, list[int]]) -> set[int]:
+    """Every step's copy of the cell: the nodes from the first recurrent product to the last,
+    the first step's before it (from its input on), and the last step's after it — as many of
+    each op type as one step between two products holds, nearest the last input first."""
+    nodes = _between(graph, chain[0], chain[-1], users)
+    first = {i for i in _reach(graph, deque([first_step]), users) if i < chain[0]}
+    nodes |= {i for i in first if _reaches(graph, graph.node[i].output, {chain[0]}, users)}
+    template = Counter(graph.node[i].op_type
+                       for i in _between(graph, chain[0], chain[1], users) - {chain[1]})
+    after_last = _reach(graph, deque(graph.node[chain[-1]].output), users)
+    for index in sorted(_reach(graph, deque([last_step]), users) & after_last):
+        op = graph.node[index].op_type
+        if template[op] > 0:
+            template[op] -= 1
+            nodes.add(index)
+    return nodes
+
+
+def _reach(graph: GraphProto, queue: deque, users: dict[str, list[int]]) -> set[int]:
+    seen: set[int] = set()
+    while queue:
+        for index in users.get(queue.popleft(), ()):
+            if index not in seen:
+                seen.add(index)
+                queue.extend(out for out in graph.node[index].output if out)
+    return seen
+
+
+def _between(graph: GraphProto, first: int, last: int, users: dict[str, list[int]]) -> set[int]:
+    """Nodes on some path from node ``first`` to node ``last``, both included."""
+    after: set[int] = {first}
+    queue = deque(graph.node[first].output)
+    while queue:
+        for index in users.get(queue.popleft(), ()):
+            if index <= last and index not in after:
+                after.add(index)
+                queue.extend(out for out in graph.node[index].output if out)
+    producers = {out: i for i in after for out in graph.node[i].output if out}
+    before: set[int] = {last}
+    stack = [last]
+    while stack:
+        for name in graph.node[stack.pop()].input:
+            source = producers.get(name)
+            if source is not None and source not in before:
+                before.add(source)
+                stack.append(source)
+    return after & before
+
+
 def _gated(graph: GraphProto, chain: list[int], users: dict[str, list[int]]) -> bool:
     """A gate lies between one step's recurrent product and the next (the middle pair)."""
     middle = max(len(chain) // 2, 1)
@@ -234,7 +286,8 @@ def _walk_back(graph: GraphProto, value: str, axis: int, producers: dict[str, in
         node = graph.node[producers[value]]
         rank = ranks.get(value)
         source = node.input[0] if node.input else ""
-        if not source or len(users.get(source, ())) != 1 or rank is None:
+        if not source or rank is None or not _read_per_step(source, graph, producers, users,
+                                                             initializers):
             break
         if node.op_type == "Transpose":
             perm = attribute_value(node, "perm")
@@ -254,6 +307,19 @@ def _walk_back(graph: GraphProto, value: str, axis: int, producers: dict[str, in
             break
         value = source
     return value, axis
+
+
+def _read_per_step(value: str, graph: GraphProto, producers: dict[str, int],
+                   users: dict[str, list[int]], initializers: set[str]) -> bool:
+    """Whether every reader of ``value`` is one op, or projections by a weight (the input
+    projections of a bidirectional recurrence): then the gradient at ``value`` is the one the
+    recurrence sends back, not a sum with other paths (a skip around it)."""
+    readers = users.get(value, [])
+    return len(readers) == 1 or all(
+        graph.node[i].op_type in _PRODUCTS and len(graph.node[i].input) >= 2
+        and graph.node[i].input[0] == value
+        and _weight_of(graph.node[i].input[1], graph, producers, initializers) is not None
+        for i in readers)
 
 
 def _initializer_rank(name: str, graph: GraphProto) -> int | None:

@@ -17,11 +17,13 @@ take them.
 from __future__ import annotations
 
 import torch
+from onnx import GraphProto
 from onnx2torch.onnx_graph import OnnxGraph
 from onnx2torch.onnx_node import OnnxNode
 from onnx2torch.utils.common import OnnxToTorchModule, OperationConverterResult
 from torch import nn
 
+from diagnostics.errors import ModelLoadError
 from diagnostics.loading.onnx.ops._common import mapping
 from diagnostics.loading.onnx.ops._recurrent_cells import (
     DEFAULT_ACTIVATIONS,
@@ -152,4 +154,39 @@ def convert_recurrent(node: OnnxNode, graph: OnnxGraph) -> OperationConverterRes
         outputs=len(node.output_values),
     )
     return OperationConverterResult(torch_module=module, onnx_mapping=mapping(node))
+
+
+_STATES = ((5, "initial_h"), (6, "initial_c"))
+
+
+def check_state_widths(graph: GraphProto, inferred: GraphProto) -> None:
+    """Each recurrent node's initial states are as wide as its ``hidden_size``.
+
+    PyTorch's default exporter writes an ``nn.LSTM(proj_size=p)`` as a plain LSTM node of
+    hidden size p with an initial cell state of the full width (ONNX's LSTM has no projection):
+    the checker accepts the file, and the forward pass would fail deep inside the probe.
+
+    Raises:
+        ModelLoadError: naming the node, its hidden size and the state's width.
+    """
+    widths = {init.name: init.dims[-1] for init in graph.initializer if init.dims}
+    for value in (*inferred.value_info, *inferred.input):
+        dims = value.type.tensor_type.shape.dim if value.type.HasField("tensor_type") else ()
+        if dims and dims[-1].HasField("dim_value"):
+            widths.setdefault(value.name, dims[-1].dim_value)
+    for index, node in enumerate(graph.node):
+        if node.op_type not in ("LSTM", "GRU", "RNN") or node.domain not in ("", "ai.onnx"):
+            continue
+        hidden = next((a.i for a in node.attribute if a.name == "hidden_size"), None)
+        for position, label in _STATES:
+            name = node.input[position] if len(node.input) > position else ""
+            width = widths.get(name) if name else None
+            if hidden and width is not None and width != hidden:
+                node_name = node.name or f"{node.op_type}_{index}"
+                raise ModelLoadError(
+                    f"{node.op_type} node {node_name!r} has hidden_size {hidden} but its "
+                    f"{label} is {width} wide: the file is inconsistent (PyTorch's exporter "
+                    "writes this for an LSTM with proj_size, which ONNX's LSTM cannot "
+                    "express); export the model without proj_size",
+                    node=node_name)
 
