@@ -1,8 +1,9 @@
 """Rewrites an ONNX graph needs before onnx2torch converts it.
 
 Safe node names (onnx2torch makes submodule paths of them; the user's names are kept for the
-report), ``Identity(initializer)`` copies tied to their source or made real initializers, and the
-default domain spelled one way. Everything here edits protobuf only.
+report), ``Identity(initializer)`` copies tied to their source or made real initializers, the
+default domain spelled one way, and convolution biases built as expanded zeros dropped.
+Everything here edits protobuf only.
 """
 
 from __future__ import annotations
@@ -213,4 +214,54 @@ def normalize_default_domain(model: ModelProto) -> None:
         if node.domain == "ai.onnx":
             node.domain = ""
 
+
+_CONVOLUTIONS = frozenset({"Conv", "ConvTranspose"})
+_CASTS = frozenset({"Cast", "CastLike", "Identity"})
+
+
+def drop_zero_conv_biases(graph: GraphProto) -> int:
+    """Drop a convolution's bias input that is a constant zero expanded to a shape.
+
+    PyTorch's dynamo exporter with ``optimize=False`` (what GradDoctor's folded-BatchNorm advice
+    asks for) writes the absent bias of a ``bias=False`` convolution as
+    ``Expand(CastLike(0, x), shape)``; for 3-D convolutions it builds that shape as
+    ``[C_out, 2]``, and the file fails in every runtime (onnx's reference evaluator included).
+    A zero bias is no bias, so dropping it repairs that file and changes nothing in any other.
+
+    Returns:
+        How many biases were dropped.
+    """
+    producers = {out: node for node in graph.node for out in node.output if out}
+    zeros = _zero_constants(graph)
+    dropped = 0
+    for node in graph.node:
+        if node.op_type not in _CONVOLUTIONS or len(node.input) < 3 or not node.input[2]:
+            continue
+        bias = producers.get(node.input[2])
+        if bias is None or bias.op_type != "Expand":
+            continue
+        source = bias.input[0]
+        while source in producers and producers[source].op_type in _CASTS:
+            source = producers[source].input[0]
+        if source in zeros:
+            del node.input[2]
+            dropped += 1
+    return dropped
+
+
+def _zero_constants(graph: GraphProto) -> set[str]:
+    found = {init.name for init in graph.initializer
+             if element_count(init.dims) == 1 and init.data_location != TensorProto.EXTERNAL
+             and not numpy_helper.to_array(init).any()}
+    for node in graph.node:
+        if node.op_type != "Constant" or not node.output:
+            continue
+        for attribute in node.attribute:
+            if attribute.name == "value" and element_count(attribute.t.dims) == 1 \
+                    and not numpy_helper.to_array(attribute.t).any():
+                found.add(node.output[0])
+            elif attribute.name in ("value_float", "value_int") and \
+                    not (attribute.f if attribute.name == "value_float" else attribute.i):
+                found.add(node.output[0])
+    return found
 
