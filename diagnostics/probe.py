@@ -215,11 +215,19 @@ def compute_loss(outputs: object, loss: Loss, seed: int) -> torch.Tensor:
     """The scalar to differentiate, computed in float64 so huge outputs do not overflow it.
 
     Raises:
-        ProbeError: The model has no float output to differentiate.
+        ProbeError: The model has no float output to differentiate, or every one is empty.
     """
     tensors = list(float_tensors(outputs))
     if not tensors:
         raise ProbeError("the model has no floating-point output to take a gradient of")
+    # An empty output (a detector that kept no boxes) reads nothing: its mean would be 0/0.
+    tensors = [tensor for tensor in tensors if tensor.numel()]
+    if not tensors:
+        raise ProbeError(
+            "every floating-point output is empty on the sample inputs (a detector that keeps "
+            "no boxes above its score threshold at random weights, for instance): no gradient "
+            "reaches the model; give inputs for which it returns values, or export the "
+            "outputs before post-processing (the heads' raw scores and box regressions)")
     total = torch.zeros((), dtype=torch.float64)
     generator = torch.Generator().manual_seed(seed + 7919)
     for tensor in tensors:

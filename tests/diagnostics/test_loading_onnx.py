@@ -955,3 +955,41 @@ def test_grid_sample_gradients_reach_the_image_and_the_grid(exporter: str) -> No
     assert set(want) <= set(got)  # dynamo stores affine_grid's base grid as a float constant
     for name, norm in want.items():
         assert got[name] == pytest.approx(norm, rel=RTOL), name
+
+
+@torch.jit.script_if_tracing
+def _route(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    # Scripted inside a traced export: the legacy exporter writes the branch as an ONNX If
+    # (torchvision's batched NMS in every detection model does the same).
+    if bool(x.sum() > 0):
+        return torch.tanh(x @ w)
+    return x @ w * 0.5
+
+
+def test_an_if_runs_the_branch_its_condition_picks_with_native_gradients() -> None:
+    class Routed(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inp = nn.Linear(4, 4)
+            self.w = nn.Parameter(torch.randn(4, 4) * 0.5)
+            self.out = nn.Linear(4, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.out(_route(self.inp(x), self.w))
+
+    torch.manual_seed(0)
+    module, x = Routed().eval(), torch.randn(3, 4)
+    data = export_legacy(module, (x,))
+    assert any(node.op_type == "If" for node in onnx.load_from_string(data).graph.node)
+    loaded = load_onnx(data)
+    owners = {layer.op_type: layer.parameters for layer in loaded.layers}
+    assert owners["If"] == ("w",)  # the weight both branches read by name
+    branches = set()
+    for args in ((x,), (-x,)):
+        branches.add(bool(module.inp(args[0]).sum() > 0))
+        assert torch.allclose(loaded.module(*args), module(*args), atol=1e-6)
+        got, want = loaded_grad_norms(loaded, args), native_grad_norms(module, args)
+        assert set(got) == set(want)
+        for name, norm in want.items():
+            assert got[name] == pytest.approx(norm, rel=RTOL), name
+    assert branches == {True, False}

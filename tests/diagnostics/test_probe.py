@@ -4,9 +4,12 @@ import pytest
 import torch
 from torch import nn
 
-from diagnostics.config import DiagnosisConfig
+from diagnostics import diagnose
+from diagnostics.config import DiagnosisConfig, Loss
+from diagnostics.errors import ProbeError
 from diagnostics.inputs import SampleBatch
 from diagnostics.probe import compute_loss, probe_mode, run_sample
+from diagnostics.report import Status
 from tests.sequential import wrap
 
 
@@ -116,3 +119,34 @@ def test_a_last_step_loss_reads_only_the_last_output_step():
     head = "head.weight"
     assert every_step.parameters[head].norm != pytest.approx(last_step.parameters[head].norm,
                                                              rel=1e-2)
+
+
+def test_an_empty_output_is_left_out_of_the_loss() -> None:
+    # A detector keeps no boxes at random weights: its boxes output is [0, 4]. Averaging it
+    # would give 0/0, a NaN loss, and an "exploding" verdict for a model that is fine.
+    outputs = (torch.zeros(0, 4), torch.ones(3, 2))
+    for loss in Loss:
+        value = compute_loss(outputs, loss, 0)
+        assert torch.isfinite(value)
+        assert float(value) == float(compute_loss(outputs[1], loss, 0))
+
+
+def test_a_model_whose_every_output_is_empty_is_refused_with_the_reason() -> None:
+    with pytest.raises(ProbeError, match="every floating-point output is empty"):
+        compute_loss((torch.zeros(0, 4), torch.zeros(0)), DiagnosisConfig().loss, 0)
+
+
+def test_a_model_with_an_empty_output_is_judged_on_the_others() -> None:
+    class Detector(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.body = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU())
+            self.head = nn.Linear(8, 2)
+
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            scores = self.head(self.body(x))
+            return scores[scores[:, 0] > 1e9], scores  # no "detection" passes the threshold
+
+    torch.manual_seed(0)
+    report = diagnose(Detector(), inputs=torch.randn(8, 4), config={"verify_remedies": False})
+    assert report.verdict.status is Status.HEALTHY, report.verdict.summary

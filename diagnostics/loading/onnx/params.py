@@ -268,7 +268,10 @@ class _Binder:
     # --- result -------------------------------------------------------------------------------
 
     def finish(self) -> BoundParameters:
-        order = [name for node in self.graph.node for name in node.input if name in self.canonical]
+        # Subgraph captures (a Loop body, an If branch reading a weight by name) count as uses.
+        order = [name for node in self.graph.node
+                 for name in (*node.input, *sorted(self.subgraph_reads(node)))
+                 if name in self.canonical]
         named = {name: self.canonical[name] for name in dict.fromkeys(order)}
         named.update(self.result.parameters)
         seen = {id(param) for param in named.values()}

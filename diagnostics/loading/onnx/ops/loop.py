@@ -110,8 +110,9 @@ def _model_opsets() -> dict[str, int]:
     raise NotImplementedError("Loop converted outside onnx2torch.convert")
 
 
-def _body_model(body: GraphProto, captured: list[str], outer: OnnxGraph) -> ModelProto:
-    """The body as a model of its own: captured values as extra inputs, outputs all computed."""
+def subgraph_model(body: GraphProto, captured: list[str], outer: OnnxGraph) -> ModelProto:
+    """A subgraph (a Loop body, an If branch) as a model of its own: captured values as extra
+    inputs, after its own, and every output computed by a node."""
     graph = GraphProto()
     graph.CopyFrom(body)
     graph.name = graph.name or "loop_body"
@@ -159,7 +160,7 @@ def convert_loop(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
     proto: NodeProto = node.proto
     body = next(a.g for a in proto.attribute if a.name == "body")
     captured = captured_names(proto)
-    model = _body_model(body, captured, graph)
+    model = subgraph_model(body, captured, graph)
     module = onnx2torch.convert(model, attach_onnx_mapping=True)
     return_graph_outputs(module, model.graph, unwrap_single=False)
 
