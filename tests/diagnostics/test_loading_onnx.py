@@ -993,3 +993,20 @@ def test_an_if_runs_the_branch_its_condition_picks_with_native_gradients() -> No
         for name, norm in want.items():
             assert got[name] == pytest.approx(norm, rel=RTOL), name
     assert branches == {True, False}
+
+
+def test_constants_given_as_lists_reach_every_converter() -> None:
+    # Constant(value_ints=[0]) as Unsqueeze's axes (dynamo, optimize=False: torchvision RAFT):
+    # onnx2torch handed its Unsqueeze a Python list, which it cannot read.
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 3])
+    w = numpy_helper.from_array(np.full((2, 3), 0.5, dtype=np.float32), "w")
+    nodes = [helper.make_node("Mul", ["x", "w"], ["h"]),
+             helper.make_node("Constant", [], ["axes"], value_ints=[0]),
+             helper.make_node("Unsqueeze", ["h", "axes"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [x], [y], initializer=[w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    loaded = load_onnx(_bytes(model))
+    out = loaded.module(torch.ones(2, 3))
+    assert tuple(out.shape) == (1, 2, 3)
+    assert torch.allclose(out, torch.full((1, 2, 3), 0.5))

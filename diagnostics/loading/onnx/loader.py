@@ -64,6 +64,7 @@ from diagnostics.loading.onnx.params import BoundParameters, bind_parameters
 from diagnostics.loading.onnx.rewrites import (
     GENERATED_NAME,
     assign_safe_names,
+    constants_as_tensors,
     drop_zero_conv_biases,
     identity_copy_elements,
     materialize_identity_initializers,
@@ -122,6 +123,7 @@ def load_onnx(data: bytes, *, name: str | None = None, limits: Limits = DEFAULT_
     check_outputs_computed(model.graph)
     check_state_widths(model.graph, inferred.graph)
     drop_zero_conv_biases(model.graph)
+    constants_as_tensors(model.graph)
 
     display = assign_safe_names(model.graph)
     folded = tuple(display[name] for name in folded_batchnorm_nodes(model.graph))

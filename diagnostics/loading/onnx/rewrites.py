@@ -2,7 +2,8 @@
 
 Safe node names (onnx2torch makes submodule paths of them; the user's names are kept for the
 report), ``Identity(initializer)`` copies tied to their source or made real initializers, the
-default domain spelled one way, and convolution biases built as expanded zeros dropped.
+default domain spelled one way, convolution biases built as expanded zeros dropped, and
+``Constant`` values given as lists written as tensors.
 Everything here edits protobuf only.
 """
 
@@ -264,4 +265,38 @@ def _zero_constants(graph: GraphProto) -> set[str]:
                     not (attribute.f if attribute.name == "value_float" else attribute.i):
                 found.add(node.output[0])
     return found
+
+
+_LIST_CONSTANTS = {"value_ints": TensorProto.INT64, "value_int": TensorProto.INT64,
+                   "value_floats": TensorProto.FLOAT, "value_float": TensorProto.FLOAT}
+
+
+def constants_as_tensors(graph: GraphProto) -> int:
+    """Rewrite ``Constant(value_ints=[...])`` (and value_int/floats/float) as ``Constant(value=
+    tensor)``: the same value, in the one form every onnx2torch converter reads.
+
+    onnx2torch hands a converter the attribute's Python list, and e.g. its Unsqueeze calls
+    ``.tolist()`` on it: dynamo exports with ``optimize=False`` write axes this way (torchvision
+    RAFT's failed to convert).
+
+    Returns:
+        How many constants were rewritten.
+    """
+    rewritten = 0
+    for node in graph.node:
+        if node.op_type != "Constant" or len(node.attribute) != 1:
+            continue
+        attribute = node.attribute[0]
+        dtype = _LIST_CONSTANTS.get(attribute.name)
+        if dtype is None:
+            continue
+        scalar = attribute.name in ("value_int", "value_float")
+        values = [attribute.i if dtype == TensorProto.INT64 else attribute.f] if scalar \
+            else list(attribute.ints if dtype == TensorProto.INT64 else attribute.floats)
+        tensor = onnx.helper.make_tensor(node.output[0], dtype, [] if scalar else [len(values)],
+                                         values)
+        del node.attribute[:]
+        node.attribute.append(onnx.helper.make_attribute("value", tensor))
+        rewritten += 1
+    return rewritten
 

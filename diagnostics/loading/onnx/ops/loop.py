@@ -29,7 +29,7 @@ from torch import fx, nn
 from diagnostics.loading.onnx.fx_outputs import return_graph_outputs
 from diagnostics.loading.onnx.graph import captured_names
 from diagnostics.loading.onnx.ops.registry import converter
-from diagnostics.loading.onnx.rewrites import assign_safe_names
+from diagnostics.loading.onnx.rewrites import assign_safe_names, constants_as_tensors
 
 # A file can ask for 2^63 iterations, or loop on a condition that never turns false; the probe
 # must end. Recurrences over sequences that long are not diagnosed one step at a time anyway.
@@ -129,6 +129,7 @@ def subgraph_model(body: GraphProto, captured: list[str], outer: OnnxGraph) -> M
             info = found[0] if found else helper.make_value_info(name, TypeProto())
         graph.input.append(info)
     assign_safe_names(graph)
+    constants_as_tensors(graph)
     opsets = [helper.make_opsetid(domain, version) for domain, version in _model_opsets().items()]
     return helper.make_model(graph, opset_imports=opsets)
 
