@@ -71,10 +71,14 @@ def probe_mode(module: nn.Module, norm_stats: NormStats) -> Iterator[None]:
 
     Dropout is always off (deterministic passes). With ``norm_stats=batch`` batch-norm layers
     use the batch's statistics as in training, and their running statistics are restored after.
+    A batch-norm layer that sees one value per channel (a file exported at batch 1 whose map is
+    down to 1×1, as SSDlite's extra layers) has no batch statistics: that call uses the running
+    ones, as training with more than one image would approximate, instead of failing.
     """
     modes = {sub: sub.training for sub in module.modules()}
     requires_grad = {param: param.requires_grad for param in module.parameters()}
     saved_buffers: dict[nn.Module, dict[str, torch.Tensor]] = {}
+    handles = []
     try:
         module.eval()
         if norm_stats is NormStats.BATCH:
@@ -82,10 +86,14 @@ def probe_mode(module: nn.Module, norm_stats: NormStats) -> Iterator[None]:
                 if isinstance(sub, _BatchNorm):
                     saved_buffers[sub] = {n: b.clone() for n, b in sub.named_buffers(recurse=False)}
                     sub.train()
+                    handles.append(sub.register_forward_pre_hook(_one_value_per_channel))
+                    handles.append(sub.register_forward_hook(_back_to_batch_statistics))
         for param in requires_grad:
             param.requires_grad_(True)
         yield
     finally:
+        for handle in handles:
+            handle.remove()
         for sub, was_training in modes.items():
             sub.training = was_training
         for param, flag in requires_grad.items():
@@ -94,6 +102,16 @@ def probe_mode(module: nn.Module, norm_stats: NormStats) -> Iterator[None]:
             with torch.no_grad():
                 for name, value in buffers.items():
                     getattr(sub, name).copy_(value)
+
+
+def _one_value_per_channel(sub: nn.Module, args: tuple) -> None:
+    x = args[0] if args else None
+    if isinstance(x, torch.Tensor) and x.dim() >= 2 and x.numel() <= x.shape[1]:
+        sub.training = False
+
+
+def _back_to_batch_statistics(sub: nn.Module, _args: tuple, _output: object) -> None:
+    sub.training = True
 
 
 def run_sample(model: LoadedModel, batch: SampleBatch,  # noqa: C901

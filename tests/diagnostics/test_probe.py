@@ -150,3 +150,20 @@ def test_a_model_with_an_empty_output_is_judged_on_the_others() -> None:
     torch.manual_seed(0)
     report = diagnose(Detector(), inputs=torch.randn(8, 4), config={"verify_remedies": False})
     assert report.verdict.status is Status.HEALTHY, report.verdict.summary
+
+
+def test_a_batchnorm_seeing_one_value_per_channel_uses_its_running_statistics() -> None:
+    # SSDlite's extra layers exported at batch 1 reach a 1x1 map: batch statistics of one value
+    # are undefined (torch refuses them); that call runs on the running statistics instead.
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                        nn.AdaptiveAvgPool2d(1), nn.Conv2d(8, 8, 1), nn.BatchNorm2d(8), nn.ReLU(),
+                        nn.Flatten(), nn.Linear(8, 2))
+    report = diagnose(net, inputs=torch.randn(1, 3, 8, 8), config={"verify_remedies": False})
+    assert report.verdict.status is not Status.EXPLODING
+    assert report.samples.runs[0].loss is not None
+    running = net[5].running_mean.clone()
+    with probe_mode(net, DiagnosisConfig().norm_stats):
+        net(torch.randn(1, 3, 8, 8))
+        assert net[1].training  # the 8x8 map still normalizes over its batch
+    assert torch.equal(net[5].running_mean, running)
