@@ -138,7 +138,11 @@ def _recurrent_memory(model, found, config) -> Cause | None:
 
 def _low_precision(model, found, config) -> Cause | None:
     under, over, total = 0.0, [], 0
-    for layer in found.layers:
+    # An unrolled cell's per-step copies (and the first step's folded constant state) hold
+    # what the recurrent node keeps inside its kernel: judged through time, not here.
+    reports = [layer for layer, info in zip(found.layers, model.layers, strict=True)
+               if not anatomy.in_unrolled_cell(model, info)]
+    for layer in reports:
         noise = cancelled_parameters(layer)  # zero in exact arithmetic: nothing to underflow
         for param in layer.parameters:
             size = math.prod(param.shape) or 1
@@ -149,7 +153,7 @@ def _low_precision(model, found, config) -> Cause | None:
                 under += param.fp16_underflow_fraction.median * size
             if (param.grad_max_abs.max or 0) > config.thresholds.fp16_max:
                 over.append(param.name)
-    flagged = [layer.name for layer in found.layers
+    flagged = [layer.name for layer in reports
                if Flag.FP16_UNDERFLOW in layer.flags or Flag.FP16_OVERFLOW in layer.flags]
     if not flagged or (config.dtype is ProbeDtype.FLOAT32 and
                        found.verdict.status is Status.HEALTHY):

@@ -30,6 +30,7 @@ value the user fed in, so it reads the same tensor as the legacy export's ``RNN`
 from __future__ import annotations
 
 from collections import Counter, defaultdict, deque
+from dataclasses import replace
 
 from onnx import GraphProto, NodeProto, TensorProto, numpy_helper
 
@@ -66,23 +67,33 @@ def find_unrolled_recurrence(graph: GraphProto, real_inputs: list[str],
     if not cuts:
         return None
     chains = _chains(graph, producers, users, initializers)
+    found: UnrolledSequence | None = None
+    cells: set[int] = set()  # every recurrence's step copies (both directions, every layer)
     for value, axis, steps in cuts:
-        chain = next((nodes for nodes in chains if len(nodes) >= len(steps) - 1 and all(
-            _reaches(graph, [steps[t]], set(nodes), users) for t in (0, len(steps) // 2))), None)
-        if chain is None:
-            continue
-        gated = _gated(graph, chain, users)
-        cell = frozenset(graph.node[i].name
-                         for i in _cell_nodes(graph, chain, steps[0], steps[-1], users))
-        value, axis = _walk_back(graph, value, axis, producers, users, initializers, ranks)
-        if value in producers:
-            node = graph.node[producers[value]]
-            producer, output = node.name, list(node.output).index(value)
-        elif value in real_inputs:
-            producer, output = "", real_inputs.index(value)
-        else:
-            continue
-        return UnrolledSequence(value, producer, output, axis, len(steps), gated, cell)
+        for chain in chains:
+            if len(chain) < len(steps) - 1 or not all(
+                    _reaches(graph, [steps[t]], set(chain), users) for t in (0, len(steps) // 2)):
+                continue
+            cells |= _cell_nodes(graph, chain, steps[0], steps[-1], users)
+            if found is None:
+                found = _sequence(graph, value, axis, len(steps), _gated(graph, chain, users),
+                                  producers, users, initializers, real_inputs, ranks)
+    if found is None:
+        return None
+    return replace(found, cell_paths=frozenset(graph.node[i].name for i in cells))
+
+
+def _sequence(graph: GraphProto, value: str, axis: int, steps: int, gated: bool,
+              producers: dict[str, int], users: dict[str, list[int]], initializers: set[str],
+              real_inputs: list[str], ranks: dict[str, int]) -> UnrolledSequence | None:
+    """Where the recurrence's input sequence is measured: the cut value, walked back."""
+    value, axis = _walk_back(graph, value, axis, producers, users, initializers, ranks)
+    if value in producers:
+        node = graph.node[producers[value]]
+        return UnrolledSequence(value, node.name, list(node.output).index(value), axis, steps,
+                                gated)
+    if value in real_inputs:
+        return UnrolledSequence(value, "", real_inputs.index(value), axis, steps, gated)
     return None
 
 
