@@ -308,7 +308,8 @@ class TemporalProfile(_Model):
     step's output (median over samples)."""
 
     input: str = Field(description="The recurrent layer whose input sequence is profiled.")
-    axis: int = Field(description="Time axis of that input.")
+    axis: int = Field(description="Time axis of that input; -1 for a cell a Python loop calls "
+                                  "once per step (each call reads one step).")
     grad_norms: list[float | None] = Field(description="‖∂L/∂x_t‖ for t = 0 .. T-1.")
     decay_per_step: float | None = Field(
         description="Factor by which the gradient changes per step back in time (log-linear fit).")

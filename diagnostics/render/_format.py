@@ -81,11 +81,16 @@ def source_line(source: SourceReport) -> str:
     return " · ".join(parts)
 
 
+def where_steps(profile: TemporalProfile) -> str:
+    """``axis 1``, or ``one call per step`` for a cell a Python loop calls (axis -1)."""
+    return f"axis {profile.axis}" if profile.axis >= 0 else "one call per step"
+
+
 def temporal_line(profile: TemporalProfile) -> str:
     """``x (axis 1): vanishing, first/last step 1e-05, decay per step 0.8, effective horizon
     12 of 40 steps``."""
     horizon = MISSING if profile.effective_horizon is None else str(profile.effective_horizon)
-    return (f"{printable(profile.input)} (axis {profile.axis}): {profile.status}, first/last step "
-            f"{number(profile.first_to_last_ratio)}, decay per step "
+    return (f"{printable(profile.input)} ({where_steps(profile)}): {profile.status}, first/last "
+            f"step {number(profile.first_to_last_ratio)}, decay per step "
             f"{number(profile.decay_per_step)}, effective horizon {horizon} of "
             f"{len(profile.grad_norms)} steps")

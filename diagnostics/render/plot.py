@@ -19,7 +19,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from matplotlib.transforms import blended_transform_factory
 
-from diagnostics.render._format import max_param_grad_norm, printable
+from diagnostics.render._format import max_param_grad_norm, printable, where_steps
 from diagnostics.render.blocks import Block
 from diagnostics.report import Flag, LayerReport, Stat, TemporalProfile
 
@@ -121,7 +121,7 @@ def temporal_svg(profiles: Sequence[TemporalProfile]) -> str:
         points = [(t, v) for t, v in enumerate(profile.grad_norms) if _positive(v)]
         if not points:
             continue
-        label = f"{printable(profile.input, 40)} (axis {profile.axis}): {profile.status}"
+        label = f"{printable(profile.input, 40)} ({where_steps(profile)}): {profile.status}"
         line = ax.plot(*zip(*points, strict=True), marker=".", markersize=3, label=label)[0]
         drawn = True
         if profile.effective_horizon is not None:

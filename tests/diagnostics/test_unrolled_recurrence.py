@@ -18,6 +18,7 @@ from diagnostics.config import DiagnosisConfig
 from diagnostics.inputs import SampleBatch
 from diagnostics.loading.onnx.loader import load_onnx
 from diagnostics.probe import compute_loss, probe_mode
+from diagnostics.render.text import render_text
 from diagnostics.report import Flag, Status
 from diagnostics.temporal import find_target, step_norms
 from tests.onnx_export import export_dynamo, export_legacy
@@ -231,6 +232,8 @@ def test_a_cell_called_once_per_step_by_a_live_module_is_profiled_per_call():
     compute_loss(net(leaf)[:, -1], DiagnosisConfig().loss, 0).backward()
     expected = leaf.grad.double().norm(dim=(0, 2))
     assert report.temporal[0].grad_norms == pytest.approx(expected.tolist(), rel=1e-4)
+    assert report.temporal[0].axis == -1
+    assert "cell (one call per step): vanishing" in render_text(report)
 
 
 def test_a_gated_cell_called_once_per_step_stays_healthy():
