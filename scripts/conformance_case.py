@@ -208,7 +208,8 @@ def _to_torch(value: Any) -> Any:
     dtype = _TORCH_DTYPES.get(array.dtype.name)
     if dtype is None:
         raise _RefusedError(f"input dtype {array.dtype.name} has no torch tensor type")
-    return torch.from_numpy(np.ascontiguousarray(array).copy()).to(dtype)
+    # np.array(..., order="C") keeps a 0-d array 0-d (np.ascontiguousarray makes it 1-d).
+    return torch.from_numpy(np.array(array, order="C", copy=True)).to(dtype)
 
 
 def _as_list(output: Any) -> list[Any]:

@@ -66,7 +66,10 @@ ROUNDED_EXPECTATIONS = frozenset({
     "test_roialign_aligned_true", "test_gridsample_bicubic",
 })
 # Cases a stock converter we only register at newer opsets refuses, by design of that converter.
-REFUSED = {"test_roialign_mode_max": "RoiAlign"}
+REFUSED = {"test_roialign_mode_max": "RoiAlign",
+           # Scan-8 (a batch axis and sequence_lens) predates what exporters write; the converter
+           # starts at Scan-9.
+           "test_scan_sum": "Scan"}
 # Inputs the schema calls differentiable that the converter treats as constants: torchvision's
 # roi_align (behind the stock RoiAlign) gives no gradient for the boxes, as in torch detection.
 CONSTANT_SLOTS = {("RoiAlign", 1)}
@@ -661,3 +664,49 @@ def test_scatter_nd_into_an_empty_slice() -> None:
     out = load_onnx(data).module(torch.zeros(21, 14, 0), torch.tensor([[14], [15], [16], [17]]),
                                  torch.zeros(4, 14, 0))
     assert out.shape == (21, 14, 0)
+
+
+def _scan_rnn(w: np.ndarray, u: np.ndarray, *, reverse: int = 0) -> bytes:
+    # What jax2onnx writes for jax.lax.scan over a tanh cell: the state carried, the sequence
+    # read one step per iteration along axis 1, the weights read from the outer graph by name.
+    body = onnx.parser.parse_graph("""
+        step (float[2, 4] h, float[2, 3] x_t) => (float[2, 4] h_next, float[2, 4] out) {
+            a = MatMul(x_t, W)
+            b = MatMul(h, U)
+            c = Add(a, b)
+            h_next = Tanh(c)
+            out = Identity(h_next)
+        }
+    """)
+    node = helper.make_node("Scan", ["h0", "x"], ["h_last", "states"], name="scan", body=body,
+                            num_scan_inputs=1, scan_input_axes=[1], scan_output_axes=[1],
+                            scan_input_directions=[reverse])
+    return _model([node], [_float("h0", [2, 4]), _float("x", [2, 5, 3])],
+                  [_float("h_last", [2, 4]), _float("states", [2, 5, 4])], opset=17,
+                  initializers=[numpy_helper.from_array(w, "W"),
+                                numpy_helper.from_array(u, "U")])
+
+
+@pytest.mark.parametrize("reverse", [0, 1])
+def test_scan_is_the_unrolled_recurrence_with_native_gradients(reverse: int) -> None:
+    from diagnostics.temporal import find_target
+
+    rng = np.random.default_rng(0)
+    w, u = (rng.normal(scale=0.5, size=shape).astype(np.float32) for shape in ((3, 4), (4, 4)))
+    loaded = load_onnx(_scan_rnn(w, u, reverse=reverse))
+    h0, x = torch.zeros(2, 4), torch.from_numpy(rng.normal(size=(2, 5, 3)).astype(np.float32))
+    h_last, states = loaded.module(h0, x)
+    weights = [torch.from_numpy(v).requires_grad_(True) for v in (w, u)]
+    h, expected = h0, []
+    for t in (reversed(range(5)) if reverse else range(5)):
+        h = torch.tanh(x[:, t] @ weights[0] + h @ weights[1])
+        expected.append(h)
+    torch.testing.assert_close(h_last, h)
+    torch.testing.assert_close(states, torch.stack(expected, 1))
+    (h_last.sum() + states.pow(2).mean()).backward()
+    (h.sum() + torch.stack(expected, 1).pow(2).mean()).backward()
+    for name, native in zip(("W", "U"), weights, strict=True):
+        torch.testing.assert_close(loaded.parameters[name].grad, native.grad)
+    target = find_target(loaded)  # the scanned sequence is a recurrent layer's input
+    assert target is not None
+    assert (target.argument, target.time_axis) == (1, 1)
