@@ -62,6 +62,22 @@ WEIGHTS: dict[str, dict[str, tuple[tuple[str, ...], float]]] = {
         "const_8": (("head/kernel/.value",), 1.0),
         "const_9": (("head/bias/.value",), 1.0),
     },
+    "jax_lstm_scan": {  # jax.lax.scan as a Loop; the weights loop-carried, the sequence too
+        "const_0": (("cell/ii/kernel/.value",), 1.0),
+        "const_1": (("cell/hi/kernel/.value",), 1.0),
+        "const_2": (("cell/hi/bias/.value",), 1.0),
+        "const_3": (("cell/if_/kernel/.value",), 1.0),
+        "const_4": (("cell/hf/kernel/.value",), 1.0),
+        "const_5": (("cell/hf/bias/.value",), 1.0),
+        "const_6": (("cell/ig/kernel/.value",), 1.0),
+        "const_7": (("cell/hg/kernel/.value",), 1.0),
+        "const_8": (("cell/hg/bias/.value",), 1.0),
+        "const_9": (("cell/io/kernel/.value",), 1.0),
+        "const_10": (("cell/ho/kernel/.value",), 1.0),
+        "const_11": (("cell/ho/bias/.value",), 1.0),
+        "const_12": (("head/kernel/.value",), 1.0),
+        "const_13": (("head/bias/.value",), 1.0),
+    },
 }
 SKLEARN = ("sklearn_mlp_classifier", "sklearn_mlp_regressor")
 OPTIMUM = ("optimum_albert_mlm",)
@@ -72,6 +88,8 @@ FILES: dict[str, tuple[str, str]] = {
     "keras_bilstm": ("Keras 3 → tf2onnx (`model.export(format=\"onnx\")`)",
                      "Bidirectional LSTM + Dense"),
     "jax_cnn_bn": ("jax2onnx (`to_onnx`)", "Flax NNX CNN with BatchNorm (stale NHWC value_info)"),
+    "jax_lstm_scan": ("jax2onnx (`to_onnx`)",
+                      "Flax NNX LSTM cell under `jax.lax.scan` (a `Loop`, opset 23) + Linear"),
     "sklearn_mlp_classifier": ("skl2onnx (`to_onnx`, default options)",
                                "MLPClassifier (ZipMap, ArgMax labels)"),
     "sklearn_mlp_regressor": ("skl2onnx (`to_onnx`, default options)", "MLPRegressor"),

@@ -21,6 +21,7 @@ from onnx import numpy_helper
 from diagnostics import diagnose
 from diagnostics.loading.onnx.loader import load_onnx
 from diagnostics.model import LoadedModel
+from diagnostics.report import Status
 from tests.exporter_fixtures import (
     SKLEARN,
     WEIGHTS,
@@ -77,6 +78,22 @@ def test_keras_recurrent_layers_have_a_temporal_profile(name: str, op: str) -> N
     (profile,) = report.temporal
     assert profile.input == recurrent.name
     assert len(profile.grad_norms) == 6
+
+
+def test_a_jax_scan_is_a_recurrent_layer_over_its_carried_sequence() -> None:
+    # jax2onnx writes jax.lax.scan as a Loop at opset 23 that carries the whole sequence and
+    # reads step t with Gather(sequence, t); the profile is ‖∂L/∂x_t‖ of that sequence, which
+    # JAX's own gradient (the npz's loss_grad_input, loss on every step) bounds step by step.
+    loaded = _loaded("jax_lstm_scan")
+    (loop,) = [layer for layer in loaded.layers if layer.op_type == "Loop"]
+    assert set(loop.parameters) == {n for n in WEIGHTS["jax_lstm_scan"]
+                                    if n not in ("const_12", "const_13")}
+    report = diagnose(model_bytes("jax_lstm_scan"),
+                      config={"samples": 1, "verify_remedies": False})
+    (profile,) = report.temporal
+    assert profile.input == loop.name
+    assert len(profile.grad_norms) == 12
+    assert report.verdict.status is Status.HEALTHY  # a default-init LSTM, loss on every step
 
 
 def test_jax_stale_annotations_are_dropped_and_named() -> None:

@@ -45,7 +45,7 @@ class OnnxIf(nn.Module, OnnxToTorchModule):
         return outputs[0] if isinstance(outputs, tuple) and len(outputs) == 1 else outputs
 
 
-@converter("If", [1, 11, 13, 16, 19, 21])
+@converter("If", [1, 11, 13, 16, 19, 21, 23, 24, 25])
 def convert_if(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
     """An ``If`` node as one :class:`OnnxIf` holding both converted branches."""
     proto: NodeProto = node.proto

@@ -134,8 +134,11 @@ def subgraph_model(body: GraphProto, captured: list[str], outer: OnnxGraph) -> M
     return helper.make_model(graph, opset_imports=opsets)
 
 
-def _sequence_read(body: GraphProto, captured: list[str]) -> tuple[str, int] | None:
-    """(captured name, axis) of a ``Gather(captured, i)`` whose index is a loop counter.
+def _sequence_read(body: GraphProto, captured: list[str]) -> tuple[str | int, int] | None:
+    """Which value the body reads one step per iteration, with the axis: ``Gather(value, i)``
+    whose index is a loop counter. The value is a captured name, or the position (among the
+    loop-carried values) of a carried value the body passes on unchanged — jax2onnx carries the
+    scanned sequence that way when it writes ``jax.lax.scan`` as a Loop.
 
     The counter is the iteration number (body input 0) or a carried value the body increments
     (tf2onnx keeps TensorFlow's own ``while`` counter as a carried input).
@@ -146,16 +149,24 @@ def _sequence_read(body: GraphProto, captured: list[str]) -> tuple[str, int] | N
     increments = {node.input[0] for node in body.node
                   if node.op_type == "Add" and len(node.input) == 2 and node.input[0] in carried}
     counters |= increments
+    produced = {out: node for node in body.node for out in node.output}
+    unchanged: dict[str, int] = {}
+    for position, (name, out) in enumerate(zip(carried, body.output[1:], strict=False)):
+        source = produced.get(out.name)
+        if out.name == name or (source is not None and source.op_type == "Identity"
+                                and source.input[0] == name):
+            unchanged[name] = position
     for node in body.node:
-        if (node.op_type == "Gather" and len(node.input) == 2 and node.input[0] in captured
-                and node.input[1] in counters):
+        if (node.op_type == "Gather" and len(node.input) == 2 and node.input[1] in counters
+                and (node.input[0] in captured or node.input[0] in unchanged)):
             axis = next((int(helper.get_attribute_value(a)) for a in node.attribute
                          if a.name == "axis"), 0)
-            return node.input[0], axis
+            source = node.input[0]
+            return (source if source in captured else unchanged[source]), axis
     return None
 
 
-@converter("Loop", [1, 11, 13, 16, 19, 21])
+@converter("Loop", [1, 11, 13, 16, 19, 21, 23, 24, 25])
 def convert_loop(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
     """A ``Loop`` node as one :class:`OnnxLoop` running its converted body."""
     proto: NodeProto = node.proto
@@ -168,9 +179,11 @@ def convert_loop(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
     trip, cond, *initial = node.input_values
     if any(not name for name in initial):
         raise NotImplementedError("Loop with an omitted loop-carried value")
-    inputs = tuple(name for name in (trip, cond) if name) + tuple(initial) + tuple(captured)
+    counters = tuple(name for name in (trip, cond) if name)
+    inputs = counters + tuple(initial) + tuple(captured)
     read = _sequence_read(body, captured)
-    position = None if read is None else inputs.index(read[0])
+    position = None if read is None else (
+        len(counters) + read[0] if isinstance(read[0], int) else inputs.index(read[0]))
     loop = OnnxLoop(module, has_trip_count=bool(trip), has_condition=bool(cond),
                     carried=len(initial), scan_outputs=len(body.output) - 1 - len(initial),
                     sequence_argument=position,

@@ -100,7 +100,7 @@ def _ints(node: NodeProto, name: str, count: int) -> list[int]:
     return [int(v) for v in found] if found else [0] * count
 
 
-@converter("Scan", [9, 11, 16, 19, 21])
+@converter("Scan", [9, 11, 16, 19, 21, 23, 24, 25])
 def convert_scan(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
     """A ``Scan`` node as one :class:`OnnxScan` running its converted body."""
     proto: NodeProto = node.proto
