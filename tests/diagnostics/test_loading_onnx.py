@@ -1010,3 +1010,27 @@ def test_constants_given_as_lists_reach_every_converter() -> None:
     out = loaded.module(torch.ones(2, 3))
     assert tuple(out.shape) == (1, 2, 3)
     assert torch.allclose(out, torch.full((1, 2, 3), 0.5))
+
+
+def test_an_unsupported_op_inside_a_branch_is_named_with_the_node_holding_it() -> None:
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4])
+    flat = helper.make_tensor_value_info("flat", TensorProto.FLOAT, [None])
+    then_branch = helper.make_graph(
+        [helper.make_node("Unique", ["x"], ["flat"], sorted=1, name="uniq")], "then", [], [flat])
+    else_branch = helper.make_graph(
+        [helper.make_node("Reshape", ["x", "minus_one"], ["flat"], name="keep")], "else", [],
+        [flat])
+    nodes = [helper.make_node("ReduceSum", ["x"], ["s"], keepdims=0),
+             helper.make_node("Greater", ["s", "zero"], ["c"]),
+             helper.make_node("If", ["c"], ["y"], then_branch=then_branch,
+                              else_branch=else_branch, name="route")]
+    graph = helper.make_graph(
+        nodes, "g", [x], [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None])],
+        initializer=[numpy_helper.from_array(np.array([-1], dtype=np.int64), "minus_one"),
+                     numpy_helper.from_array(np.array(0.0, dtype=np.float32), "zero")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    with pytest.raises(UnsupportedOperatorError) as caught:
+        load_onnx(_bytes(model))
+    assert caught.value.context["op_type"] == "Unique"
+    assert caught.value.context["node"] == "uniq"
+    assert "in the then_branch of If 'route'" in caught.value.detail

@@ -236,10 +236,11 @@ def opset_versions(model: ModelProto) -> dict[str, int]:
 
 
 def check_supported_ops(model: ModelProto) -> None:
-    """Every top-level node has an onnx2torch converter (stock or ours) at the model's opset.
+    """Every node has an onnx2torch converter (stock or ours) at the model's opset.
 
-    Nodes inside If/Loop/Scan bodies are converted by their container's converter, so only
-    top-level nodes are looked up. Our own converters register on import of
+    Nodes inside If/Loop/Scan bodies are converted when their container is; they are looked up
+    here too, so that an unsupported op in a branch is named as itself (with the node that holds
+    it) before any conversion. Our own converters register on import of
     :mod:`diagnostics.loading.onnx.ops`, which the caller has imported.
 
     Raises:
@@ -248,7 +249,7 @@ def check_supported_ops(model: ModelProto) -> None:
             model whose ai.onnx opset is newer than :data:`NEWEST_OPSET`.
     """
     opsets = opset_versions(model)
-    for index, node in enumerate(model.graph.node):
+    for index, node, where in _nodes_and_bodies(model.graph):
         domain = "" if node.domain == "ai.onnx" else node.domain
         node_name = node.name or f"{node.op_type}_{index}"
         if domain not in opsets:
@@ -269,8 +270,26 @@ def check_supported_ops(model: ModelProto) -> None:
         except NotImplementedError:
             raise UnsupportedOperatorError(
                 node.op_type, domain=domain, opset=opsets[domain], node=node_name,
-                detail=_unsupported_detail(node.op_type, domain, opsets[domain], node_name),
+                detail=_unsupported_detail(node.op_type, domain, opsets[domain], node_name)
+                + where,
             ) from None
+
+
+def _nodes_and_bodies(graph: GraphProto) -> Iterator[tuple[int, NodeProto, str]]:
+    """(index, node, where) for the top-level nodes, then every subgraph's, where saying which
+    node holds the body (`` (in the then_branch of If 'If_3')``). Nesting depth was bounded
+    when the model was parsed (:func:`iter_scopes`)."""
+    stack: list[tuple[GraphProto, str]] = [(graph, "")]
+    while stack:
+        body, where = stack.pop(0)
+        for index, node in enumerate(body.node):
+            yield index, node, where
+            for attribute in node.attribute:
+                for sub in ([attribute.g] if attribute.HasField("g") else []) + list(
+                        attribute.graphs):
+                    holder = node.name or node.op_type
+                    stack.append((sub, f" (in the {attribute.name} of {node.op_type} "
+                                       f"{holder!r}{where})"))
 
 
 def _unsupported_detail(op_type: str, domain: str, opset: int, node_name: str) -> str:
