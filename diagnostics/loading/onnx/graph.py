@@ -99,7 +99,8 @@ def input_specs(graph: GraphProto, inferred: GraphProto | None = None) -> tuple[
     return tuple(specs)
 
 
-def _consumers(graph: GraphProto) -> dict[str, list[int]]:
+def consumers(graph: GraphProto) -> dict[str, list[int]]:
+    """Value name -> indices of the nodes reading it, subgraph captures included."""
     users: dict[str, list[int]] = defaultdict(list)
     for index, node in enumerate(graph.node):
         for name in dict.fromkeys((*node.input, *_captured_names(node))):
@@ -187,7 +188,7 @@ def vocab_sizes(graph: GraphProto) -> dict[str, int]:
     Where one input indexes several tables, the smallest keeps every synthesized id valid.
     """
     tables = {init.name: list(init.dims) for init in graph.initializer}
-    users = _consumers(graph)
+    users = consumers(graph)
     result: dict[str, int] = {}
     for value in real_inputs(graph):
         frontier, seen = [value.name], {value.name}
@@ -215,7 +216,7 @@ def layer_depths(graph: GraphProto, watched: Sequence[bool]) -> list[int]:
     A watched node with no watched node after it (e.g. the one producing the output) gets 0.
     Paths that end without reaching a graph output do not count.
     """
-    users = _consumers(graph)
+    users = consumers(graph)
     outputs = {value.name for value in graph.output}
     count = len(graph.node)
     depth, reaches = [0] * count, [False] * count
@@ -244,7 +245,7 @@ def attention_score_nodes(graph: GraphProto) -> list[bool]:
     At initialization attention is nearly uniform, so their gradient measures how flat the
     softmax is, not how the signal propagates through the stack (README, "Verdict rules").
     """
-    users = _consumers(graph)
+    users = consumers(graph)
     outputs = {value.name for value in graph.output}
     barrier = [node.op_type == "Softmax" and _weighs_values(graph, users, index)
                for index, node in enumerate(graph.node)]

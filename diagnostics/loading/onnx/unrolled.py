@@ -35,6 +35,7 @@ from dataclasses import replace
 from onnx import GraphProto, NodeProto, TensorProto, numpy_helper
 
 from diagnostics.loading.onnx.checks import attribute_value, element_count
+from diagnostics.loading.onnx.graph import consumers
 from diagnostics.model import UnrolledSequence
 
 _MIN_STEPS = 3
@@ -56,11 +57,7 @@ def find_unrolled_recurrence(graph: GraphProto, real_inputs: list[str],
     """
     ints = _IntConstants(graph)
     producers = {out: i for i, node in enumerate(graph.node) for out in node.output if out}
-    users: dict[str, list[int]] = defaultdict(list)
-    for index, node in enumerate(graph.node):
-        for name in dict.fromkeys(node.input):
-            if name:
-                users[name].append(index)
+    users = consumers(graph)
     initializers = {init.name for init in graph.initializer}
     cuts = [(value, axis, steps) for value, axis, steps in _cut_sequences(graph, ints)
             if not _is_shape(value, graph, producers)]
@@ -229,7 +226,7 @@ def _cell_nodes(graph: GraphProto, chain: list[int], first_step: str, last_step:
     the first step's before it (from its input on), and the last step's after it — as many of
     each op type as one step between two products holds, nearest the last input first."""
     nodes = _between(graph, chain[0], chain[-1], users)
-    first = {i for i in _reach(graph, deque([first_step]), users) if i < chain[0]}
+    first = _reach(graph, deque([first_step]), users, last=chain[0] - 1)
     nodes |= {i for i in first if _reaches(graph, graph.node[i].output, {chain[0]}, users)}
     template = Counter(graph.node[i].op_type
                        for i in _between(graph, chain[0], chain[1], users) - {chain[1]})
@@ -242,11 +239,14 @@ def _cell_nodes(graph: GraphProto, chain: list[int], first_step: str, last_step:
     return nodes
 
 
-def _reach(graph: GraphProto, queue: deque, users: dict[str, list[int]]) -> set[int]:
+def _reach(graph: GraphProto, queue: deque, users: dict[str, list[int]],
+           last: int | None = None) -> set[int]:
+    """Nodes fed by the values in ``queue``, up to node index ``last`` (nodes are in
+    topological order, so one after it cannot lead back before it)."""
     seen: set[int] = set()
     while queue:
         for index in users.get(queue.popleft(), ()):
-            if index not in seen:
+            if (last is None or index <= last) and index not in seen:
                 seen.add(index)
                 queue.extend(out for out in graph.node[index].output if out)
     return seen
@@ -254,13 +254,7 @@ def _reach(graph: GraphProto, queue: deque, users: dict[str, list[int]]) -> set[
 
 def _between(graph: GraphProto, first: int, last: int, users: dict[str, list[int]]) -> set[int]:
     """Nodes on some path from node ``first`` to node ``last``, both included."""
-    after: set[int] = {first}
-    queue = deque(graph.node[first].output)
-    while queue:
-        for index in users.get(queue.popleft(), ()):
-            if index <= last and index not in after:
-                after.add(index)
-                queue.extend(out for out in graph.node[index].output if out)
+    after = {first} | _reach(graph, deque(graph.node[first].output), users, last)
     producers = {out: i for i in after for out in graph.node[i].output if out}
     before: set[int] = {last}
     stack = [last]

@@ -21,6 +21,7 @@ from onnx2torch.onnx_node import OnnxNode
 from onnx2torch.utils.common import OnnxMapping, OnnxToTorchModule, OperationConverterResult
 from torch import fx, nn
 
+from diagnostics.loading.onnx.checks import FLOAT_TYPES
 from diagnostics.loading.onnx.fx_outputs import return_graph_outputs
 from diagnostics.loading.onnx.graph import captured_names
 from diagnostics.loading.onnx.ops.loop import MAX_ITERATIONS, subgraph_model
@@ -137,4 +138,4 @@ def _is_float(name: str, graph: OnnxGraph) -> bool:
         info = next((value for value in graph.proto.input if value.name == name), None)
     if info is None or not info.type.HasField("tensor_type"):
         return False
-    return info.type.tensor_type.elem_type in (1, 10, 11, 16)  # float, float16, double, bfloat16
+    return info.type.tensor_type.elem_type in FLOAT_TYPES
