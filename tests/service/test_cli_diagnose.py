@@ -138,6 +138,30 @@ def test_default_export_with_folded_batchnorm_exits_4_saying_how_to_reexport(tmp
     assert "do_constant_folding=False" in verdict["summary"]
 
 
+def test_default_export_of_a_vanilla_rnn_exits_3_by_its_memory(tmp_path):
+    # torch.onnx.export's default (dynamo) unrolls nn.RNN into one cell copy per step: judged
+    # through time like its legacy export's RNN node.
+    class Tagger(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.rnn = nn.RNN(2, 32, batch_first=True)
+            self.head = nn.Linear(32, 1)
+
+        def forward(self, x):
+            return self.head(self.rnn(x)[0])
+
+    torch.manual_seed(0)
+    model = tmp_path / "rnn.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(Tagger().eval(), (torch.randn(4, 50, 2),), str(model))
+    assert main(["diagnose", str(model), "--samples", "1", "--format", "json",
+                 "--output", str(tmp_path / "r.json")]) == 3
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["verdict"]["summary"].startswith("Vanishing (temporal_vanishing)")
+    assert len(report["temporal"][0]["grad_norms"]) == 50
+
+
 def test_repaired_model_rediagnoses_healthy(tmp_path):
     model = deep_sigmoid_onnx(tmp_path / "sigmoid.onnx")
     fixed = tmp_path / "fixed.onnx"
@@ -214,7 +238,43 @@ ERROR_CASES = {
                             "over the limit of 10"),
     "fix-without-output": (lambda d: ["diagnose", str(_write(d / "s.json", json.dumps(SPEC))),
                                       "--fix", "reinitialize"], "--fix-output"),
+    "every-output-empty": (lambda d: ["diagnose", str(_write(d / "e.onnx", _empty_output_onnx()))],
+                           "every floating-point output is empty"),
+    "lstm-projection-dropped": (lambda d: ["diagnose", str(_write(d / "p.onnx",
+                                                                  _projected_lstm_onnx()))],
+                                "proj_size"),
 }
+
+
+def _empty_output_onnx() -> bytes:
+    """A "detector" that keeps no rows: its only output is [0, 4] (nothing to differentiate)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = numpy_helper.from_array(np.ones((4, 4), np.float32), "w")
+    ints = [numpy_helper.from_array(np.array([v], np.int64), name)
+            for name, v in (("zero", 0), ("axis", 0))]
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"]),
+             helper.make_node("Slice", ["h", "zero", "zero", "axis"], ["kept"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", 1, [3, 4])],
+                              [helper.make_tensor_value_info("kept", TensorProto.FLOAT, [0, 4])],
+                              initializer=[weight, *ints])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+
+
+def _projected_lstm_onnx() -> bytes:
+    """dynamo's export of nn.LSTM(proj_size=...): hidden_size 4, an 8-wide initial cell state."""
+    from tests.onnx_export import export_dynamo
+
+    class Projected(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.rnn = nn.LSTM(3, 8, proj_size=4, batch_first=True)
+
+        def forward(self, x):
+            return self.rnn(x)[0]
+
+    torch.manual_seed(0)
+    return export_dynamo(Projected().eval(), (torch.randn(2, 5, 3),))
 
 
 def _external(folder: Path, *, data: bool = True, **lies) -> Path:
