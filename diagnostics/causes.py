@@ -109,9 +109,9 @@ def _plain_depth(model, found, config) -> Cause | None:
         return None
     return Cause(
         id="plain_depth",
-        title=f"{count} layers with weights in a plain stack"
-              + ("" if normalized else " without normalization")
-              + (" or skip connections" if chain else ""),
+        title=f"{count} layers with weights in a plain stack without "
+              + " or ".join([*([] if normalized else ["normalization"]),
+                             *(["skip connections"] if chain else [])]),
         layers=[],
         evidence={"layers_with_weights": count, "normalization": normalized,
                   "skip_connections": not chain,
