@@ -119,7 +119,7 @@ class Thresholds(BaseModel):
         "are meant to reach). Above it the first step overwrites the weight: 'exploding'.",
     )
     normalized_chain_ratio: float = Field(
-        10.0, gt=1,
+        20.0, gt=1,
         description="Largest ratio tolerated of the angular gradient ‖∂L/∂W‖·‖W‖ at the first "
         "layer of a chain of normalized layers in series (no skip connection around any of "
         "them) to that at its last layer. BatchNorm without skips amplifies it layer by layer "
