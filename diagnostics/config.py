@@ -118,23 +118,6 @@ class Thresholds(BaseModel):
         "has, so parameters initialized near zero on purpose are judged against the scale they "
         "are meant to reach). Above it the first step overwrites the weight: 'exploding'.",
     )
-    normalized_chain_ratio: float = Field(
-        20.0, gt=1,
-        description="Largest ratio tolerated of the angular gradient ‖∂L/∂W‖·‖W‖ at the first "
-        "layer of a chain of normalized layers in series (no skip connection around any of "
-        "them) to that at its last layer. BatchNorm without skips amplifies it layer by layer "
-        "(Yang et al. 2019); above this, a step that moves the last layers scrambles the first "
-        "ones, and training stalls under SGD and Adam: 'vanishing'.",
-    )
-    normalized_chain_min_batch_values: int = Field(
-        16, ge=1,
-        description="normalized_chain_stall is judged only where every BatchNorm after the "
-        "chain's first layer averages each channel over at least this many values (batch × "
-        "spatial positions) in the probe. Statistics of fewer values couple the samples far "
-        "more than a training batch does and inflate the growth (torchvision MobileNetV2 at 64 "
-        "px reads 7.5-8.6 at batch 2, where its late BatchNorms see 8 values, and 2.8-4.2 at "
-        "batch 4-16): probe with a larger batch_size (or export with a larger batch).",
-    )
     forward_growth_ratio: float = Field(
         1e2, gt=1,
         description="Largest growth of the activations' RMS from the inputs to the output "

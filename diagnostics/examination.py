@@ -21,7 +21,6 @@ from diagnostics.anatomy import readout_indices, weight_names
 from diagnostics.config import DiagnosisConfig, SequenceLoss
 from diagnostics.inputs import SampleBatch
 from diagnostics.model import LoadedModel
-from diagnostics.normalized_chain import NormalizedChain
 from diagnostics.precision import float64_rounding_ratio
 from diagnostics.probe import SampleObservation, probe_mode, run_sample
 from diagnostics.report import Flag, LayerReport, Status, TemporalProfile, Verdict
@@ -86,8 +85,6 @@ def examine(model: LoadedModel, batches: list[SampleBatch], config: DiagnosisCon
         ungated=target is not None and target.ungated,
         scale_invariant=observations[0].scale_invariant or frozenset() if observations
         else frozenset(),
-        normalized_chain=observations[0].normalized_chain if observations
-        else NormalizedChain(),
     )
     step = rounding_step(layers)
     if step is not None and 0 < step[1] < config.thresholds.rounding_ratio:

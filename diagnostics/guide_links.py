@@ -17,8 +17,7 @@ GUIDE_PATH = "/guide"
 
 RULES = ("non_finite", "no_gradient", "dead_layer", "rounding_noise", "folded_batchnorm",
          "forward_scale_exploding", "backward_signal_exploding", "backward_signal_vanishing",
-         "adam_epsilon", "weight_gradient_vanishing", "normalized_chain_stall", "relative_update",
-         "temporal_vanishing")
+         "adam_epsilon", "weight_gradient_vanishing", "relative_update", "temporal_vanishing")
 CAUSES = ("saturating_activations", "dead_units", "initialization_scale", "plain_depth",
           "recurrent_memory", "low_precision", "small_readout")
 REMEDIES = ("replace-activation", "fix-dead-units", "reinitialize", "data-dependent-init",

@@ -23,7 +23,6 @@ from diagnostics.config import DiagnosisConfig, Loss, NormStats
 from diagnostics.errors import DiagnosticsError, OutOfMemoryError, ProbeError
 from diagnostics.inputs import SampleBatch
 from diagnostics.model import LoadedModel
-from diagnostics.normalized_chain import NormalizedChain, longest_series_chain
 from diagnostics.scale_invariance import scale_invariant
 from diagnostics.stats import (
     ActivationSummary,
@@ -64,7 +63,6 @@ class SampleObservation:
     first_nonfinite_backward: str | None = None
     nonfinite_inputs: list[str] = field(default_factory=list)
     scale_invariant: frozenset[int] | None = None
-    normalized_chain: NormalizedChain = field(default_factory=NormalizedChain)
 
 
 @contextmanager
@@ -217,8 +215,6 @@ def run_sample(model: LoadedModel, batch: SampleBatch,  # noqa: C901
         observed.loss = float(loss.detach())
         if trace_invariance:
             observed.scale_invariant = scale_invariant(loss.grad_fn, output_nodes)
-            observed.normalized_chain = longest_series_chain(
-                loss.grad_fn, output_nodes, observed.scale_invariant)
         output_nodes.clear()
         if loss.requires_grad:
             try:

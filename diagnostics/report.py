@@ -183,19 +183,6 @@ class Evidence(_Model):
         "backward signal that grows with depth cannot blow the forward pass up there, so "
         "backward_signal_exploding does not fire (torchvision ResNet-101/152 read 1.5e3-1.2e4 "
         "and train).")
-    normalized_chain: list[str] = Field(
-        default_factory=list,
-        description="The longest chain of scale_invariant_layers in series, from the input "
-        "side: every path from each one's output to the loss passes through the next one's "
-        "output (no skip connection around it).")
-    normalized_chain_ratio: Stat | None = Field(
-        None, description="Angular gradient ‖∂L/∂W‖·‖W‖ of the weights of the first layer in "
-        "normalized_chain / that of the last: how much faster a step turns the chain's first "
-        "layer than its last (null with fewer than two layers in the chain).")
-    normalized_chain_batch_values: int | None = Field(
-        None, description="The fewest values (batch × spatial positions) any BatchNorm after "
-        "the chain's first layer averages each channel over in the probe; below "
-        "thresholds.normalized_chain_min_batch_values normalized_chain_stall is not judged.")
     forward_growth: Stat | None = Field(
         None, description="RMS of the output layer's activations / RMS of the float inputs.")
     readout_layers: list[str] = Field(

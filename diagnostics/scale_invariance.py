@@ -58,13 +58,11 @@ def _op(node: object) -> str:
 
 
 def _normalizes(node: object) -> bool:
-    return _op(node) in _LAYER_OR_GROUP_NORMS or batch_normalizes(node)
-
-
-def batch_normalizes(node: object) -> bool:
-    """A batch normalization on batch statistics. On running statistics (inference) it is an
-    affine map, not a normalization."""
-    return _op(node) in _BATCH_NORMS and bool(getattr(node, "_saved_training", False))
+    op = _op(node)
+    if op in _LAYER_OR_GROUP_NORMS:
+        return True
+    # A BatchNorm on running statistics (inference) is an affine map, not a normalization.
+    return op in _BATCH_NORMS and bool(getattr(node, "_saved_training", False))
 
 
 class _Graph:

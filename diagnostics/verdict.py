@@ -33,7 +33,6 @@ from diagnostics.aggregate import is_weight, make_stat
 from diagnostics.config import DiagnosisConfig, Optimizer, Thresholds
 from diagnostics.gates import closed_gate
 from diagnostics.model import LayerKind, LoadedModel
-from diagnostics.normalized_chain import NormalizedChain
 from diagnostics.probe import SampleObservation
 from diagnostics.report import (
     Evidence,
@@ -177,7 +176,6 @@ def judge(model: LoadedModel, layers: list[LayerReport], samples: list[SampleObs
         evidence.first_weight_layer, evidence.last_weight_layer = \
             layers[weight_ends[0]].name, layers[weight_ends[1]].name
     evidence.scale_invariant_layers = [layers[i].name for i in sorted(facts.scale_invariant)]
-    _normalized_chain(model, layers, samples, facts.normalized_chain, evidence)
     _collect_layer_evidence(layers, samples, evidence)
     _relative_steps(model, layers, config, evidence, facts.scale_invariant)
     evidence.forward_growth = _forward_growth(layers, samples, readouts, facts)
@@ -286,30 +284,6 @@ def _normalized_below(model: LoadedModel, layers: list[LayerReport], top: int,
              if LayerKind.PARAMETRIC in model.layers[i].kinds and not anatomy.is_table(model, i)
              and layer.depth > layers[top].depth and any(is_weight(p) for p in layer.parameters)]
     return bool(below) and all(i in invariant for i in below)
-
-
-def _normalized_chain(model: LoadedModel, layers: list[LayerReport],
-                      samples: list[SampleObservation], chain: NormalizedChain,
-                      evidence: Evidence) -> None:
-    """The chain of normalized layers in series and, per sample, the angular gradient
-    ‖∂L/∂W‖·‖W‖ of its first weight over its last (:mod:`diagnostics.normalized_chain`)."""
-    weighted = [(index, found) for index in chain.layers
-                if (found := anatomy.weight_of(model, model.layers[index])) is not None]
-    evidence.normalized_chain = [layers[index].name for index, _ in weighted]
-    evidence.normalized_chain_batch_values = chain.batch_values
-    if len(weighted) < 2:
-        return
-    (_, (first, first_weight)), (_, (last, last_weight)) = weighted[0], weighted[-1]
-    first_norm = float(first_weight.detach().double().norm())
-    last_norm = float(last_weight.detach().double().norm())
-    ratios: list[float | None] = []
-    for sample in samples:
-        top, bottom = sample.parameters.get(last), sample.parameters.get(first)
-        if top is None or bottom is None or not top.norm * last_norm:
-            ratios.append(None)
-            continue
-        ratios.append(bottom.norm * first_norm / (top.norm * last_norm))
-    evidence.normalized_chain_ratio = make_stat(ratios)
 
 
 def _relative_steps(model: LoadedModel, layers: list[LayerReport], config: DiagnosisConfig,

@@ -12,7 +12,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from diagnostics.config import DiagnosisConfig, Optimizer, SequenceLoss, Thresholds
-from diagnostics.normalized_chain import NormalizedChain
 from diagnostics.report import Evidence, RuleCheck, Status, TemporalProfile
 from diagnostics.verdict_summary import UNGATED_CELL, deciding_rule
 
@@ -37,8 +36,6 @@ class Facts:
         ungated: Whether the profiled recurrent layer is an ungated (vanilla) cell.
         scale_invariant: Indices of the layers whose output reaches the loss only through a
             normalization (:mod:`diagnostics.scale_invariance`).
-        normalized_chain: The longest chain of those layers in series, from the input side
-            (:mod:`diagnostics.normalized_chain`).
     """
 
     input_rms: tuple[float | None, ...] = ()
@@ -47,36 +44,12 @@ class Facts:
     temporal: tuple[TemporalProfile, ...] = field(default=())
     ungated: bool = False
     scale_invariant: frozenset[int] = frozenset()
-    normalized_chain: NormalizedChain = field(default_factory=NormalizedChain)
 
 
 def evaluate_rules(evidence: Evidence, config: DiagnosisConfig, facts: Facts) -> list[RuleCheck]:
     """Every rule, in order of precedence, judged on ``evidence`` under ``config``."""
     return [*_certain_rules(evidence, config.thresholds), *_profile_rules(evidence, config),
-            _chain_rule(evidence, config.thresholds),
             *_time_and_step_rules(evidence, config, facts)]
-
-
-def _chain_rule(evidence: Evidence, thresholds: Thresholds) -> RuleCheck:
-    # Under both optimizers: the stall it predicts is the forward map's (the chain's first
-    # layers are scrambled at any rate that moves the last ones), and Adam's per-element
-    # normalization does not rebalance layers whose gradient grows with depth inside each
-    # weight alike (the benchmark's BatchNorm chains stall under SGD and Adam alike).
-    ratio = evidence.normalized_chain_ratio.median if evidence.normalized_chain_ratio else None
-    chain = evidence.normalized_chain
-    ends = f"{chain[0]} vs {chain[-1]}, {len(chain)} layers in series" if chain else "no chain"
-    values = evidence.normalized_chain_batch_values
-    few = values is not None and values < thresholds.normalized_chain_min_batch_values
-    return RuleCheck(rule="normalized_chain_stall", value=ratio,
-                     threshold=thresholds.normalized_chain_ratio,
-                     fired=ratio is not None and ratio > thresholds.normalized_chain_ratio
-                     and not few,
-                     detail=f"angular gradient ‖∂L/∂W‖·‖W‖ ratio along the longest chain of "
-                     f"normalized layers with no skip around them ({ends})"
-                     + (f"; not judged: a BatchNorm on it averages each channel over only "
-                        f"{values} values in the probe, far fewer than a training batch gives "
-                        f"(minimum {thresholds.normalized_chain_min_batch_values}); probe with "
-                        "a larger batch" if few else ""))
 
 
 def _certain_rules(evidence: Evidence, thresholds: Thresholds) -> list[RuleCheck]:
@@ -203,7 +176,6 @@ _STATUS_OF_RULE = {
     "backward_signal_vanishing": Status.VANISHING,
     "adam_epsilon": Status.VANISHING,
     "weight_gradient_vanishing": Status.VANISHING,
-    "normalized_chain_stall": Status.VANISHING,
     "temporal_vanishing": Status.VANISHING,
     "relative_update": Status.EXPLODING,
 }

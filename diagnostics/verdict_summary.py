@@ -167,18 +167,6 @@ def _temporal_text(_evidence: Evidence, rule: RuleCheck, _samples: list) -> str:
             "every gate by about lr, or chrono-initialized gates do).")
 
 
-def _chain_text(evidence: Evidence, rule: RuleCheck, _samples: list) -> str:
-    chain = evidence.normalized_chain
-    return (f"{chain[0]}'s weights get {rule.value:.3g}× the angular gradient ‖∂L/∂W‖·‖W‖ of "
-            f"{chain[-1]}'s (threshold {rule.threshold:g}×), along a chain of {len(chain)} "
-            "normalized layers with no skip connection around any of them: the gradient grows "
-            "layer by layer along it (for BatchNorm this is intrinsic, Yang et al. 2019), so "
-            "a step that "
-            "moves the last layers scrambles the first ones and training stalls near the "
-            "trivial loss, under SGD and Adam alike. Residual connections around the blocks "
-            "(as in ResNets), or fewer layers in the chain, remove it.")
-
-
 def _adam_epsilon_text(evidence: Evidence, rule: RuleCheck, _samples: list) -> str:
     return (f"the gradient of {evidence.first_weight_layer}'s weights is {rule.value:.3g} per "
             f"element (floor {rule.threshold:g}), far below Adam's ε = 1e-8: Adam's step "
@@ -211,6 +199,5 @@ _RULE_TEXT = {
     "backward_signal_vanishing": _profile_rule_text,
     "adam_epsilon": _adam_epsilon_text,
     "weight_gradient_vanishing": _weight_gradient_text,
-    "normalized_chain_stall": _chain_text,
     "temporal_vanishing": _temporal_text,
 }

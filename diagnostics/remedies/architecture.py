@@ -8,7 +8,6 @@ from diagnostics import anatomy
 from diagnostics.remedies import spec_edits
 from diagnostics.remedies.candidates import Candidate, Context, ratio_sentence, structural
 from diagnostics.report import Remedy, Status
-from diagnostics.verdict_summary import deciding_rule
 
 
 def add_normalization(context: Context) -> Candidate | None:
@@ -46,20 +45,14 @@ def add_residual(context: Context) -> Candidate | None:
     count = anatomy.weighted_count(model)
     if count < anatomy.DEEP_CHAIN:
         return None
-    rule = deciding_rule(verdict.evidence.rules)
-    chained = rule is not None and rule.rule == "normalized_chain_stall"
-    why = ("No skip connection goes around any of them, so the growth compounds over the "
-           "whole chain." if chained else
-           f"The model is a plain chain of {count} layers with weights and no skip connection: "
-           "every layer multiplies the backward signal.")
-    where = (f"the {len(verdict.evidence.normalized_chain)} normalized layers in series"
-             if chained else f"the blocks of this {count}-layer plain stack")
     remedy = Remedy(
         id="add-residual", rank=0,
-        title=f"Add residual connections around {where}",
-        rationale=(f"{ratio_sentence(verdict.evidence)}{why} Residual blocks (He et al. 2016) "
-                   "give it an identity path; zero-init the last layer of each branch (Fixup, "
-                   "ReZero) so the net starts as identity."),
+        title=f"Add residual connections around the blocks of this {count}-layer plain stack",
+        rationale=(f"{ratio_sentence(verdict.evidence)}The model is a plain chain of {count} "
+                   "layers with weights and no skip connection: every layer multiplies the "
+                   "backward signal. Residual blocks (He et al. 2016) give it an identity path; "
+                   "zero-init the last layer of each branch (Fixup, ReZero) so the net starts as "
+                   "identity."),
         layers=[layer.name for layer in model.layers if anatomy.weight_of(model, layer)],
         params={"block": "layer with weights + activation", "branch_last_layer_init": "zeros"},
     )

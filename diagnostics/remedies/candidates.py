@@ -14,7 +14,6 @@ from diagnostics.inputs import SampleBatch
 from diagnostics.limits import DEFAULT_LIMITS, Limits
 from diagnostics.model import LoadedModel
 from diagnostics.report import Evidence, Remedy
-from diagnostics.verdict_summary import deciding_rule
 
 # An edit gets a private copy of the model (and the sample batches) and returns the model to
 # re-examine: the copy edited in place, or a model rebuilt from an edited spec.
@@ -48,14 +47,7 @@ class Context:
 
 
 def ratio_sentence(evidence: Evidence) -> str:
-    """The measured ratio that decided, as a leading sentence, or nothing where none was
-    measured: the normalized chain's angular-gradient ratio when its rule decided, else the
-    backward signal's."""
-    rule = deciding_rule(evidence.rules)
-    chain = evidence.normalized_chain
-    if rule is not None and rule.rule == "normalized_chain_stall" and rule.value is not None:
-        return (f"The angular gradient ‖∂L/∂W‖·‖W‖ at {chain[0]} is {rule.value:.3g}× that at "
-                f"{chain[-1]}, along {len(chain)} normalized layers in series. ")
+    """The measured signal ratio as a leading sentence, or nothing where none was measured."""
     ratio = evidence.backward_signal_ratio.median if evidence.backward_signal_ratio else None
     if ratio is None:
         return ""

@@ -162,47 +162,6 @@ def test_default_export_of_a_vanilla_rnn_exits_3_by_its_memory(tmp_path):
     assert len(report["temporal"][0]["grad_norms"]) == 50
 
 
-def test_default_export_of_a_plain_batchnorm_chain_exits_3_and_its_residual_twin_0(tmp_path):
-    # ConvMixer-style blocks (BatchNorm after the activation, which no exporter folds): the
-    # pointwise convolutions form a chain of 13 normalized layers in series, written with
-    # torch.onnx.export's defaults (dynamo, weights in model.onnx.data). With a skip around each
-    # pointwise half too there is no chain.
-    class Block(nn.Module):
-        def __init__(self, skip: bool) -> None:
-            super().__init__()
-            self.depthwise = nn.Conv2d(16, 16, 3, padding=1, groups=16)
-            self.pointwise = nn.Conv2d(16, 16, 1)
-            self.bn1, self.bn2, self.skip = nn.BatchNorm2d(16), nn.BatchNorm2d(16), skip
-
-        def forward(self, x):
-            x = x + self.bn1(torch.relu(self.depthwise(x)))
-            y = self.bn2(torch.relu(self.pointwise(x)))
-            return x + y if self.skip else y
-
-    codes = {}
-    for skip in (False, True):
-        torch.manual_seed(0)
-        net = nn.Sequential(nn.Conv2d(3, 16, 1), nn.ReLU(), nn.BatchNorm2d(16),
-                            *[Block(skip) for _ in range(12)],
-                            nn.Flatten(), nn.Linear(16 * 8 * 8, 4)).eval()
-        model = tmp_path / f"mixer-{skip}" / "model.onnx"
-        model.parent.mkdir()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(net, (torch.randn(16, 3, 8, 8),), str(model))
-        assert (model.parent / "model.onnx.data").is_file()
-        out = tmp_path / f"r-{skip}.json"
-        codes[skip] = main(["diagnose", str(model), "--samples", "1", "--format", "json",
-                            "--output", str(out)])
-        verdict = json.loads(out.read_text())["verdict"]
-        if not skip:
-            assert verdict["summary"].startswith("Vanishing (normalized_chain_stall)")
-            assert len(verdict["evidence"]["normalized_chain"]) == 13
-        else:
-            assert len(verdict["evidence"]["normalized_chain"]) <= 3
-    assert codes == {False: 3, True: 0}
-
-
 def test_repaired_model_rediagnoses_healthy(tmp_path):
     model = deep_sigmoid_onnx(tmp_path / "sigmoid.onnx")
     fixed = tmp_path / "fixed.onnx"
