@@ -73,43 +73,47 @@ def _linear(fan_in: int, fan_out: int, multiplier: float | None, gain: float) ->
 
 
 def mlp(activation: str, depth: int, multiplier: float | None, *, norm: str | None = None,
-        residual: bool = False) -> BenchModel:
+        residual: bool = False, width: int = WIDTH) -> BenchModel:
     """An MLP with ``depth`` Linear layers (input, ``depth - 2`` hidden, readout).
 
     ``norm`` (``"bn"``/``"ln"``) puts BatchNorm1d/LayerNorm between each hidden Linear and its
     activation. ``residual`` makes the hidden layers pre-activation blocks
-    ``x + Linear(act([norm](x)))`` (``depth - 2`` hidden Linears, one per block).
+    ``x + Linear(act([norm](x)))`` (``depth - 2`` hidden Linears, one per block). A ``width``
+    other than the benchmark's (:data:`WIDTH`) is tagged in the id (``-w128``).
     """
     gain, act = GAINS[activation], {"type": _ACTIVATION_TYPES[activation]}
-    norm_layer = ({"type": "BatchNorm1d", "num_features": WIDTH} if norm == "bn" else
-                  {"type": "LayerNorm", "normalized_shape": WIDTH} if norm == "ln" else None)
-    hidden_linear = _linear(WIDTH, WIDTH, multiplier, gain)
+    norm_layer = ({"type": "BatchNorm1d", "num_features": width} if norm == "bn" else
+                  {"type": "LayerNorm", "normalized_shape": width} if norm == "ln" else None)
+    hidden_linear = _linear(width, width, multiplier, gain)
     if residual:
         block = [*([norm_layer] if norm_layer else []), act, hidden_linear]
         hidden: dict[str, Any] = {"type": "Residual", "layers": block}
     else:
         hidden = {"type": "Sequential",
                   "layers": [hidden_linear, *([norm_layer] if norm_layer else []), act]}
-    layers: list[dict[str, Any]] = [_linear(VECTOR_DIM, WIDTH, multiplier, gain), act]
+    layers: list[dict[str, Any]] = [_linear(VECTOR_DIM, width, multiplier, gain), act]
     if depth > 2:
         layers.append({"type": "Repeat", "times": depth - 2, "layers": [hidden]})
-    layers.append(_linear(WIDTH, CLASSES, multiplier, GAINS["linear"]))
+    layers.append(_linear(width, CLASSES, multiplier, GAINS["linear"]))
     parts = ["mlp", activation, f"d{depth}", *([norm] if norm else []),
-             *(["res"] if residual else []), _mult_tag(multiplier)]
+             *(["res"] if residual else []), *([f"w{width}"] if width != WIDTH else []),
+             _mult_tag(multiplier)]
     family = "mlp-residual" if residual else "mlp-norm" if norm else "mlp"
     ident = "-".join(parts)
     spec = {"name": ident, "inputs": [{"name": "x", "shape": [BATCH, VECTOR_DIM]}],
             "layers": layers}
     return BenchModel(ident, family, "teacher-vector", spec,
                       {"activation": activation, "depth": depth, "init": multiplier,
-                       "norm": norm, "residual": residual})
+                       "norm": norm, "residual": residual,
+                       **({"width": width} if width != WIDTH else {})})
 
 
 def cnn(activation: str, depth: int, multiplier: float | None, *,
-        norm: bool = False) -> BenchModel:
-    """A CNN of ``depth - 1`` 3x3 convolutions (padding 1, 8 channels) and a Linear readout."""
+        norm: bool = False, channels: int = CHANNELS) -> BenchModel:
+    """A CNN of ``depth - 1`` 3x3 convolutions (padding 1, 8 channels) and a Linear readout.
+    Other ``channels`` are tagged in the id (``-c32``)."""
     gain, act = GAINS[activation], {"type": _ACTIVATION_TYPES[activation]}
-    channels, (in_channels, height, width) = CHANNELS, IMAGE
+    in_channels, height, width = IMAGE
 
     def conv(cin: int) -> list[dict[str, Any]]:
         layer = {"type": "Conv2d", "in_channels": cin, "out_channels": channels,
@@ -123,15 +127,18 @@ def cnn(activation: str, depth: int, multiplier: float | None, *,
     layers += [{"type": "Flatten"},
                _linear(channels * height * width, CLASSES, multiplier, GAINS["linear"])]
     ident = "-".join(["cnn", activation, f"d{depth}", *(["bn"] if norm else []),
+                      *([f"c{channels}"] if channels != CHANNELS else []),
                       _mult_tag(multiplier)])
     spec = {"name": ident, "inputs": [{"name": "x", "shape": [BATCH, *IMAGE]}],
             "layers": layers}
     return BenchModel(ident, "cnn-norm" if norm else "cnn", "teacher-image", spec,
                       {"activation": activation, "depth": depth, "init": multiplier,
-                       "norm": "bn" if norm else None, "residual": False})
+                       "norm": "bn" if norm else None, "residual": False,
+                       **({"channels": channels} if channels != CHANNELS else {})})
 
 
-def mixer(activation: str, depth: int, multiplier: float | None) -> BenchModel:
+def mixer(activation: str, depth: int, multiplier: float | None, *,
+          channels: int = MIXER_CHANNELS) -> BenchModel:
     """A ConvMixer-style CNN (Trockman & Kolter 2022) with ``depth`` blocks: a 1x1 stem, then
     blocks ``x + BN(act(depthwise 3x3(x)))`` -> ``BN(act(pointwise 1x1))``, and a Linear readout
     on the flattened map (the task needs where things are, which a global pool would lose).
@@ -141,7 +148,7 @@ def mixer(activation: str, depth: int, multiplier: float | None) -> BenchModel:
     while every convolution's output reaches the loss only through a BatchNorm.
     """
     gain, act = GAINS[activation], {"type": _ACTIVATION_TYPES[activation]}
-    channels, (in_channels, height, width) = MIXER_CHANNELS, IMAGE
+    in_channels, height, width = IMAGE
 
     def norm() -> dict[str, Any]:
         return {"type": "BatchNorm2d", "num_features": channels}
@@ -158,12 +165,14 @@ def mixer(activation: str, depth: int, multiplier: float | None) -> BenchModel:
             {"type": "Residual", "layers": [depthwise, act, norm()]}, pointwise, act, norm()]},
         {"type": "Flatten"},
         _linear(channels * height * width, CLASSES, multiplier, GAINS["linear"])]
-    ident = f"mixer-{activation}-d{depth}-{_mult_tag(multiplier)}"
+    tag = f"-c{channels}" if channels != MIXER_CHANNELS else ""
+    ident = f"mixer-{activation}-d{depth}{tag}-{_mult_tag(multiplier)}"
     spec = {"name": ident, "inputs": [{"name": "x", "shape": [BATCH, *IMAGE]}],
             "layers": layers}
     return BenchModel(ident, "cnn-mixer", "teacher-image", spec,
                       {"activation": activation, "depth": depth, "init": multiplier,
-                       "norm": "bn-after-activation", "residual": "depthwise"})
+                       "norm": "bn-after-activation", "residual": "depthwise",
+                       **({"channels": channels} if channels != MIXER_CHANNELS else {})})
 
 
 def rnn(cell: str, steps: int, multiplier: float | None, *,
