@@ -45,8 +45,6 @@ ROUNDS: dict[int, tuple[BenchModel, ...]] = {
         mlp("relu", 30, 1.0, norm="bn", width=512), mlp("tanh", 40, 1.0, norm="bn", width=64),
         cnn("relu", 25, 1.0, norm=True, channels=16), cnn("tanh", 30, 1.0, norm=True),
         cnn("relu", 20, 1.0, norm=True, channels=16), mixer("relu", 16, None, channels=32),
-        # Not labelled yet: its training (7 runs of a 64-channel, 29-conv CNN on one core) did
-        # not finish in the session's time; its chain ratio is 24.5. `--label` trains it.
         mixer("gelu", 24, None), cnn("relu", 30, 1.0, norm=True, channels=64)),
 }
 LABELS = ("healthy", "vanishing", "exploding")
