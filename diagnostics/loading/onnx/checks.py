@@ -107,10 +107,16 @@ def iter_scopes(model: ModelProto, max_nesting: int) -> Iterator[Scope]:
 
 def _subgraphs(nodes, label: str, depth: int) -> Iterator[tuple[str, int, GraphProto]]:
     for node in nodes:
-        for attribute in node.attribute:
-            graphs = [attribute.g] if attribute.HasField("g") else []
-            for graph in [*graphs, *attribute.graphs]:
-                yield (f"{label} > node {node.name or node.op_type}.{attribute.name}", depth, graph)
+        for attribute, graph in _bodies(node):
+            yield (f"{label} > node {node.name or node.op_type}.{attribute}", depth, graph)
+
+
+def _bodies(node: NodeProto) -> Iterator[tuple[str, GraphProto]]:
+    """(attribute name, graph) for every subgraph ``node`` holds (If branches, Loop/Scan body)."""
+    for attribute in node.attribute:
+        graphs = [attribute.g] if attribute.HasField("g") else []
+        for graph in [*graphs, *attribute.graphs]:
+            yield attribute.name, graph
 
 
 def _attribute_tensors(node: NodeProto) -> Iterator[tuple[str, TensorProto]]:
@@ -284,12 +290,9 @@ def _nodes_and_bodies(graph: GraphProto) -> Iterator[tuple[int, NodeProto, str]]
         body, where = stack.pop(0)
         for index, node in enumerate(body.node):
             yield index, node, where
-            for attribute in node.attribute:
-                for sub in ([attribute.g] if attribute.HasField("g") else []) + list(
-                        attribute.graphs):
-                    holder = node.name or node.op_type
-                    stack.append((sub, f" (in the {attribute.name} of {node.op_type} "
-                                       f"{holder!r}{where})"))
+            holder = node.name or node.op_type
+            stack.extend((sub, f" (in the {attribute} of {node.op_type} {holder!r}{where})")
+                         for attribute, sub in _bodies(node))
 
 
 def _unsupported_detail(op_type: str, domain: str, opset: int, node_name: str) -> str:

@@ -20,7 +20,7 @@ import inspect
 
 import onnx2torch
 import torch
-from onnx import GraphProto, ModelProto, NodeProto, TypeProto, helper
+from onnx import GraphProto, ModelProto, NodeProto, TypeProto, ValueInfoProto, helper
 from onnx2torch.onnx_graph import OnnxGraph
 from onnx2torch.onnx_node import OnnxNode
 from onnx2torch.utils.common import OnnxMapping, OnnxToTorchModule, OperationConverterResult
@@ -110,6 +110,14 @@ def _model_opsets() -> dict[str, int]:
     raise NotImplementedError("Loop converted outside onnx2torch.convert")
 
 
+def outer_value_info(outer: OnnxGraph, name: str) -> ValueInfoProto | None:
+    """What the outer graph knows of a value's type: its value_info, or its graph input's."""
+    info = outer.value_info.get(name)
+    if info is None:
+        info = next((value for value in outer.proto.input if value.name == name), None)
+    return info
+
+
 def subgraph_model(body: GraphProto, captured: list[str], outer: OnnxGraph) -> ModelProto:
     """A subgraph (a Loop body, an If branch) as a model of its own: captured values as extra
     inputs, after its own, and every output computed by a node."""
@@ -123,11 +131,8 @@ def subgraph_model(body: GraphProto, captured: list[str], outer: OnnxGraph) -> M
             graph.node.append(helper.make_node("Identity", [value.name], [renamed]))
             value.name = renamed
     for name in captured:
-        info = outer.value_info.get(name)
-        if info is None:
-            found = [value for value in outer.proto.input if value.name == name]
-            info = found[0] if found else helper.make_value_info(name, TypeProto())
-        graph.input.append(info)
+        graph.input.append(outer_value_info(outer, name)
+                           or helper.make_value_info(name, TypeProto()))
     assign_safe_names(graph)
     constants_as_tensors(graph)
     opsets = [helper.make_opsetid(domain, version) for domain, version in _model_opsets().items()]

@@ -24,7 +24,7 @@ from torch import fx, nn
 from diagnostics.loading.onnx.checks import FLOAT_TYPES
 from diagnostics.loading.onnx.fx_outputs import return_graph_outputs
 from diagnostics.loading.onnx.graph import captured_names
-from diagnostics.loading.onnx.ops.loop import MAX_ITERATIONS, subgraph_model
+from diagnostics.loading.onnx.ops.loop import MAX_ITERATIONS, outer_value_info, subgraph_model
 from diagnostics.loading.onnx.ops.registry import converter
 
 
@@ -133,9 +133,7 @@ def convert_scan(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
 
 
 def _is_float(name: str, graph: OnnxGraph) -> bool:
-    info = graph.value_info.get(name)
-    if info is None:
-        info = next((value for value in graph.proto.input if value.name == name), None)
+    info = outer_value_info(graph, name)
     if info is None or not info.type.HasField("tensor_type"):
         return False
     return info.type.tensor_type.elem_type in FLOAT_TYPES
