@@ -71,6 +71,21 @@ def test_causes_carry_their_evidence(sigmoid_report):
     assert some["ratio"] < 1
     assert causes["plain_depth"].evidence == {**causes["plain_depth"].evidence,
                                               "normalization": False, "skip_connections": False}
+    assert causes["plain_depth"].title.endswith(
+        "in a plain stack without normalization or skip connections")
+
+
+def test_a_normalized_plain_stack_is_titled_by_what_it_lacks():
+    # A BatchNorm CNN of 10 plain layers at 30x init: under Adam its output scale is judged
+    # exploding; the plain-depth cause names the missing skips, not a missing normalization.
+    from bench.trainability.models import cnn
+
+    report = diagnose(cnn("relu", 10, 30.0, norm=True).spec,
+                      config={"samples": 1, "verify_remedies": False, "optimizer": "adam"})
+    assert report.verdict.status == "exploding"
+    cause = next(cause for cause in report.causes if cause.id == "plain_depth")
+    assert cause.title == "10 layers with weights in a plain stack without skip connections"
+    assert cause.evidence["normalization"] is True
 
 
 def test_too_large_relu_init_gets_reinit_verified_and_clipping_with_max_norm():
