@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 
 .PHONY: install serve test test-all test-fast lint bench schema bench-trainability \
-	bench-trainability-label bench-trainability-validation
+	bench-trainability-label bench-trainability-validation bench-trainability-reseed
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -58,3 +58,9 @@ bench-trainability-label: $(STAMP)
 # diagnose the validation models (a minute); add --label to train the unlabelled ones.
 bench-trainability-validation: $(STAMP)
 	OMP_NUM_THREADS=1 $(BIN)/python -m bench.trainability.validation
+
+# How much a label depends on the training batches' seed (docs/trainability.md): compare the
+# seeds retrained under bench/trainability/reseed/ (seconds). To retrain one seed (~45 min, one
+# core): python -m bench.trainability.reseed --label --seed 8
+bench-trainability-reseed: $(STAMP)
+	OMP_NUM_THREADS=1 $(BIN)/python -m bench.trainability.reseed

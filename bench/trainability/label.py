@@ -27,7 +27,7 @@ from bench.trainability.labelling import ADAM_LRS, SGD_LRS, label_runs, threshol
 from bench.trainability.models import BenchModel, all_models
 from bench.trainability.split import stratified_split
 from bench.trainability.tasks import make_task
-from bench.trainability.train import train_run
+from bench.trainability.train import DATA_SEED, train_run
 
 LABELS_PATH = Path(__file__).with_name("labels.json")
 STEPS = {"teacher-vector": 300, "teacher-image": 300, "adding": 1500}
@@ -36,13 +36,14 @@ STEPS = {"teacher-vector": 300, "teacher-image": 300, "adding": 1500}
 GRIDS = (("sgd", SGD_LRS), ("adam", ADAM_LRS))
 
 
-def label_model(model: BenchModel, known: dict[str, list[dict[str, Any]]] | None = None
-                ) -> dict[str, Any]:
+def label_model(model: BenchModel, known: dict[str, list[dict[str, Any]]] | None = None,
+                *, data_seed: int = DATA_SEED) -> dict[str, Any]:
     """Train ``model`` with SGD (momentum 0.9) and Adam over their grids; label each.
 
     ``known``: runs already made (by optimizer, as stored in labels.json); a run of a learning
     rate found there is reused instead of retrained. A run is deterministic (seeded model, data
     and teacher), so this is how a grid is widened for every model without retraining the rest.
+    ``data_seed``: the training batches' seed (the stored labels use ``DATA_SEED``).
     """
     task = make_task(model)
     steps = STEPS[model.task]
@@ -50,8 +51,8 @@ def label_model(model: BenchModel, known: dict[str, list[dict[str, Any]]] | None
     runs = {}
     for name, grid in GRIDS:
         done = {run["lr"]: run for run in (known or {}).get(name, []) if run["steps"] == steps}
-        runs[name] = [done.get(lr) or train_run(model, task, name, lr, steps,
-                                                stop_below=stop).to_dict() for lr in grid]
+        runs[name] = [done.get(lr) or train_run(model, task, name, lr, steps, stop_below=stop,
+                                                data_seed=data_seed).to_dict() for lr in grid]
     return {"family": model.family, "task": model.task, "knobs": model.knobs,
             "baseline": task.baseline, "steps": steps, "runs": runs,
             "labels": {name: label_runs(group, task.baseline, model.task)

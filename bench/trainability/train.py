@@ -70,7 +70,7 @@ def weight_tensors(module: torch.nn.Module) -> list[torch.Tensor]:
 
 
 def train_run(model: BenchModel, task: Task, optimizer: str, lr: float, steps: int, *,
-              stop_below: float | None = None) -> RunRecord:
+              stop_below: float | None = None, data_seed: int = DATA_SEED) -> RunRecord:
     """Train ``model`` from its initial weights and record the outcome.
 
     Args:
@@ -81,16 +81,19 @@ def train_run(model: BenchModel, task: Task, optimizer: str, lr: float, steps: i
         steps: Step budget.
         stop_below: Stop early once a full window's mean loss is at or below this (the run's
             outcome is then decided: it trained); saves most of the budget on healthy models.
+        data_seed: Seed of the stream of training batches (the initial weights are the same
+            for every seed: they are the ones ``diagnose`` probes). The labels use
+            ``DATA_SEED``; other seeds measure how much a label depends on the batches' luck.
     """
     started = time.perf_counter()
-    torch.manual_seed(DATA_SEED)
+    torch.manual_seed(data_seed)
     module = build_module(model).train()
     weights = weight_tensors(module)
     first0, last0 = weights[0].detach().clone(), weights[-1].detach().clone()
     params = list(module.parameters())
     opt = (torch.optim.SGD(params, lr=lr, momentum=0.9) if optimizer == "sgd"
            else torch.optim.Adam(params, lr=lr))
-    generator = torch.Generator().manual_seed(DATA_SEED)
+    generator = torch.Generator().manual_seed(data_seed)
     losses: list[float] = []
     nan_step = None
     for step in range(steps):

@@ -1,0 +1,62 @@
+"""The trainability benchmark's seed check (bench/trainability/reseed.py): a run's batches come
+from ``data_seed`` and nothing else, and the comparison counts what a verdict fixed at
+initialization can get right when a label moves with the batches."""
+
+from __future__ import annotations
+
+from bench.trainability.models import mlp
+from bench.trainability.reseed import compare
+from bench.trainability.tasks import make_task
+from bench.trainability.train import DATA_SEED, build_module, train_run
+
+
+def _without_time(record: dict[str, object]) -> dict[str, object]:
+    return {key: value for key, value in record.items() if key != "seconds"}
+
+
+def test_the_data_seed_changes_the_batches_and_nothing_else():
+    model = mlp("relu", 3, 1.0)
+    task = make_task(model)
+    stored = train_run(model, task, "sgd", 1e-2, 3).to_dict()
+    again = train_run(model, task, "sgd", 1e-2, 3, data_seed=DATA_SEED).to_dict()
+    other = train_run(model, task, "sgd", 1e-2, 3, data_seed=DATA_SEED + 1).to_dict()
+    assert _without_time(again) == _without_time(stored)
+    assert other["first_loss"] != stored["first_loss"]
+    # the initial weights are the probed ones whatever the seed: a fresh build is identical
+    first = build_module(model).state_dict()
+    second = build_module(model).state_dict()
+    assert all((first[name] == second[name]).all() for name in first)
+
+
+def _entry(split: str, sgd: str, adam: str) -> dict[str, object]:
+    return {"split": split, "labels": {"sgd": sgd, "adam": adam}}
+
+
+def _calls(sgd: str) -> dict[str, dict[str, str]]:
+    return {name: {"graddoctor": sgd} for name in ("sgd", "adam", "agreed")}
+
+
+def test_compare_bounds_what_a_fixed_call_can_get_right():
+    stored = {"steady": _entry("held-out", "healthy", "healthy"),
+              "edge": _entry("held-out", "healthy", "healthy"),
+              "late": _entry("held-out", "ambiguous", "healthy")}
+    calls = {"steady": _calls("healthy"), "edge": _calls("vanishing"), "late": _calls("vanishing")}
+    other = {8: {"steady": {"labels": {"sgd": "healthy", "adam": "healthy"}},
+                 "edge": {"labels": {"sgd": "vanishing", "adam": "healthy"}},
+                 "late": {"labels": {"sgd": "vanishing", "adam": "healthy"}}},
+             9: {"steady": {"labels": {"sgd": "healthy", "adam": "healthy"}},
+                 "edge": {"labels": {"sgd": "vanishing", "adam": "healthy"}},
+                 "late": {"labels": {"sgd": "vanishing", "adam": "healthy"}}}}
+    report = compare(stored, calls, other)
+    sgd = report["rows"]["held-out/sgd"]
+    # stored seed: two unambiguous labels (late is ambiguous), the steady one repeats
+    assert (sgd["scored"], sgd["same_every_seed"], sgd["right"]) == (2, 1, 1)
+    assert sgd["stable_right"] == 1  # steady
+    # every seed: steady 3 cases, edge 3 (h, v, v), late 2 (v, v): 8 cases
+    assert sgd["seed_cases"] == 8
+    assert sgd["seed_right"] == 3 + 2 + 2  # steady healthy; edge and late vanishing
+    assert sgd["seed_best"] == 3 + 2 + 2  # edge's best fixed call is vanishing (2 of 3)
+    flipped = {(flip["id"], flip["labels"]) for flip in report["flips"]}
+    # late: ambiguous agreed label under every seed (SGD and Adam differ), so no flip there
+    assert flipped == {("edge", "sgd"), ("late", "sgd"), ("edge", "agreed")}
+    assert report["rows"]["held-out/adam"]["seed_best"] == 9
