@@ -1,0 +1,70 @@
+"""Are the stalls GradDoctor misses plateaus that a longer run breaks, or permanent?
+
+    python -m bench.trainability.budget            # train the listed models 10x longer; print
+
+Each model listed in ``MISSES`` (the held-out models labelled ``vanishing`` that GradDoctor calls
+healthy, with the optimizer of that label) is trained again from
+the same initial weights, at the learning rate of its grid that came closest to training (its
+lowest best-window loss in ``labels.json``), for 10x the labelling budget. The labels are not
+changed by this: "vanishing" means that training struggles within the budget, and a 10x slower
+start is struggling; the question here is what kind of stall it is, for whoever looks for a
+measure next. Results: ``budget.json`` beside this file.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bench.trainability.label import LABELS_PATH, STEPS, load_labels
+from bench.trainability.labelling import thresholds
+from bench.trainability.score import bench_model
+from bench.trainability.tasks import make_task
+from bench.trainability.train import train_run
+
+BUDGET_PATH = Path(__file__).with_name("budget.json")
+FACTOR = 10
+MISSES = (("mlp-relu-d20-bn-init3x", "sgd"), ("cnn-relu-d20-bn-init3x", "sgd"),
+          ("cnn-relu-d20-bn-init3x", "adam"), ("mlp-gelu-d30-ln-initdef", "sgd"),
+          ("mlp-gelu-d30-ln-initdef", "adam"), ("mixer-relu-d16-initdef", "sgd"),
+          ("mixer-relu-d16-initdef", "adam"), ("cnn-sigmoid-d4-init1x", "sgd"),
+          ("cnn-sigmoid-d4-init1x", "adam"), ("mlp-sigmoid-d10-init3x", "sgd"))
+
+
+def closest_lr(entry: dict[str, Any], optimizer: str) -> float:
+    """The grid's learning rate whose run reached the lowest best-window loss."""
+    runs = [run for run in entry["runs"][optimizer] if run["best_loss"] is not None]
+    return min(runs, key=lambda run: run["best_loss"])["lr"]
+
+
+def main() -> int:
+    torch.set_num_threads(1)
+    stored = load_labels(LABELS_PATH)["models"]
+    results = json.loads(BUDGET_PATH.read_text()) if BUDGET_PATH.exists() else {}
+    for ident, optimizer in MISSES:
+        key = f"{ident}/{optimizer}"
+        if key in results:
+            continue
+        entry = stored[ident]
+        model = bench_model(ident, entry)
+        task = make_task(model)
+        lr = closest_lr(entry, optimizer)
+        steps = STEPS[model.task] * FACTOR
+        trained_at = thresholds(model.task)[0] * task.baseline
+        run = train_run(model, task, optimizer, lr, steps, stop_below=trained_at).to_dict()
+        results[key] = {"lr": lr, "steps": steps, "label": entry["labels"][optimizer],
+                        "best_over_B": run["best_loss"] / task.baseline
+                        if run["best_loss"] is not None else None,
+                        "trained": run["best_loss"] is not None and run["best_loss"] <= trained_at,
+                        "steps_run": run["steps_run"], "nan_step": run["nan_step"]}
+        BUDGET_PATH.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
+        print(key, results[key], flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
