@@ -30,9 +30,10 @@ from typing import Any
 import torch
 
 from bench.trainability.label import LABELS_PATH, label_model, load_labels
+from bench.trainability.models import BenchModel
 from bench.trainability.score import RESULTS_PATH, agreed_label, bench_model
 from bench.trainability.train import DATA_SEED
-from bench.trainability.validation import summarize_runs
+from bench.trainability.validation import ROUNDS, VALIDATION_PATH, summarize_runs
 
 RESEED_DIR = Path(__file__).with_name("reseed")
 DOCS_PATH = Path(__file__).resolve().parents[2] / "docs" / "trainability.md"
@@ -41,21 +42,31 @@ UNAMBIGUOUS = ("healthy", "vanishing", "exploding")
 LABEL_SETS = ("sgd", "adam", "agreed")
 
 
-def seed_path(seed: int) -> Path:
-    return RESEED_DIR / f"seed-{seed}.json"
+def seed_path(seed: int, validation: bool = False) -> Path:
+    return RESEED_DIR / f"{'validation-' if validation else ''}seed-{seed}.json"
 
 
-def label(seed: int, only: list[str] | None) -> None:
-    """Train every benchmark model (or ``only`` those) on ``seed``'s batches; resumable."""
+def stored_models(validation: bool) -> dict[str, tuple[BenchModel, dict[str, str]]]:
+    """Per model id, the model and its stored labels: the benchmark's (``labels.json``) or the
+    validation set's (``validation.json``, the 20 BatchNorm stacks trained beside it)."""
+    if not validation:
+        return {ident: (bench_model(ident, entry), entry["labels"])
+                for ident, entry in load_labels(LABELS_PATH)["models"].items()}
+    entries = json.loads(VALIDATION_PATH.read_text())["models"]
+    return {model.id: (model, entries[model.id]["labels"])
+            for models in ROUNDS.values() for model in models if model.id in entries}
+
+
+def label(seed: int, only: list[str] | None, validation: bool = False) -> None:
+    """Train every model of the set (or ``only`` those) on ``seed``'s batches; resumable."""
     if seed == DATA_SEED:
         raise SystemExit(f"seed {DATA_SEED} is the stored labels' seed (labels.json)")
     torch.set_num_threads(1)
-    path = seed_path(seed)
+    path = seed_path(seed, validation)
     data = json.loads(path.read_text()) if path.exists() else {"seed": seed, "models": {}}
-    for ident, stored in load_labels(LABELS_PATH)["models"].items():
+    for ident, (model, stored) in stored_models(validation).items():
         if (only and ident not in only) or (not only and ident in data["models"]):
             continue
-        model = bench_model(ident, stored)
         entry = label_model(model, data_seed=seed)
         data["models"][ident] = {"labels": entry["labels"],
                                  "runs": summarize_runs(entry, model.task)}
@@ -63,7 +74,7 @@ def label(seed: int, only: list[str] | None) -> None:
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
         os.replace(tmp, path)
-        print(f"seed {seed} {ident}: {entry['labels']} (stored {stored['labels']})", flush=True)
+        print(f"seed {seed} {ident}: {entry['labels']} (stored {stored})", flush=True)
 
 
 def with_agreed(labels: dict[str, str]) -> dict[str, str]:
@@ -152,6 +163,45 @@ def render(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def validation_moves(stored: dict[str, dict[str, str]],
+                     other: dict[int, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per validation model (by id: stored SGD/Adam labels), its labels under every seed and
+    whether an unambiguous stored label is repeated by every other seed."""
+    rows = []
+    for ident, labels in stored.items():
+        if not all(ident in other[seed] for seed in other):
+            continue
+        seen = {seed: other[seed][ident]["labels"] for seed in sorted(other)}
+        row: dict[str, Any] = {"id": ident, "stored": labels, "other": seen}
+        for name in ("sgd", "adam"):
+            row[f"{name}_repeated"] = (labels[name] in UNAMBIGUOUS and all(
+                found[name] == labels[name] for found in seen.values()))
+            row[f"{name}_crossed"] = labels[name] in UNAMBIGUOUS and any(
+                found[name] in UNAMBIGUOUS and found[name] != labels[name]
+                for found in seen.values())
+        rows.append(row)
+    return rows
+
+
+def render_validation(rows: list[dict[str, Any]]) -> str:
+    lines = ["Validation models (`validation.json`, the 20 BatchNorm stacks trained beside the "
+             "benchmark):", "", "| model | stored (SGD / Adam) | other seeds (SGD / Adam) |",
+             "|---|---|---|"]
+    for row in rows:
+        others = "; ".join(f"{seed}: {found['sgd']} / {found['adam']}"
+                           for seed, found in row["other"].items())
+        lines.append(f"| `{row['id']}` | {row['stored']['sgd']} / {row['stored']['adam']} | "
+                     f"{others} |")
+    lines.append("")
+    for name in ("sgd", "adam"):
+        scored = sum(row["stored"][name] in UNAMBIGUOUS for row in rows)
+        repeated = sum(row[f"{name}_repeated"] for row in rows)
+        crossed = sum(row[f"{name}_crossed"] for row in rows)
+        lines.append(f"- {name.upper()} labels: {repeated} of the {scored} unambiguous ones "
+                     f"repeated by every seed; {crossed} moved to another unambiguous class.")
+    return "\n".join(lines)
+
+
 def _pct(part: int, whole: int) -> str:
     return f"{100 * part / whole:.0f} %" if whole else "—"
 
@@ -162,16 +212,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, action="append", default=None,
                         help="data seed(s); default: every seed with a file in reseed/")
     parser.add_argument("--only", nargs="*", default=None, help="model ids to (re)train")
+    parser.add_argument("--validation", action="store_true",
+                        help="train validation.json's models instead of the benchmark's")
     parser.add_argument("--no-write", action="store_true",
                         help="print the report without rewriting its section of the docs")
     args = parser.parse_args(argv)
     if args.label:
         for seed in args.seed or []:
-            label(seed, args.only)
+            label(seed, args.only, args.validation)
         return 0
     seeds = args.seed or sorted(int(p.stem.split("-")[1]) for p in RESEED_DIR.glob("seed-*.json"))
     calls = {row["id"]: row["calls"] for row in json.loads(RESULTS_PATH.read_text())["rows"]}
     section = render(compare(load_labels(LABELS_PATH)["models"], calls, load_seeds(seeds)))
+    checked = [seed for seed in seeds if seed_path(seed, validation=True).exists()]
+    if checked:
+        other = {seed: json.loads(seed_path(seed, validation=True).read_text())["models"]
+                 for seed in checked}
+        stored = {ident: labels for ident, (_, labels) in stored_models(True).items()}
+        section += "\n\n" + render_validation(validation_moves(stored, other))
     print(section)
     if not args.no_write:
         write_docs(section)

@@ -5,7 +5,7 @@ initialization can get right when a label moves with the batches."""
 from __future__ import annotations
 
 from bench.trainability.models import mlp
-from bench.trainability.reseed import compare
+from bench.trainability.reseed import compare, validation_moves
 from bench.trainability.tasks import make_task
 from bench.trainability.train import DATA_SEED, build_module, train_run
 
@@ -60,3 +60,21 @@ def test_compare_bounds_what_a_fixed_call_can_get_right():
     # late: ambiguous agreed label under every seed (SGD and Adam differ), so no flip there
     assert flipped == {("edge", "sgd"), ("late", "sgd"), ("edge", "agreed")}
     assert report["rows"]["held-out/adam"]["seed_best"] == 9
+
+
+def test_validation_moves_tell_a_repeated_label_from_one_that_crosses_classes():
+    stored = {"kept": {"sgd": "vanishing", "adam": "healthy"},
+              "crossed": {"sgd": "healthy", "adam": "ambiguous"}}
+    other = {8: {"kept": {"labels": {"sgd": "vanishing", "adam": "ambiguous"}},
+                 "crossed": {"labels": {"sgd": "vanishing", "adam": "healthy"}}}}
+    rows = {row["id"]: row for row in validation_moves(stored, other)}
+    assert rows["kept"]["sgd_repeated"]
+    assert not rows["kept"]["sgd_crossed"]
+    # a move to ambiguous is neither repeated nor crossed
+    assert not rows["kept"]["adam_repeated"]
+    assert not rows["kept"]["adam_crossed"]
+    assert rows["crossed"]["sgd_crossed"]
+    assert not rows["crossed"]["sgd_repeated"]
+    # an ambiguous stored label is not scored: it can neither repeat nor cross
+    assert not rows["crossed"]["adam_repeated"]
+    assert not rows["crossed"]["adam_crossed"]
