@@ -43,17 +43,25 @@ from diagnostics.loading.spec.loader import parse_spec
 PROBES = 24
 
 
-def rank_fraction(module: nn.Module, inputs: torch.Tensor, seed: int = 0) -> float:
-    """Effective-rank fraction of d(readout input)/d(input) (see the module docstring)."""
+def readout_features(module: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
+    """The readout's input (the last Linear's) on ``inputs``, in training mode, with the graph
+    back to ``inputs`` kept when they require a gradient."""
     module.train()
     readout = [m for m in module.modules() if isinstance(m, nn.Linear)][-1]
     captured: dict[str, torch.Tensor] = {}
     handle = readout.register_forward_pre_hook(
         lambda _module, args: captured.__setitem__("features", args[0]))
+    try:
+        module(inputs)
+    finally:
+        handle.remove()
+    return captured["features"]
+
+
+def rank_fraction(module: nn.Module, inputs: torch.Tensor, seed: int = 0) -> float:
+    """Effective-rank fraction of d(readout input)/d(input) (see the module docstring)."""
     x = inputs.clone().requires_grad_(True)
-    module(x)
-    handle.remove()
-    features = captured["features"]
+    features = readout_features(module, x)
     dummy = torch.zeros_like(features, requires_grad=True)
     transposed = torch.autograd.grad(features, x, grad_outputs=dummy, create_graph=True)[0]
     generator = torch.Generator().manual_seed(seed)
@@ -71,16 +79,10 @@ def rank_fraction(module: nn.Module, inputs: torch.Tensor, seed: int = 0) -> flo
 
 def linear_cka(module: nn.Module, inputs: torch.Tensor) -> float:
     """Linear CKA between the batch's inputs and the readout's input features (training mode)."""
-    module.train()
-    readout = [m for m in module.modules() if isinstance(m, nn.Linear)][-1]
-    captured: dict[str, torch.Tensor] = {}
-    handle = readout.register_forward_pre_hook(
-        lambda _module, args: captured.__setitem__("features", args[0]))
     with torch.no_grad():
-        module(inputs)
-    handle.remove()
+        features = readout_features(module, inputs)
     grams = []
-    for values in (inputs, captured["features"]):
+    for values in (inputs, features):
         flat = values.reshape(values.shape[0], -1).double()
         flat = flat - flat.mean(0)
         grams.append(flat @ flat.T)
