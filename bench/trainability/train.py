@@ -59,9 +59,10 @@ class RunRecord:
         return asdict(self)
 
 
-def build_module(model: BenchModel) -> torch.nn.Module:
-    """The model's module with the initial weights ``diagnose`` probes (seed 0)."""
-    return build_spec(parse_spec(model.spec), seed=0).module
+def build_module(model: BenchModel, seed: int = 0) -> torch.nn.Module:
+    """The model's module with the initial weights ``diagnose`` probes (``config.seed``, 0 by
+    default)."""
+    return build_spec(parse_spec(model.spec), seed=seed).module
 
 
 def weight_tensors(module: torch.nn.Module) -> list[torch.Tensor]:
@@ -70,7 +71,8 @@ def weight_tensors(module: torch.nn.Module) -> list[torch.Tensor]:
 
 
 def train_run(model: BenchModel, task: Task, optimizer: str, lr: float, steps: int, *,
-              stop_below: float | None = None, data_seed: int = DATA_SEED) -> RunRecord:
+              stop_below: float | None = None, data_seed: int = DATA_SEED,
+              init_seed: int = 0) -> RunRecord:
     """Train ``model`` from its initial weights and record the outcome.
 
     Args:
@@ -84,10 +86,12 @@ def train_run(model: BenchModel, task: Task, optimizer: str, lr: float, steps: i
         data_seed: Seed of the stream of training batches (the initial weights are the same
             for every seed: they are the ones ``diagnose`` probes). The labels use
             ``DATA_SEED``; other seeds measure how much a label depends on the batches' luck.
+        init_seed: Seed of the initial weights (the labels use 0, the weights ``diagnose``
+            probes with its default ``config.seed``).
     """
     started = time.perf_counter()
     torch.manual_seed(data_seed)
-    module = build_module(model).train()
+    module = build_module(model, init_seed).train()
     weights = weight_tensors(module)
     first0, last0 = weights[0].detach().clone(), weights[-1].detach().clone()
     params = list(module.parameters())

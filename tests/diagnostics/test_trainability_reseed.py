@@ -8,6 +8,7 @@ from bench.trainability.models import mlp
 from bench.trainability.reseed import compare, validation_moves
 from bench.trainability.tasks import make_task
 from bench.trainability.train import DATA_SEED, build_module, train_run
+from diagnostics.loading.spec.loader import build_spec, parse_spec
 
 
 def _without_time(record: dict[str, object]) -> dict[str, object]:
@@ -78,3 +79,15 @@ def test_validation_moves_tell_a_repeated_label_from_one_that_crosses_classes():
     # an ambiguous stored label is not scored: it can neither repeat nor cross
     assert not rows["crossed"]["adam_repeated"]
     assert not rows["crossed"]["adam_crossed"]
+
+
+def test_the_init_seed_draws_the_weights_diagnose_draws_with_that_config_seed():
+    model = mlp("relu", 3, 1.0)
+    drawn = build_module(model, seed=1).state_dict()
+    probed = build_spec(parse_spec(model.spec), seed=1).module.state_dict()
+    default = build_module(model).state_dict()
+    assert all((drawn[name] == probed[name]).all() for name in drawn)
+    assert any((drawn[name] != default[name]).any() for name in drawn)
+    task = make_task(model)
+    assert (train_run(model, task, "sgd", 1e-2, 2, init_seed=1).first_loss
+            != train_run(model, task, "sgd", 1e-2, 2).first_loss)
