@@ -2,7 +2,7 @@
 
     python -m bench.trainability.reinit           # retrain and rediagnose; print the table
 
-Each held-out miss of :mod:`bench.trainability.budget` (a model labelled ``vanishing`` under an
+Each pair of :mod:`bench.trainability.budget`'s ``MISSES`` (a model labelled ``vanishing`` under an
 optimizer that GradDoctor calls healthy) is built again with other initial weights — the same
 architecture and initialization scheme, ``config.seed`` 1 and 2 instead of 0 (``diagnose`` builds
 a spec's weights from that seed) — trained over that optimizer's grid exactly as the labeller
