@@ -1,6 +1,6 @@
 """Do the stalls GradDoctor misses belong to the architecture, or to the draw of the weights?
 
-    python -m bench.trainability.reinit           # retrain and rediagnose; print the table
+    python -m bench.trainability.reinit           # retrain and rediagnose; print each result
 
 Each pair of :mod:`bench.trainability.budget`'s ``MISSES`` (a model labelled ``vanishing`` under an
 optimizer that GradDoctor calls healthy) is built again with other initial weights — the same
