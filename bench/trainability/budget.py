@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from bench.trainability.label import LABELS_PATH, STEPS, load_labels
-from bench.trainability.labelling import thresholds
+from bench.trainability.labelling import run_outcome, thresholds
 from bench.trainability.score import bench_model
 from bench.trainability.tasks import make_task
 from bench.trainability.train import train_run
@@ -61,7 +61,7 @@ def main() -> int:
         results[key] = {"lr": lr, "steps": steps, "label": entry["labels"][optimizer],
                         "best_over_B": run["best_loss"] / task.baseline
                         if run["best_loss"] is not None else None,
-                        "trained": run["best_loss"] is not None and run["best_loss"] <= trained_at,
+                        "trained": run_outcome(run, task.baseline, model.task) == "trained",
                         "steps_run": run["steps_run"], "nan_step": run["nan_step"]}
         BUDGET_PATH.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
         print(key, results[key], flush=True)

@@ -20,8 +20,8 @@ from pathlib import Path
 import torch
 
 from bench.trainability.budget import MISSES
-from bench.trainability.label import LABELS_PATH, STEPS, load_labels
-from bench.trainability.labelling import ADAM_LRS, SGD_LRS, label_runs, thresholds
+from bench.trainability.label import GRIDS, LABELS_PATH, STEPS, load_labels
+from bench.trainability.labelling import label_runs, thresholds
 from bench.trainability.predictors import config_for, graddoctor_call
 from bench.trainability.score import bench_model
 from bench.trainability.tasks import make_task
@@ -29,7 +29,6 @@ from bench.trainability.train import train_run
 
 REINIT_PATH = Path(__file__).with_name("reinit.json")
 SEEDS = (1, 2)
-GRIDS = {"sgd": SGD_LRS, "adam": ADAM_LRS}
 
 
 def main() -> int:
@@ -45,7 +44,7 @@ def main() -> int:
             if key in results:
                 continue
             runs = [train_run(model, task, optimizer, lr, STEPS[model.task], stop_below=stop,
-                              init_seed=seed).to_dict() for lr in GRIDS[optimizer]]
+                              init_seed=seed).to_dict() for lr in dict(GRIDS)[optimizer]]
             status, facts = graddoctor_call(model, {**config_for(model, optimizer), "seed": seed})
             results[key] = {"label": label_runs(runs, task.baseline, model.task),
                             "stored_label": stored[ident]["labels"][optimizer],

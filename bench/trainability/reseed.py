@@ -8,8 +8,9 @@ same initial weights (the ones ``diagnose`` probes), task, teacher, grids, steps
 rule — with only the stream of training batches drawn from another seed. GradDoctor's verdict
 sees the architecture and the initial weights, never the batches a user's training will draw, so
 a model whose label changes with the batches' seed is one no verdict at initialization can be
-right about under every seed: the share of labels that stay put bounds the accuracy any such
-verdict can reach on this benchmark, and a label that flips says training sits on the edge.
+right about under every seed: each model's most frequent unambiguous label across the seeds
+bounds the accuracy any such verdict can reach on this benchmark, and a label that flips says
+training sits on the edge.
 
 Results: ``reseed/seed-<n>.json`` beside this file (one per seed, so seeds can be trained side
 by side on separate cores): per model its labels and a one-line summary of every run. The stored
@@ -30,15 +31,14 @@ from typing import Any
 import torch
 
 from bench.trainability.label import LABELS_PATH, label_model, load_labels
+from bench.trainability.labelling import LABELS as UNAMBIGUOUS
 from bench.trainability.models import BenchModel
-from bench.trainability.score import RESULTS_PATH, agreed_label, bench_model
+from bench.trainability.score import RESULTS_PATH, agreed_label, bench_model, write_docs
 from bench.trainability.train import DATA_SEED
 from bench.trainability.validation import ROUNDS, VALIDATION_PATH, summarize_runs
 
 RESEED_DIR = Path(__file__).with_name("reseed")
-DOCS_PATH = Path(__file__).resolve().parents[2] / "docs" / "trainability.md"
 BEGIN, END = "<!-- BEGIN GENERATED: reseed.py -->", "<!-- END GENERATED: reseed.py -->"
-UNAMBIGUOUS = ("healthy", "vanishing", "exploding")
 LABEL_SETS = ("sgd", "adam", "agreed")
 
 
@@ -81,9 +81,10 @@ def with_agreed(labels: dict[str, str]) -> dict[str, str]:
     return {**labels, "agreed": agreed_label(labels)}
 
 
-def load_seeds(seeds: list[int]) -> dict[int, dict[str, Any]]:
-    """Each retrained seed's models (``reseed/seed-<n>.json``)."""
-    return {seed: json.loads(seed_path(seed).read_text())["models"] for seed in seeds}
+def load_seeds(seeds: list[int], validation: bool = False) -> dict[int, dict[str, Any]]:
+    """Each retrained seed's models (``reseed/seed-<n>.json``, or the validation set's)."""
+    return {seed: json.loads(seed_path(seed, validation).read_text())["models"]
+            for seed in seeds}
 
 
 def compare(stored: dict[str, Any], calls: dict[str, Any],
@@ -226,21 +227,12 @@ def main(argv: list[str] | None = None) -> int:
     section = render(compare(load_labels(LABELS_PATH)["models"], calls, load_seeds(seeds)))
     checked = [seed for seed in seeds if seed_path(seed, validation=True).exists()]
     if checked:
-        other = {seed: json.loads(seed_path(seed, validation=True).read_text())["models"]
-                 for seed in checked}
         stored = {ident: labels for ident, (_, labels) in stored_models(True).items()}
-        section += "\n\n" + render_validation(validation_moves(stored, other))
+        section += "\n\n" + render_validation(validation_moves(stored, load_seeds(checked, True)))
     print(section)
     if not args.no_write:
-        write_docs(section)
+        write_docs(section, markers=(BEGIN, END))
     return 0
-
-
-def write_docs(section: str, path: Path = DOCS_PATH) -> None:
-    """Replace the text between the generated section's markers in docs/trainability.md."""
-    text = path.read_text()
-    start, end = text.index(BEGIN) + len(BEGIN), text.index(END)
-    path.write_text(text[:start] + "\n" + section + "\n" + text[end:])
 
 
 if __name__ == "__main__":

@@ -157,12 +157,15 @@ def render(rows: list[dict[str, Any]], found: dict[tuple[str, str, str], Score])
     return "\n".join(out)
 
 
-def write_docs(section: str, path: Path = DOCS_PATH) -> None:
-    """Replace the generated section of ``docs/trainability.md`` (kept hand-written around)."""
-    text = path.read_text() if path.exists() else f"{BEGIN}\n{END}\n"
-    head, _, rest = text.partition(BEGIN)
-    _, _, tail = rest.partition(END)
-    path.write_text(f"{head}{BEGIN}\n{section}\n{END}{tail}")
+def write_docs(section: str, path: Path = DOCS_PATH, markers: tuple[str, str] = (BEGIN, END)
+               ) -> None:
+    """Replace a generated section of ``docs/trainability.md`` (kept hand-written around): the
+    text between ``markers``, score.py's by default."""
+    begin, end = markers
+    text = path.read_text() if path.exists() else f"{begin}\n{end}\n"
+    head, _, rest = text.partition(begin)
+    _, _, tail = rest.partition(end)
+    path.write_text(f"{head}{begin}\n{section}\n{end}{tail}")
 
 
 def print_details(rows: list[dict[str, Any]]) -> None:

@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from bench.trainability.labelling import run_outcome
+from bench.trainability.labelling import LABELS, run_outcome
 from bench.trainability.models import BenchModel, cnn, mixer, mlp
 from bench.trainability.predictors import config_for
 
@@ -47,7 +47,6 @@ ROUNDS: dict[int, tuple[BenchModel, ...]] = {
         cnn("relu", 20, 1.0, norm=True, channels=16), mixer("relu", 16, None, channels=32),
         mixer("gelu", 24, None), cnn("relu", 30, 1.0, norm=True, channels=64)),
 }
-LABELS = ("healthy", "vanishing", "exploding")
 # The rejected rule's thresholds: 10 (first, after the benchmark's held-out ratios were seen)
 # and 20 (after round 1, committed before round 2 was trained).
 THRESHOLDS_TRIED = (10.0, 20.0)
