@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from bench.trainability.label import LABELS_PATH, STEPS, load_labels
-from bench.trainability.labelling import run_outcome, thresholds
+from bench.trainability.labelling import run_outcome, trained_loss
 from bench.trainability.score import bench_model
 from bench.trainability.tasks import make_task
 from bench.trainability.train import train_run
@@ -56,8 +56,8 @@ def main() -> int:
         task = make_task(model)
         lr = closest_lr(entry, optimizer)
         steps = STEPS[model.task] * FACTOR
-        trained_at = thresholds(model.task)[0] * task.baseline
-        run = train_run(model, task, optimizer, lr, steps, stop_below=trained_at).to_dict()
+        stop = trained_loss(model.task, task.baseline)
+        run = train_run(model, task, optimizer, lr, steps, stop_below=stop).to_dict()
         results[key] = {"lr": lr, "steps": steps, "label": entry["labels"][optimizer],
                         "best_over_B": run["best_loss"] / task.baseline
                         if run["best_loss"] is not None else None,

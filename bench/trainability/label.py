@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from bench.trainability.labelling import ADAM_LRS, SGD_LRS, label_runs, thresholds
+from bench.trainability.labelling import ADAM_LRS, SGD_LRS, label_runs, trained_loss
 from bench.trainability.models import BenchModel, all_models
 from bench.trainability.split import stratified_split
 from bench.trainability.tasks import make_task
@@ -47,7 +47,7 @@ def label_model(model: BenchModel, known: dict[str, list[dict[str, Any]]] | None
     """
     task = make_task(model)
     steps = STEPS[model.task]
-    stop = thresholds(model.task)[0] * task.baseline  # there, the outcome is decided: trained
+    stop = trained_loss(model.task, task.baseline)  # there, the outcome is decided: trained
     runs = {}
     for name, grid in GRIDS:
         done = {run["lr"]: run for run in (known or {}).get(name, []) if run["steps"] == steps}

@@ -57,10 +57,15 @@ def thresholds(task: str | None) -> tuple[float, float]:
     return TASK_THRESHOLDS.get(task or "", (TRAINED, BORDERLINE))
 
 
+def trained_loss(task: str | None, baseline: float) -> float:
+    """The window loss at or below which a run of ``task`` counts as ``trained``."""
+    return thresholds(task)[0] * baseline
+
+
 def run_outcome(run: Mapping[str, Any], baseline: float, task: str | None = None) -> str:
     """``trained``, ``diverged`` or ``stalled`` for one run record (see the module docstring)."""
     best = run.get("best_loss")
-    if best is not None and math.isfinite(best) and best <= thresholds(task)[0] * baseline:
+    if best is not None and math.isfinite(best) and best <= trained_loss(task, baseline):
         return "trained"
     if run.get("nan_step") is not None:
         return "diverged"

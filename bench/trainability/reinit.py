@@ -21,7 +21,7 @@ import torch
 
 from bench.trainability.budget import MISSES
 from bench.trainability.label import GRIDS, LABELS_PATH, STEPS, load_labels
-from bench.trainability.labelling import label_runs, thresholds
+from bench.trainability.labelling import label_runs, trained_loss
 from bench.trainability.predictors import config_for, graddoctor_call
 from bench.trainability.score import bench_model
 from bench.trainability.tasks import make_task
@@ -38,7 +38,7 @@ def main() -> int:
     for ident, optimizer in MISSES:
         model = bench_model(ident, stored[ident])
         task = make_task(model)
-        stop = thresholds(model.task)[0] * task.baseline
+        stop = trained_loss(model.task, task.baseline)
         for seed in SEEDS:
             key = f"{ident}/{optimizer}/seed-{seed}"
             if key in results:
