@@ -43,16 +43,18 @@ from diagnostics.loading.spec.loader import parse_spec
 PROBES = 24
 
 
-def readout_features(module: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
-    """The readout's input (the last Linear's) on ``inputs``, in training mode, with the graph
-    back to ``inputs`` kept when they require a gradient."""
+def readout_features(module: nn.Module, inputs: torch.Tensor | dict[str, torch.Tensor]
+                     ) -> torch.Tensor:
+    """The readout's input (the last Linear's) on ``inputs`` (a tensor, or keyword inputs such as
+    a transformers model's ``input_ids``), in training mode, with the graph back to ``inputs``
+    kept when they require a gradient."""
     module.train()
     readout = [m for m in module.modules() if isinstance(m, nn.Linear)][-1]
     captured: dict[str, torch.Tensor] = {}
     handle = readout.register_forward_pre_hook(
         lambda _module, args: captured.__setitem__("features", args[0]))
     try:
-        module(inputs)
+        module(**inputs) if isinstance(inputs, dict) else module(inputs)
     finally:
         handle.remove()
     return captured["features"]
@@ -77,16 +79,22 @@ def rank_fraction(module: nn.Module, inputs: torch.Tensor, seed: int = 0) -> flo
     return (first / PROBES) ** 2 / (second / PROBES) / min(x.numel(), features.numel())
 
 
-def linear_cka(module: nn.Module, inputs: torch.Tensor) -> float:
-    """Linear CKA between the batch's inputs and the readout's input features (training mode)."""
-    with torch.no_grad():
-        features = readout_features(module, inputs)
+def feature_cka(first: torch.Tensor, second: torch.Tensor) -> float:
+    """Linear CKA between two representations of the same batch (first axis = samples): 1 when
+    one is a rotation and scaling of the other, near 0 when their geometries are unrelated."""
     grams = []
-    for values in (inputs, features):
+    for values in (first, second):
         flat = values.reshape(values.shape[0], -1).double()
         flat = flat - flat.mean(0)
         grams.append(flat @ flat.T)
     return float((grams[0] * grams[1]).sum() / (grams[0].norm() * grams[1].norm()))
+
+
+def linear_cka(module: nn.Module, inputs: torch.Tensor) -> float:
+    """Linear CKA between the batch's inputs and the readout's input features (training mode)."""
+    with torch.no_grad():
+        features = readout_features(module, inputs)
+    return feature_cka(inputs, features)
 
 
 def spec_measures(spec: dict[str, Any]) -> tuple[float, float]:
