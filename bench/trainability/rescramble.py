@@ -17,7 +17,7 @@ the healthy nets at least 0.865 under SGD and 0.935 under Adam).
 
 It passed the benchmark and failed the validation stacks (docs/trainability.md has the numbers):
 held-out +2 under each label set (SGD 83 %, Adam 86 %), no false alarm on either half, none on
-twenty torchvision/timm/transformers models (0.929-1.0) — but deep BatchNorm MLPs of
+twenty-one torchvision/timm/transformers models (0.929-1.0) — but deep BatchNorm MLPs of
 ``validation.json`` that train read 0.40-0.77 (redrawn at every step, and they still train), and
 under Adam it catches none of that set's stalls. Features redrawn by every step are not a stall.
 
@@ -133,7 +133,7 @@ def validation() -> None:
             print(_line(*row), flush=True)
 
 
-def _standard_models() -> dict[str, tuple[Callable[[], nn.Module], str]]:
+def standard_models() -> dict[str, tuple[Callable[[], nn.Module], str]]:
     import timm
     import torchvision.models as tv
     import transformers
@@ -143,7 +143,7 @@ def _standard_models() -> dict[str, tuple[Callable[[], nn.Module], str]]:
 
     return {
         **{name: (getattr(tv, name), "image64") for name in (
-            "resnet18", "resnet50", "resnet101", "wide_resnet50_2", "mobilenet_v2",
+            "resnet18", "resnet50", "resnet101", "resnet152", "wide_resnet50_2", "mobilenet_v2",
             "mobilenet_v3_small", "efficientnet_b0", "convnext_tiny", "densenet121",
             "regnet_y_400mf", "vgg16_bn", "swin_t")},
         "vit_b_16": (tv.vit_b_16, "image224"),
@@ -162,7 +162,7 @@ def _standard_models() -> dict[str, tuple[Callable[[], nn.Module], str]]:
     }
 
 
-def _standard_batch(kind: str, generator: torch.Generator) -> Batch:
+def standard_batch(kind: str, generator: torch.Generator) -> Batch:
     if kind == "tokens":
         return {"input_ids": torch.randint(0, 1000, (8, 32), generator=generator)}
     size = int(kind.removeprefix("image"))
@@ -171,12 +171,12 @@ def _standard_batch(kind: str, generator: torch.Generator) -> Batch:
 
 def standard() -> None:
     print("\nstandard models, their libraries' own initialization (stability | steps 1-6 | model)")
-    for name, (build, kind) in _standard_models().items():
+    for name, (build, kind) in standard_models().items():
         for optimizer in Optimizer:
             torch.manual_seed(0)
             module = build()
             generator = torch.Generator().manual_seed(0)
-            probe, held = _standard_batch(kind, generator), _standard_batch(kind, generator)
+            probe, held = standard_batch(kind, generator), standard_batch(kind, generator)
             similarities = step_similarities(module, probe, held, optimizer)
             print(_line(stability(similarities), similarities, name, str(optimizer)), flush=True)
 

@@ -32,7 +32,7 @@ from bench.trainability.models import BenchModel
 
 TEACHER_SEED = 1234
 _TEACHER_SHARPNESS = 3.0
-_BASELINE_SAMPLES = 20_000
+BASELINE_SAMPLES = 20_000
 
 
 @dataclass
@@ -93,7 +93,7 @@ def teacher_features(x: torch.Tensor) -> torch.Tensor:
     return x.flatten(1)
 
 
-def _teacher(features: int) -> nn.Module:
+def linear_teacher(features: int) -> nn.Module:
     generator = torch.Generator().manual_seed(TEACHER_SEED + features)
     teacher = nn.Linear(features, 4)
     with torch.no_grad():
@@ -105,15 +105,25 @@ def _teacher(features: int) -> nn.Module:
 
 def make_task(model: BenchModel) -> Task:
     """The task ``model`` trains on, its batch shape taken from the model's spec."""
-    shape = tuple(model.spec["inputs"][0]["shape"])
+    return task_for(model.task, tuple(model.spec["inputs"][0]["shape"]))
+
+
+def task_for(name: str, shape: tuple[int, ...]) -> Task:
+    """The task ``name`` (``teacher-vector``, ``teacher-image``, ``adding``) on batches of
+    ``shape``: the teacher and the trivial baseline follow from the shape."""
     generator = torch.Generator().manual_seed(TEACHER_SEED)
-    if model.task == "adding":
-        _x, target = adding_batch(_BASELINE_SAMPLES, shape[1], generator)
+    if name == "adding":
+        _x, target = adding_batch(BASELINE_SAMPLES, shape[1], generator)
         return Task("adding", shape, float(target.var(unbiased=False)))
-    teacher = _teacher(teacher_features(torch.zeros(1, *shape[1:])).shape[1])
-    task = Task(model.task, shape, 0.0, teacher)
-    _x, labels = task._draw(_BASELINE_SAMPLES, generator)
+    teacher = linear_teacher(teacher_features(torch.zeros(1, *shape[1:])).shape[1])
+    task = Task(name, shape, 0.0, teacher)
+    _x, labels = task._draw(BASELINE_SAMPLES, generator)
+    task.baseline = prior_entropy(labels)
+    return task
+
+
+def prior_entropy(labels: torch.Tensor) -> float:
+    """The trivial loss of a classification task: the entropy of its class prior."""
     prior = torch.bincount(labels, minlength=4).double() / labels.numel()
     prior = prior[prior > 0]
-    task.baseline = float(-(prior * prior.log()).sum())
-    return task
+    return float(-(prior * prior.log()).sum())

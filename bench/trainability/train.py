@@ -91,7 +91,19 @@ def train_run(model: BenchModel, task: Task, optimizer: str, lr: float, steps: i
     """
     started = time.perf_counter()
     torch.manual_seed(data_seed)
-    module = build_module(model, init_seed).train()
+    module = build_module(model, init_seed)
+    return train_module(module, task, optimizer, lr, steps, stop_below=stop_below,
+                        data_seed=data_seed, started=started)
+
+
+def train_module(module: torch.nn.Module, task: Task, optimizer: str, lr: float, steps: int, *,
+                 stop_below: float | None = None, data_seed: int = DATA_SEED,
+                 started: float | None = None) -> RunRecord:
+    """Train ``module`` (modified in place) as :func:`train_run` trains a benchmark model: any
+    module that maps the task's batches to its outputs, e.g. a library architecture
+    (:mod:`bench.trainability.standard`)."""
+    started = time.perf_counter() if started is None else started
+    module.train()
     weights = weight_tensors(module)
     first0, last0 = weights[0].detach().clone(), weights[-1].detach().clone()
     params = list(module.parameters())
