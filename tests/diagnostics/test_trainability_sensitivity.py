@@ -13,7 +13,7 @@ from torch import nn
 from bench.trainability.label import STEPS
 from bench.trainability.models import by_id
 from bench.trainability.sensitivity import angular_tolerance, centred_correlation, tangent_step
-from bench.trainability.standard import InvariantTeacherTask, shape
+from bench.trainability.standard import InvariantTeacherTask, render, shape
 from bench.trainability.tasks import make_task
 from bench.trainability.train import build_module, train_module, train_run
 
@@ -69,3 +69,16 @@ def test_the_invariant_control_task_is_exactly_what_a_conv_relu_pool_readout_com
     student = task.teacher((pooled - task.center) / task.scale)
     assert torch.equal(student.argmax(dim=1), labels)
     assert task.baseline > 1.2  # four classes, none rare: the prior's entropy is near log 4
+
+
+def test_the_docs_table_names_each_label_with_the_run_that_came_closest():
+    run = {"lr": 1e-2, "best_loss": 1.1, "steps_run": 300, "nan_step": None}
+    closer = {**run, "lr": 1e-1, "best_loss": 0.7, "steps_run": 140}
+    diverged = {**run, "lr": 3e-2, "best_loss": None, "nan_step": 4}
+    entry = {"name": "resnet18", "task": "teacher-image", "shape": [64, 3, 8, 8],
+             "baseline": 1.4, "runs": {"sgd": [run, closer], "adam": [diverged]},
+             "labels": {"sgd": "healthy", "adam": "exploding"},
+             "graddoctor": {"sgd": "healthy", "adam": "exploding"}}
+    row = render({"resnet18 | teacher-image | 8px": entry}).splitlines()[-1]
+    assert row == ("| resnet18 | teacher-image | 8 | healthy (0.1: 0.50 B, 140 steps) "
+                   "| exploding (0.03: non-finite at step 4) | healthy / exploding |")
