@@ -181,12 +181,18 @@ def standard() -> None:
             print(_line(stability(similarities), similarities, name, str(optimizer)), flush=True)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def parse_model_set(argv: list[str] | None, description: str) -> argparse.Namespace:
+    """The command line of a bench measure read on one of three model sets: the benchmark's
+    halves (default), ``--validation`` or ``--standard``; one thread, as every bench timing."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--validation", action="store_true", help="validation.json's stacks")
     parser.add_argument("--standard", action="store_true", help="library models")
-    args = parser.parse_args(argv)
     torch.set_num_threads(1)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_model_set(argv, __doc__.splitlines()[0])
     if args.validation:
         validation()
     elif args.standard:

@@ -27,7 +27,6 @@ diverges: Lewkowycz et al. 2020, Cohen et al. 2021). The mixers read 920 to 1.2e
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from typing import Any
@@ -37,7 +36,12 @@ from torch import nn
 
 from bench.trainability.isometry import readout_features
 from bench.trainability.label import LABELS_PATH, load_labels
-from bench.trainability.rescramble import Batch, standard_batch, standard_models
+from bench.trainability.rescramble import (
+    Batch,
+    parse_model_set,
+    standard_batch,
+    standard_models,
+)
 from bench.trainability.validation import VALIDATION_PATH
 from diagnostics.config import DEFAULT_LEARNING_RATES, Optimizer
 from diagnostics.loading.spec.build import build_spec
@@ -137,11 +141,7 @@ def _print_specs(title: str, models: dict[str, dict[str, Any]]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--validation", action="store_true", help="validation.json's stacks")
-    parser.add_argument("--standard", action="store_true", help="library models")
-    args = parser.parse_args(argv)
-    torch.set_num_threads(1)
+    args = parse_model_set(argv, __doc__.splitlines()[0])
     if args.validation:
         _print_specs("validation", json.loads(VALIDATION_PATH.read_text())["models"])
     elif args.standard:
