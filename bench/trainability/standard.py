@@ -148,8 +148,10 @@ def label(name: str, task_name: str, size: int) -> dict[str, Any]:
         for lr in grid:
             record = train_module(build(name), task, optimizer, lr, steps, stop_below=stop)
             runs[optimizer].append(record.to_dict())
-            print(f"  {name} {optimizer} {lr:g}: best {record.best_loss / task.baseline:.3f} B "
-                  f"after {record.steps_run} steps ({record.seconds:.0f} s)", flush=True)
+            best = ("non-finite" if record.best_loss is None
+                    else f"{record.best_loss / task.baseline:.3f} B")
+            print(f"  {name} {optimizer} {lr:g}: best {best} after {record.steps_run} steps "
+                  f"({record.seconds:.0f} s)", flush=True)
     return {"name": name, "task": task_name, "shape": list(shape(size)),
             "baseline": task.baseline, "steps": steps,
             "runs": runs, "labels": {optimizer: label_runs(group, task.baseline, TASK)
@@ -157,7 +159,7 @@ def label(name: str, task_name: str, size: int) -> dict[str, Any]:
             "graddoctor": verdicts(name, size)}
 
 
-def _fastest(runs: list[dict[str, Any]], baseline: float) -> str:
+def _closest(runs: list[dict[str, Any]], baseline: float) -> str:
     """The run that came closest: its learning rate, best window loss (in B) and steps run."""
     best = min(runs, key=lambda run: float("inf") if run["best_loss"] is None
                else run["best_loss"])
@@ -171,7 +173,7 @@ def render(models: dict[str, dict[str, Any]]) -> str:
     lines = ["| architecture | task | px | SGD label (closest run) | Adam label (closest run) "
              "| GradDoctor (SGD / Adam) |", "|---|---|---|---|---|---|"]
     for entry in sorted(models.values(), key=lambda e: (e["task"], e["shape"][2], e["name"])):
-        closest = {o: _fastest(entry["runs"][o], entry["baseline"]) for o in ("sgd", "adam")}
+        closest = {o: _closest(entry["runs"][o], entry["baseline"]) for o in ("sgd", "adam")}
         lines.append(
             f"| {entry['name']} | {entry['task']} | {entry['shape'][2]} "
             f"| {entry['labels']['sgd']} ({closest['sgd']}) "
