@@ -37,10 +37,17 @@ MISSES = (("mlp-relu-d20-bn-init3x", "sgd"), ("cnn-relu-d20-bn-init3x", "sgd"),
           ("cnn-sigmoid-d4-init1x", "adam"), ("mlp-sigmoid-d10-init3x", "sgd"))
 
 
+def closest_run(runs: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The run that reached the lowest best-window loss (None when no window was finite)."""
+    finite = [run for run in runs if run["best_loss"] is not None]
+    return min(finite, key=lambda run: run["best_loss"]) if finite else None
+
+
 def closest_lr(entry: dict[str, Any], optimizer: str) -> float:
     """The grid's learning rate whose run reached the lowest best-window loss."""
-    runs = [run for run in entry["runs"][optimizer] if run["best_loss"] is not None]
-    return min(runs, key=lambda run: run["best_loss"])["lr"]
+    closest = closest_run(entry["runs"][optimizer])
+    assert closest is not None, "every listed miss stalled with finite losses"
+    return float(closest["lr"])
 
 
 def main() -> int:

@@ -26,9 +26,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from bench.trainability.isometry import spec_module_and_batches
 from diagnostics.config import Loss
-from diagnostics.loading.spec.build import build_spec
-from diagnostics.loading.spec.loader import parse_spec
 from diagnostics.probe import compute_loss
 from diagnostics.scale_invariance import scale_invariant
 
@@ -153,7 +152,5 @@ def chain_ratio(module: nn.Module, inputs: tuple[torch.Tensor, ...], seed: int =
 
 def spec_chain_ratio(spec: dict[str, Any], seed: int = 0) -> ChainRatio:
     """The chain ratio of a benchmark spec, on a seeded batch of its input shape."""
-    module = build_spec(parse_spec(spec), seed=0).module
-    generator = torch.Generator().manual_seed(seed)
-    shape = spec["inputs"][0]["shape"]
-    return chain_ratio(module, (torch.randn(*shape, generator=generator),), seed)
+    module, (batch,) = spec_module_and_batches(spec, batch_seed=seed)
+    return chain_ratio(module, (batch,), seed)

@@ -30,6 +30,8 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -41,6 +43,7 @@ from diagnostics.loading.spec.build import build_spec
 from diagnostics.loading.spec.loader import parse_spec
 
 PROBES = 24
+READING_SEED = 1234  # one random draw (dropout masks) for every reading of the features
 
 
 def readout_features(module: nn.Module, inputs: torch.Tensor | dict[str, torch.Tensor]
@@ -58,6 +61,33 @@ def readout_features(module: nn.Module, inputs: torch.Tensor | dict[str, torch.T
     finally:
         handle.remove()
     return captured["features"]
+
+
+@contextmanager
+def same_draws() -> Iterator[None]:
+    """Every forward pass inside draws the same random numbers (dropout masks, stochastic depth),
+    so two readings of a module differ only where its weights do; the caller's RNG is kept."""
+    with torch.random.fork_rng():
+        torch.manual_seed(READING_SEED)
+        yield
+
+
+def held_features(module: nn.Module, inputs: torch.Tensor | dict[str, torch.Tensor]
+                  ) -> torch.Tensor:
+    """:func:`readout_features` without a graph and with :func:`same_draws`: a reading that can
+    be compared with another one of the same module."""
+    with same_draws(), torch.no_grad():
+        return readout_features(module, inputs).clone()
+
+
+def spec_module_and_batches(spec: dict[str, Any], count: int = 1, batch_seed: int = 0
+                            ) -> tuple[nn.Module, list[torch.Tensor]]:
+    """A benchmark spec's module with the weights ``diagnose`` probes (``config.seed`` 0) and
+    ``count`` batches of its input shape, drawn in turn from one generator seeded ``batch_seed``."""
+    module = build_spec(parse_spec(spec), seed=0).module
+    generator = torch.Generator().manual_seed(batch_seed)
+    shape = spec["inputs"][0]["shape"]
+    return module, [torch.randn(*shape, generator=generator) for _ in range(count)]
 
 
 def rank_fraction(module: nn.Module, inputs: torch.Tensor, seed: int = 0) -> float:
@@ -99,9 +129,7 @@ def linear_cka(module: nn.Module, inputs: torch.Tensor) -> float:
 
 def spec_measures(spec: dict[str, Any]) -> tuple[float, float]:
     """Both measures on a benchmark spec (weights as ``diagnose`` builds them, a seeded batch)."""
-    module = build_spec(parse_spec(spec), seed=0).module
-    generator = torch.Generator().manual_seed(0)
-    inputs = torch.randn(*spec["inputs"][0]["shape"], generator=generator)
+    module, (inputs,) = spec_module_and_batches(spec)
     return rank_fraction(module, inputs), linear_cka(module, inputs)
 
 

@@ -37,26 +37,17 @@ from typing import Any
 import torch
 from torch import nn
 
-from bench.trainability.isometry import feature_cka, readout_features
+from bench.trainability.isometry import feature_cka, held_features, spec_module_and_batches
 from bench.trainability.label import LABELS_PATH, load_labels
 from bench.trainability.score import RESULTS_PATH
 from bench.trainability.validation import VALIDATION_PATH
 from diagnostics.config import DEFAULT_LEARNING_RATES, Loss, Optimizer
-from diagnostics.loading.spec.build import build_spec
-from diagnostics.loading.spec.loader import parse_spec
 from diagnostics.probe import compute_loss
 
 STEPS = 6
 THRESHOLD = 0.8  # the pre-registered rule: vanishing below it
-_READING_SEED = 1234  # one dropout draw for every reading of the features
 
 Batch = torch.Tensor | dict[str, torch.Tensor]
-
-
-def _features(module: nn.Module, held: Batch) -> torch.Tensor:
-    with torch.random.fork_rng(), torch.no_grad():
-        torch.manual_seed(_READING_SEED)
-        return readout_features(module, held).clone()
 
 
 def step_similarities(module: nn.Module, probe: Batch, held: Batch,
@@ -68,7 +59,7 @@ def step_similarities(module: nn.Module, probe: Batch, held: Batch,
     step: torch.optim.Optimizer = (
         torch.optim.SGD(module.parameters(), lr=lr, momentum=0.9) if optimizer is Optimizer.SGD
         else torch.optim.Adam(module.parameters(), lr=lr))
-    before = _features(module, held)
+    before = held_features(module, held)
     similarities = []
     for _ in range(STEPS):
         step.zero_grad()
@@ -76,7 +67,7 @@ def step_similarities(module: nn.Module, probe: Batch, held: Batch,
         output = getattr(output, "logits", output)  # transformers' ModelOutput
         compute_loss(output, Loss.RANDOM_PROJECTION, seed=0).backward()
         step.step()
-        after = _features(module, held)
+        after = held_features(module, held)
         finite = bool(torch.isfinite(after).all() and torch.isfinite(before).all())
         similarities.append(feature_cka(before, after) if finite else float("nan"))
         before = after
@@ -92,10 +83,7 @@ def stability(similarities: list[float]) -> float:
 
 def spec_stability(spec: dict[str, Any], optimizer: Optimizer) -> tuple[float, list[float]]:
     """The stability of a benchmark spec (weights as ``diagnose`` builds them, seeded batches)."""
-    module = build_spec(parse_spec(spec), seed=0).module
-    generator = torch.Generator().manual_seed(0)
-    shape = spec["inputs"][0]["shape"]
-    probe, held = torch.randn(*shape, generator=generator), torch.randn(*shape, generator=generator)
+    module, (probe, held) = spec_module_and_batches(spec, count=2)
     similarities = step_similarities(module, probe, held, optimizer)
     return stability(similarities), similarities
 

@@ -34,7 +34,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from bench.trainability.isometry import readout_features
+from bench.trainability.isometry import held_features, same_draws, spec_module_and_batches
 from bench.trainability.label import LABELS_PATH, load_labels
 from bench.trainability.rescramble import (
     Batch,
@@ -44,19 +44,10 @@ from bench.trainability.rescramble import (
 )
 from bench.trainability.validation import VALIDATION_PATH
 from diagnostics.config import DEFAULT_LEARNING_RATES, Optimizer
-from diagnostics.loading.spec.build import build_spec
-from diagnostics.loading.spec.loader import parse_spec
 
 TOLERATED = 0.9  # the correlation at which features count as changed
 _LOG_RANGE = (-7.0, 0.5)
 _BISECTIONS = 25
-_READING_SEED = 1234
-
-
-def _features(module: nn.Module, batch: Batch) -> torch.Tensor:
-    with torch.random.fork_rng(), torch.no_grad():
-        torch.manual_seed(_READING_SEED)
-        return readout_features(module, batch).clone()
 
 
 def centred_correlation(first: torch.Tensor, second: torch.Tensor) -> float:
@@ -78,13 +69,13 @@ def angular_tolerance(module: nn.Module, batch: Batch, seed: int = 0) -> float:
         d = torch.randn(w.shape, generator=generator)
         d = d - (d * w).sum() / (w * w).sum().clamp_min(1e-30) * w
         turns.append(d / d.norm().clamp_min(1e-30) * w.norm())
-    before = _features(module, batch)
+    before = held_features(module, batch)
 
     def kept(log_theta: float) -> bool:
         with torch.no_grad():
             for w, w0, turn in zip(weights, start, turns, strict=True):
                 w.copy_(w0 + 10 ** log_theta * turn)
-        after = _features(module, batch)
+        after = held_features(module, batch)
         with torch.no_grad():
             for w, w0 in zip(weights, start, strict=True):
                 w.copy_(w0)
@@ -105,8 +96,7 @@ def tangent_step(module: nn.Module, batch: Batch, lr: float, seed: int = 0) -> f
     """lr·λ_max(K)/B (module docstring): one backward pass per sample."""
     module.train()
     params = [p for p in module.parameters() if p.requires_grad]
-    with torch.random.fork_rng():
-        torch.manual_seed(_READING_SEED)
+    with same_draws():
         output = module(**batch) if isinstance(batch, dict) else module(batch)
     output = getattr(output, "logits", output)
     flat = output.reshape(output.shape[0], -1)
@@ -122,17 +112,11 @@ def tangent_step(module: nn.Module, batch: Batch, lr: float, seed: int = 0) -> f
     return lr * float(torch.linalg.eigvalsh(kernel)[-1]) / len(rows)
 
 
-def _spec_batch(spec: dict[str, Any]) -> tuple[nn.Module, torch.Tensor]:
-    module = build_spec(parse_spec(spec), seed=0).module
-    shape = spec["inputs"][0]["shape"]
-    return module, torch.randn(*shape, generator=torch.Generator().manual_seed(0))
-
-
 def _print_specs(title: str, models: dict[str, dict[str, Any]]) -> None:
     print(f"\n{title} (θ* | tangent step at SGD 1e-2 | model, labels)")
     rows = []
     for ident, entry in models.items():
-        module, batch = _spec_batch(entry["spec"])
+        module, (batch,) = spec_module_and_batches(entry["spec"])
         theta = angular_tolerance(module, batch)
         step = tangent_step(module, batch, DEFAULT_LEARNING_RATES[Optimizer.SGD])
         rows.append((theta, step, ident, entry["labels"]["sgd"], entry["labels"]["adam"]))

@@ -33,6 +33,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from bench.trainability.budget import closest_run
 from bench.trainability.label import GRIDS, STEPS
 from bench.trainability.labelling import label_runs, trained_loss
 from bench.trainability.predictors import OPTIMIZER_CONFIGS
@@ -160,11 +161,11 @@ def label(name: str, task_name: str, size: int) -> dict[str, Any]:
 
 
 def _closest(runs: list[dict[str, Any]], baseline: float) -> str:
-    """The run that came closest: its learning rate, best window loss (in B) and steps run."""
-    best = min(runs, key=lambda run: float("inf") if run["best_loss"] is None
-               else run["best_loss"])
-    if best["best_loss"] is None:
-        return f"{best['lr']:g}: non-finite at step {best['nan_step']}"
+    """The run that came closest (:func:`bench.trainability.budget.closest_run`): its learning
+    rate, best window loss (in B) and steps run; the first run's divergence if none is finite."""
+    best = closest_run(runs)
+    if best is None:
+        return f"{runs[0]['lr']:g}: non-finite at step {runs[0]['nan_step']}"
     return f"{best['lr']:g}: {best['best_loss'] / baseline:.2f} B, {best['steps_run']} steps"
 
 
