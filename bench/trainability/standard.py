@@ -138,16 +138,22 @@ def verdicts(name: str, size: int) -> dict[str, str]:
             for optimizer, config in OPTIMIZER_CONFIGS.items()}
 
 
-def label(name: str, task_name: str, size: int) -> dict[str, Any]:
+def label(name: str, task_name: str, size: int, steps: int = STEPS[TASK],
+          grids: tuple[tuple[str, tuple[float, ...]], ...] = GRIDS) -> dict[str, Any]:
+    """Train ``name`` over ``grids`` (default: the benchmark's) for ``steps`` and label it.
+
+    A shorter grid can only show that a model trains (one learning rate is enough); a label
+    other than ``healthy`` from it says nothing about the learning rates left out.
+    """
     task = (task_for(TASK, shape(size)) if task_name == TASK
             else InvariantTeacherTask(shape(size)))
-    steps = STEPS[TASK]
     stop = trained_loss(TASK, task.baseline)
     runs = {}
-    for optimizer, grid in GRIDS:
+    for optimizer, grid in grids:
         runs[optimizer] = []
         for lr in grid:
-            record = train_module(build(name), task, optimizer, lr, steps, stop_below=stop)
+            record = train_module(build(name), task, optimizer, lr, steps, stop_below=stop,
+                                  keep_curve=steps != STEPS[TASK])
             runs[optimizer].append(record.to_dict())
             best = ("non-finite" if record.best_loss is None
                     else f"{record.best_loss / task.baseline:.3f} B")
@@ -183,12 +189,25 @@ def render(models: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _grids(pairs: list[str]) -> tuple[tuple[str, tuple[float, ...]], ...]:
+    """``["sgd=0.1", "adam=0.001"]`` -> ``(("sgd", (0.1,)), ("adam", (0.001,)))``."""
+    chosen: dict[str, list[float]] = {}
+    for pair in pairs:
+        optimizer, _, lr = pair.partition("=")
+        chosen.setdefault(optimizer, []).append(float(lr))
+    return tuple((optimizer, tuple(lrs)) for optimizer, lrs in chosen.items())
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", nargs="*", help="architectures to (re)label")
     parser.add_argument("--invariant", action="store_true",
                         help="the translation-invariant control task instead of teacher-image")
     parser.add_argument("--size", type=int, choices=SIZES, default=SIZES[0], help="image size")
+    parser.add_argument("--steps", type=int, default=STEPS[TASK],
+                        help="step budget (default: the benchmark's)")
+    parser.add_argument("--lrs", nargs="*", metavar="OPTIMIZER=LR",
+                        help="train only these learning rates (e.g. sgd=0.1 adam=0.001)")
     parser.add_argument("--docs", action="store_true",
                         help="only regenerate the docs table from the results file")
     parser.add_argument("--path", type=Path, default=STANDARD_PATH,
@@ -201,12 +220,14 @@ def main(argv: list[str] | None = None) -> int:
         write_docs(render(stored["models"]), markers=(BEGIN, END))
         return 0
     task = INVARIANT_TASK if args.invariant else TASK
+    grids = _grids(args.lrs) if args.lrs else GRIDS
+    suffix = "" if args.steps == STEPS[TASK] and grids == GRIDS else f" | {args.steps} steps"
     for name in args.only or _architectures():
-        key = f"{name} | {task} | {args.size}px"
+        key = f"{name} | {task} | {args.size}px{suffix}"
         if (key in stored["models"] and not args.only) or (name in NEEDS_32PX
                                                            and args.size < 32):
             continue
-        stored["models"][key] = label(name, task, args.size)
+        stored["models"][key] = label(name, task, args.size, args.steps, grids)
         path.write_text(json.dumps(stored, indent=1) + "\n")
         entry = stored["models"][key]
         print(f"{name}: labels {entry['labels']}, GradDoctor {entry['graddoctor']}", flush=True)

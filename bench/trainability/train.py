@@ -39,6 +39,8 @@ class RunRecord:
         first_weight_change: ‖W_end − W_0‖/‖W_0‖ of the first weight tensor (null if non-finite).
         last_weight_change: The same for the last weight tensor.
         seconds: Wall time.
+        curve: Every window's mean loss, in order (only when asked for: a run at a long budget
+            then also says what it would have been at every shorter one).
     """
 
     optimizer: str
@@ -53,10 +55,14 @@ class RunRecord:
     first_weight_change: float | None
     last_weight_change: float | None
     seconds: float
+    curve: list[float] | None = None
 
     def to_dict(self) -> dict[str, object]:
-        """JSON-ready fields."""
-        return asdict(self)
+        """JSON-ready fields (``curve`` only where it was kept)."""
+        fields = asdict(self)
+        if self.curve is None:
+            del fields["curve"]
+        return fields
 
 
 def build_module(model: BenchModel, seed: int = 0) -> torch.nn.Module:
@@ -72,7 +78,7 @@ def weight_tensors(module: torch.nn.Module) -> list[torch.Tensor]:
 
 def train_run(model: BenchModel, task: Task, optimizer: str, lr: float, steps: int, *,
               stop_below: float | None = None, data_seed: int = DATA_SEED,
-              init_seed: int = 0) -> RunRecord:
+              init_seed: int = 0, keep_curve: bool = False) -> RunRecord:
     """Train ``model`` from its initial weights and record the outcome.
 
     Args:
@@ -88,17 +94,18 @@ def train_run(model: BenchModel, task: Task, optimizer: str, lr: float, steps: i
             ``DATA_SEED``; other seeds measure how much a label depends on the batches' luck.
         init_seed: Seed of the initial weights (the labels use 0, the weights ``diagnose``
             probes with its default ``config.seed``).
+        keep_curve: Record every window's mean loss (``RunRecord.curve``).
     """
     started = time.perf_counter()
     torch.manual_seed(data_seed)
     module = build_module(model, init_seed)
     return train_module(module, task, optimizer, lr, steps, stop_below=stop_below,
-                        data_seed=data_seed, started=started)
+                        data_seed=data_seed, started=started, keep_curve=keep_curve)
 
 
 def train_module(module: torch.nn.Module, task: Task, optimizer: str, lr: float, steps: int, *,
                  stop_below: float | None = None, data_seed: int = DATA_SEED,
-                 started: float | None = None) -> RunRecord:
+                 started: float | None = None, keep_curve: bool = False) -> RunRecord:
     """Train ``module`` (modified in place) as :func:`train_run` trains a benchmark model: any
     module that maps the task's batches to its outputs, e.g. a library architecture
     (:mod:`bench.trainability.standard`)."""
@@ -141,7 +148,8 @@ def train_module(module: torch.nn.Module, task: Task, optimizer: str, lr: float,
         nan_step=nan_step,
         first_weight_change=_change(weights[0], first0) if finite_now else None,
         last_weight_change=_change(weights[-1], last0) if finite_now else None,
-        seconds=round(time.perf_counter() - started, 3))
+        seconds=round(time.perf_counter() - started, 3),
+        curve=windows if keep_curve else None)
 
 
 def _change(now: torch.Tensor, start: torch.Tensor) -> float | None:

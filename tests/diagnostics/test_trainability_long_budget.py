@@ -1,0 +1,72 @@
+"""The benchmark read at longer step budgets (bench/trainability/long_budget.py): a long run cut
+at the stored budget is the stored run, a label at a budget follows the labelling rule on the
+cut runs, and only what a longer budget can change is retrained."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from bench.trainability.labelling import label_runs
+from bench.trainability.long_budget import at_budget, labels_at, run_key, runs_to_retrain
+from bench.trainability.models import mlp
+from bench.trainability.tasks import make_task
+from bench.trainability.train import SMOOTHING, train_run
+
+
+def test_a_long_run_cut_at_the_short_budget_is_the_short_run():
+    model = mlp("tanh", 4, 1.0)
+    task = make_task(model)
+    short = train_run(model, task, "sgd", 1e-3, 300).to_dict()
+    long = train_run(model, task, "sgd", 1e-3, 600, keep_curve=True).to_dict()
+    assert "curve" not in short
+    assert len(long["curve"]) == 600 // SMOOTHING
+    cut = at_budget(long, 300)
+    for field in ("best_loss", "final_loss", "initial_loss", "first_loss", "nan_step",
+                  "steps_run"):
+        assert cut[field] == short[field], field
+    assert label_runs([cut], task.baseline, model.task) == label_runs([short], task.baseline,
+                                                                      model.task)
+
+
+def _run(lr: float, curve: list[float], nan_step: int | None = None) -> dict[str, Any]:
+    steps_run = nan_step if nan_step is not None else len(curve) * SMOOTHING
+    return {"lr": lr, "steps": 300, "steps_run": steps_run, "nan_step": nan_step,
+            "best_loss": min(curve) if curve else None,
+            "final_loss": None if nan_step is not None else curve[-1], "curve": curve}
+
+
+def _entry(labels: dict[str, str], runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    return {"task": "teacher-vector", "steps": 300, "baseline": 1.0, "labels": labels,
+            "runs": {o: [{k: v for k, v in r.items() if k != "curve"} for r in group]
+                     for o, group in runs.items()}}
+
+
+def test_a_plateau_that_ends_after_the_short_budget_is_healthy_only_at_the_longer_one():
+    flat, late = [1.0] * 15, [1.0] * 30 + [0.7] * 5  # trains between 600 and 700 steps
+    sgd = [_run(0.001, flat), _run(0.01, flat), _run(0.1, [2.0, 1e30], nan_step=30)]
+    entry = _entry({"sgd": "ambiguous", "adam": "healthy"},
+                   {"sgd": sgd, "adam": [_run(0.001, [0.5])]})
+    # healthy labels and runs that diverged within the short budget are never retrained
+    assert runs_to_retrain(entry) == [("sgd", 0.001), ("sgd", 0.01)]
+    long_runs = {run_key("m", "sgd", 0.001): _run(0.001, [1.0] * 150),
+                 run_key("m", "sgd", 0.01): {**_run(0.01, late), "steps": 3000}}
+    assert labels_at({"m": entry}, long_runs, 300)["m"] == {"sgd": "ambiguous", "adam": "healthy"}
+    assert labels_at({"m": entry}, long_runs, 600)["m"]["sgd"] == "ambiguous"
+    assert labels_at({"m": entry}, long_runs, 1000)["m"] == {"sgd": "healthy", "adam": "healthy"}
+
+
+def test_a_label_needing_a_run_not_made_yet_is_unknown_and_recurrent_nets_keep_theirs():
+    entry = _entry({"sgd": "vanishing", "adam": "vanishing"},
+                   {"sgd": [_run(0.01, [1.0] * 15)], "adam": [_run(0.001, [1.0] * 15)]})
+    assert labels_at({"m": entry}, {}, 1000)["m"] == {"sgd": None, "adam": None}
+    assert runs_to_retrain({**entry, "task": "adding"}) == []
+
+
+def test_a_divergence_after_the_short_budget_counts_only_from_its_step():
+    run = _run(0.1, [1.0] * 40, nan_step=800)
+    assert at_budget(run, 300)["nan_step"] is None
+    assert at_budget(run, 1000)["nan_step"] == 800
+    assert at_budget(run, 1000)["final_loss"] is None
+    assert at_budget(run, 300)["best_loss"] == pytest.approx(1.0)
