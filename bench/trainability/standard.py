@@ -13,10 +13,13 @@ CNN here ends in global average pooling). GradDoctor's verdict on each is record
 labels (``diagnose`` on the live module with a batch of the task, told each optimizer as in the
 benchmark). Results: ``standard.json``; docs table: ``--docs``. Measured (docs/trainability.md):
 on the control, which a one-conv net learns in 40-80 steps, ResNet-50, MobileNetV2 and
-RegNetY-400MF stall at every learning rate; GradDoctor calls all of them healthy.
+RegNetY-400MF stall at every learning rate within 300 steps; GradDoctor calls all of them
+healthy. With ``--steps 3000`` they train under Adam at 1e-3 (1,520-2,520 steps), which
+calibrates the budget of :mod:`bench.trainability.long_budget`.
 
     python -m bench.trainability.standard --size 8                # label what standard.json lacks
     python -m bench.trainability.standard --size 8 --invariant --only resnet18
+    python -m bench.trainability.standard --size 8 --invariant --steps 3000 --lrs adam=0.001
     python -m bench.trainability.standard --docs                  # regenerate the docs table
 """
 
@@ -177,12 +180,17 @@ def _closest(runs: list[dict[str, Any]], baseline: float) -> str:
 
 def render(models: dict[str, dict[str, Any]]) -> str:
     """The generated docs table: one row per (architecture, task, size)."""
-    lines = ["| architecture | task | px | SGD label (closest run) | Adam label (closest run) "
-             "| GradDoctor (SGD / Adam) |", "|---|---|---|---|---|---|"]
-    for entry in sorted(models.values(), key=lambda e: (e["task"], e["shape"][2], e["name"])):
+    lines = ["| architecture | task | px | steps (learning rates) | SGD label (closest run) "
+             "| Adam label (closest run) | GradDoctor (SGD / Adam) |",
+             "|---|---|---|---|---|---|---|"]
+    for entry in sorted(models.values(),
+                        key=lambda e: (e["task"], e["shape"][2], e["steps"], e["name"])):
         closest = {o: _closest(entry["runs"][o], entry["baseline"]) for o in ("sgd", "adam")}
+        lrs = ("grids" if all(len(entry["runs"][o]) == len(grid) for o, grid in GRIDS)
+               else ", ".join(f"{o} {r['lr']:g}" for o in ("sgd", "adam")
+                              for r in entry["runs"][o]))
         lines.append(
-            f"| {entry['name']} | {entry['task']} | {entry['shape'][2]} "
+            f"| {entry['name']} | {entry['task']} | {entry['shape'][2]} | {entry['steps']} ({lrs}) "
             f"| {entry['labels']['sgd']} ({closest['sgd']}) "
             f"| {entry['labels']['adam']} ({closest['adam']}) "
             f"| {entry['graddoctor']['sgd']} / {entry['graddoctor']['adam']} |")

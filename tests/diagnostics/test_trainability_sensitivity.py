@@ -76,9 +76,11 @@ def test_the_docs_table_names_each_label_with_the_run_that_came_closest():
     closer = {**run, "lr": 1e-1, "best_loss": 0.7, "steps_run": 140}
     diverged = {**run, "lr": 3e-2, "best_loss": None, "nan_step": 4}
     entry = {"name": "resnet18", "task": "teacher-image", "shape": [64, 3, 8, 8],
-             "baseline": 1.4, "runs": {"sgd": [run, closer], "adam": [diverged]},
+             "baseline": 1.4, "steps": 300, "runs": {"sgd": [run, closer], "adam": [diverged]},
              "labels": {"sgd": "healthy", "adam": "exploding"},
              "graddoctor": {"sgd": "healthy", "adam": "exploding"}}
     row = render({"resnet18 | teacher-image | 8px": entry}).splitlines()[-1]
-    assert row == ("| resnet18 | teacher-image | 8 | healthy (0.1: 0.50 B, 140 steps) "
+    # a shortened grid names its learning rates: a label from it is no label over the grids
+    assert row == ("| resnet18 | teacher-image | 8 | 300 (sgd 0.01, sgd 0.1, adam 0.03) "
+                   "| healthy (0.1: 0.50 B, 140 steps) "
                    "| exploding (0.03: non-finite at step 4) | healthy / exploding |")
