@@ -9,8 +9,18 @@ from typing import Any
 import pytest
 
 from bench.trainability.labelling import label_runs
-from bench.trainability.long_budget import at_budget, labels_at, run_key, runs_to_retrain
+from bench.trainability.long_budget import (
+    BEGIN,
+    END,
+    LONG_PATH,
+    at_budget,
+    labels_at,
+    render,
+    run_key,
+    runs_to_retrain,
+)
 from bench.trainability.models import mlp
+from bench.trainability.score import DOCS_PATH
 from bench.trainability.tasks import make_task
 from bench.trainability.train import SMOOTHING, train_run
 
@@ -70,3 +80,10 @@ def test_a_divergence_after_the_short_budget_counts_only_from_its_step():
     assert at_budget(run, 1000)["nan_step"] == 800
     assert at_budget(run, 1000)["final_loss"] is None
     assert at_budget(run, 300)["best_loss"] == pytest.approx(1.0)
+
+
+def test_the_docs_section_is_what_the_committed_long_runs_give():
+    # the numbers quoted in docs/trainability.md and the README come from this section
+    text = DOCS_PATH.read_text()
+    section = text.split(BEGIN, 1)[1].split(END, 1)[0]
+    assert section == f"\n{render(LONG_PATH)}\n"
