@@ -132,7 +132,9 @@ def train(half: str | None, path: Path, shard: tuple[int, int] = (0, 1),
           reverse: bool = False) -> None:
     """Make every long run the labels at longer budgets need (resumes from ``path``); with
     ``shard`` (k, n), only every n-th model from the k-th, so n processes can share the work;
-    ``reverse``: from the last model (a second process on the same shard meets the first)."""
+    ``reverse``: from the last model (a second process on the same shard meets the first).
+    A run found in any file :func:`load_long` reads beside ``path`` is not made again: processes
+    writing ``<stem>.<k>.json`` files side by side skip each other's runs."""
     stored = load_labels(LABELS_PATH)["models"]
     done = json.loads(path.read_text()) if path.exists() else {}
     chosen = [ident for ident in sorted(stored) if not half or stored[ident]["split"] == half]
@@ -144,7 +146,7 @@ def train(half: str | None, path: Path, shard: tuple[int, int] = (0, 1),
         stop = trained_loss(model.task, task.baseline)
         for optimizer, lr in runs_to_retrain(entry):
             key = run_key(ident, optimizer, lr)
-            if key in done:
+            if key in done or key in load_long(path):
                 continue
             record = train_run(model, task, optimizer, lr, LONG_STEPS, stop_below=stop,
                                keep_curve=True).to_dict()
