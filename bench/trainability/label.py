@@ -37,22 +37,27 @@ GRIDS = (("sgd", SGD_LRS), ("adam", ADAM_LRS))
 
 
 def label_model(model: BenchModel, known: dict[str, list[dict[str, Any]]] | None = None,
-                *, data_seed: int = DATA_SEED) -> dict[str, Any]:
+                *, data_seed: int = DATA_SEED, steps: int | None = None,
+                keep_curve: bool = False) -> dict[str, Any]:
     """Train ``model`` with SGD (momentum 0.9) and Adam over their grids; label each.
 
     ``known``: runs already made (by optimizer, as stored in labels.json); a run of a learning
     rate found there is reused instead of retrained. A run is deterministic (seeded model, data
     and teacher), so this is how a grid is widened for every model without retraining the rest.
     ``data_seed``: the training batches' seed (the stored labels use ``DATA_SEED``).
+    ``steps``: the step budget (default: the benchmark's, :data:`STEPS`); ``keep_curve``: keep
+    every run's loss curve, so the labels at any shorter budget can be read from it.
     """
     task = make_task(model)
-    steps = STEPS[model.task]
+    steps = steps or STEPS[model.task]
     stop = trained_loss(model.task, task.baseline)  # there, the outcome is decided: trained
     runs = {}
     for name, grid in GRIDS:
         done = {run["lr"]: run for run in (known or {}).get(name, []) if run["steps"] == steps}
         runs[name] = [done.get(lr) or train_run(model, task, name, lr, steps, stop_below=stop,
-                                                data_seed=data_seed).to_dict() for lr in grid]
+                                                data_seed=data_seed,
+                                                keep_curve=keep_curve).to_dict()
+                     for lr in grid]
     return {"family": model.family, "task": model.task, "knobs": model.knobs,
             "baseline": task.baseline, "steps": steps, "runs": runs,
             "labels": {name: label_runs(group, task.baseline, model.task)
