@@ -19,12 +19,16 @@ from diagnostics.report import Cause, Flag, Status
 
 # Verdicts with no failure to explain (inconclusive: the profile is noise or another graph).
 _NO_FAILURE = frozenset({Status.HEALTHY, Status.INCONCLUSIVE})
+# Output growth above which the loss starts far above the trivial one: on the trainability
+# benchmark's tune half, the nets at 14.8x and more were still above 1.5x the trivial loss after
+# 300 Adam steps, and nets at 16-950x trained within 3,000 (docs/trainability.md).
+SLOW_START_GROWTH = 10.0
 
 
 def find_causes(model: LoadedModel, found: Examination, config: DiagnosisConfig) -> list[Cause]:
     """Every cause the evidence shows, most direct first."""
     builders = (_saturation, _dead_units, _initialization, _plain_depth, _recurrent_memory,
-                _low_precision, _small_readout)
+                _low_precision, _small_readout, _large_output_scale)
     return [cause for build in builders if (cause := build(model, found, config)) is not None]
 
 
@@ -184,6 +188,24 @@ def _small_readout(model, found, config) -> Cause | None:
         evidence={"readout_scale": _round(scale),
                   "threshold": config.thresholds.small_readout_fraction,
                   "body_probed_with_fan_in_head": scale == 0},
+    )
+
+
+def _large_output_scale(model, found, config) -> Cause | None:
+    evidence = found.verdict.evidence
+    growth = evidence.forward_growth.median if evidence.forward_growth else None
+    if growth is None or not growth > SLOW_START_GROWTH:
+        return None
+    limit = config.forward_growth_limit
+    where = evidence.readout_layers[0] if evidence.readout_layers else "the output layer"
+    title = (f"output at {where} is {growth:.3g}x the inputs' RMS: the loss starts far above the "
+             "trivial one" + (", beyond the forward-scale threshold" if growth > limit else
+                              "; expect a slow start while training shrinks it, not a "
+                              "divergence"))
+    return Cause(
+        id="large_output_scale", title=title, layers=list(evidence.readout_layers),
+        evidence={"forward_growth": _round(growth), "slow_start_above": SLOW_START_GROWTH,
+                  "exploding_above": limit},
     )
 
 

@@ -19,7 +19,7 @@ RULES = ("non_finite", "no_gradient", "dead_layer", "rounding_noise", "folded_ba
          "forward_scale_exploding", "backward_signal_exploding", "backward_signal_vanishing",
          "adam_epsilon", "weight_gradient_vanishing", "relative_update", "temporal_vanishing")
 CAUSES = ("saturating_activations", "dead_units", "initialization_scale", "plain_depth",
-          "recurrent_memory", "low_precision", "small_readout")
+          "recurrent_memory", "low_precision", "small_readout", "large_output_scale")
 REMEDIES = ("replace-activation", "fix-dead-units", "reinitialize", "data-dependent-init",
             "add-normalization", "add-residual", "gated-cells", "chrono-init", "truncate-bptt",
             "clip-gradients", "lower-learning-rate", "loss-scaling")

@@ -263,7 +263,8 @@ class Cause(_Model):
     """Why the profile looks as it does: one cause and the numbers that show it."""
 
     id: str = Field(description="saturating_activations | dead_units | initialization_scale | "
-                    "plain_depth | recurrent_memory | low_precision | small_readout")
+                    "plain_depth | recurrent_memory | low_precision | small_readout | "
+                    "large_output_scale")
     title: str
     layers: list[str] = Field(default_factory=list)
     evidence: dict[str, Any] = Field(default_factory=dict)

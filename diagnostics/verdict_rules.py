@@ -90,8 +90,7 @@ def _profile_rules(evidence: Evidence, config: DiagnosisConfig) -> list[RuleChec
     sgd = config.optimizer is Optimizer.SGD
     ratio = evidence.backward_signal_ratio.median if evidence.backward_signal_ratio else None
     growth = evidence.forward_growth.median if evidence.forward_growth else None
-    growth_limit = thresholds.forward_growth_ratio if sgd else \
-        thresholds.adam_forward_growth_ratio
+    growth_limit = config.forward_growth_limit
     l1 = evidence.weight_grad_l1_ratio.median if evidence.weight_grad_l1_ratio else None
     rms = evidence.first_weight_grad_rms
     ends = f"{evidence.deepest_layer} vs {evidence.shallowest_layer}"

@@ -54,6 +54,7 @@ from bench.trainability.labelling import LABELS, label_runs
 from bench.trainability.long_budget import BUDGETS, LONG_STEPS, at_budget
 from bench.trainability.models import BenchModel, by_id, cnn, mlp
 from bench.trainability.predictors import config_for
+from bench.trainability.score import DOCS_PATH
 
 FORWARD_SCALE_PATH = Path(__file__).with_name("forward_scale.json")
 BEGIN = "<!-- BEGIN GENERATED: forward_scale.py -->"
@@ -210,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     text = render(data)
     print(text)
     if args.docs:
-        write_docs(text, Path(__file__).resolve().parents[2] / "docs" / "trainability.md")
+        write_docs(text, DOCS_PATH)
     return 0
 
 

@@ -76,12 +76,14 @@ def test_causes_carry_their_evidence(sigmoid_report):
 
 
 def test_a_normalized_plain_stack_is_titled_by_what_it_lacks():
-    # A BatchNorm CNN of 10 plain layers at 30x init: under Adam its output scale is judged
-    # exploding; the plain-depth cause names the missing skips, not a missing normalization.
+    # A BatchNorm CNN of 10 plain layers at 30x init, output 18x the inputs: judged exploding
+    # under Adam by a user who fails builds on slow starts (adam_forward_growth_ratio 10); the
+    # plain-depth cause names the missing skips, not a missing normalization.
     from bench.trainability.models import cnn
 
     report = diagnose(cnn("relu", 10, 30.0, norm=True).spec,
-                      config={"samples": 1, "verify_remedies": False, "optimizer": "adam"})
+                      config={"samples": 1, "verify_remedies": False, "optimizer": "adam",
+                              "thresholds": {"adam_forward_growth_ratio": 10}})
     assert report.verdict.status == "exploding"
     cause = next(cause for cause in report.causes if cause.id == "plain_depth")
     assert cause.title == "10 layers with weights in a plain stack without skip connections"

@@ -389,19 +389,35 @@ class TestOptimizer:
         assert not rules["adam_epsilon"].fired
         assert fired(report) == ["backward_signal_vanishing"]
 
-    def test_an_output_scale_adam_cannot_undo_quickly_is_exploding_for_adam_only(self):
-        # One tanh layer and a readout at 30× Glorot: logits ~50× the inputs. SGD's large steps
-        # on the saturated softmax shrink the readout fast; Adam's are bounded by lr.
+    def test_an_output_scale_of_tens_is_a_slow_start_not_an_explosion(self):
+        # One tanh layer and a readout at 30x Glorot: logits ~50x the inputs, an overconfident
+        # softmax. Neither optimizer's first step overwrites a weight, and given the calibrated
+        # budget both bring the loss down (docs/trainability.md, forward-scale blind test).
         spec = plain_mlp("Tanh", 1, 30 * 5 / 3, readout_std=30.0)
         sgd = diagnose(spec, config=QUICK)
         adam = diagnose(spec, config={**QUICK, "optimizer": "adam"})
         growth = adam.verdict.evidence.forward_growth.median
         assert 10 < growth < 100
         assert sgd.verdict.status == "healthy", sgd.verdict.summary
-        assert adam.verdict.status == "exploding"
-        assert fired(adam) == ["forward_scale_exploding"]
+        assert adam.verdict.status == "healthy", adam.verdict.summary
         rule = next(r for r in adam.verdict.evidence.rules if r.rule == "forward_scale_exploding")
-        assert rule.threshold == 10
+        assert rule.threshold == 1e3
+        assert not rule.fired
+        # The report still says what the user will see: a loss that starts far too high.
+        cause = next(c for c in adam.causes if c.id == "large_output_scale")
+        assert cause.evidence["forward_growth"] == pytest.approx(growth, rel=1e-3)
+        assert "slow start" in cause.title
+        assert cause.doc == "/guide/causes#large_output_scale"
+        assert not any(c.id == "large_output_scale"
+                       for c in diagnose(relu_mlp(4), config=QUICK).causes)
+        # A user who wants slow starts caught lowers the threshold; the rule names it then.
+        strict = diagnose(spec, config={**QUICK, "optimizer": "adam",
+                                        "thresholds": {"adam_forward_growth_ratio": 10}})
+        assert strict.verdict.status == "exploding"
+        assert fired(strict) == ["forward_scale_exploding"]
+        assert strict.verdict.summary.startswith("Exploding (forward_scale_exploding)")
+        assert "beyond the forward-scale threshold" in next(
+            c for c in strict.causes if c.id == "large_output_scale").title
 
     def test_adams_first_step_is_bounded_by_the_learning_rate_not_the_gradient(self):
         spec = relu_mlp(4)
