@@ -198,10 +198,10 @@ def _large_output_scale(model, found, config) -> Cause | None:
         return None
     limit = config.forward_growth_limit
     where = evidence.readout_layers[0] if evidence.readout_layers else "the output layer"
-    title = (f"output at {where} is {growth:.3g}x the inputs' RMS: the loss starts far above the "
-             "trivial one" + (", beyond the forward-scale threshold" if growth > limit else
-                              "; expect a slow start while training shrinks it, not a "
-                              "divergence"))
+    title = (f"output at {where} is {growth:.3g}x the inputs' RMS: a softmax over it is "
+             "overconfident and a training loss starts far above the trivial one"
+             + (", beyond the forward-scale threshold" if growth > limit else
+                "; expect a slow start while training shrinks it, not a divergence"))
     return Cause(
         id="large_output_scale", title=title, layers=list(evidence.readout_layers),
         evidence={"forward_growth": _round(growth), "slow_start_above": SLOW_START_GROWTH,
