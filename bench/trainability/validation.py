@@ -28,11 +28,12 @@ from typing import Any
 
 import torch
 
-from bench.trainability.labelling import LABELS, run_outcome
+from bench.trainability.labelling import LABELS, label_runs, run_outcome, trained_loss
 from bench.trainability.models import BenchModel, cnn, mixer, mlp
 from bench.trainability.predictors import config_for
 
 VALIDATION_PATH = Path(__file__).with_name("validation.json")
+VALIDATION_LONG_PATH = Path(__file__).with_name("validation_long.json")
 
 # Round 1: seen before the threshold (20) was set. Round 2: trained after it was committed.
 ROUNDS: dict[int, tuple[BenchModel, ...]] = {
@@ -84,6 +85,98 @@ def label(only: str | None, retrain: bool) -> None:
                 "baseline": entry["baseline"], "runs": summarize_runs(entry, model.task)}
             VALIDATION_PATH.write_text(json.dumps(data, indent=1) + "\n")
             print(model.id, entry["labels"], flush=True)
+
+
+def _record(summary: dict[str, Any], baseline: float) -> dict[str, Any]:
+    """A run summary back as the run record the labelling rule reads."""
+    def loss(over_b: Any) -> float | None:
+        return None if over_b is None else float(over_b) * baseline
+    return {"lr": summary["lr"], "nan_step": summary["nan_step"],
+            "best_loss": loss(summary["best_over_B"]), "final_loss": loss(summary["final_over_B"])}
+
+
+def long_runs_needed(entry: dict[str, Any]) -> list[tuple[str, float]]:
+    """``(optimizer, lr)`` pairs a longer budget can change (as long_budget.runs_to_retrain)."""
+    return [(run["optimizer"], run["lr"]) for run in entry["runs"]
+            if entry["labels"][run["optimizer"]] != "healthy" and run["nan_step"] is None]
+
+
+def train_long(path: Path, skip: frozenset[str], shard: tuple[int, int]) -> None:
+    """Retrain what a longer budget can change, for LONG_STEPS with curves (resumes)."""
+    from bench.trainability.long_budget import LONG_STEPS, run_key
+    from bench.trainability.tasks import make_task
+    from bench.trainability.train import train_run
+
+    data = json.loads(VALIDATION_PATH.read_text())["models"]
+    models = {model.id: model for round_models in ROUNDS.values() for model in round_models}
+    done = json.loads(path.read_text()) if path.exists() else {}
+    chosen = [ident for ident in data if ident not in skip and long_runs_needed(data[ident])]
+    for ident in chosen[shard[0]::shard[1]]:
+        model = models[ident]
+        task = make_task(model)
+        for optimizer, lr in long_runs_needed(data[ident]):
+            key = run_key(ident, optimizer, lr)
+            if key in done:
+                continue
+            done[key] = train_run(model, task, optimizer, lr, LONG_STEPS,
+                                  stop_below=trained_loss(model.task, task.baseline),
+                                  keep_curve=True).to_dict()
+            path.write_text(json.dumps(done) + "\n")
+            print(key, done[key]["best_loss"] / task.baseline, done[key]["steps_run"], flush=True)
+
+
+def labels_at(entry: dict[str, Any], ident: str, long_runs: dict[str, Any],
+              budget: int) -> dict[str, str | None]:
+    """The model's labels at ``budget`` (None where a needed long run is missing); at the
+    stored budget or below, the stored labels (as long_budget.labels_at reads the benchmark)."""
+    from bench.trainability.long_budget import STORED_STEPS, at_budget, run_key
+
+    if budget <= STORED_STEPS:
+        return dict(entry["labels"])
+    needed = set(long_runs_needed(entry))
+    out: dict[str, str | None] = {}
+    for optimizer in ("sgd", "adam"):
+        runs, missing = [], False
+        for summary in (run for run in entry["runs"] if run["optimizer"] == optimizer):
+            key = run_key(ident, optimizer, summary["lr"])
+            if (optimizer, summary["lr"]) not in needed:
+                runs.append(_record(summary, entry["baseline"]))
+            elif key in long_runs:
+                runs.append(at_budget(long_runs[key], budget))
+            else:
+                missing = True
+        out[optimizer] = None if missing else label_runs(runs, entry["baseline"], entry["task"])
+    return out
+
+
+def long_table(rows: list[dict[str, Any]], long_runs: dict[str, Any]) -> str:
+    """Each model's labels at every budget of long_budget.BUDGETS beside GradDoctor's calls,
+    and how many unambiguous labels the calls match at each budget."""
+    from bench.trainability.long_budget import BUDGETS
+
+    data = json.loads(VALIDATION_PATH.read_text())["models"]
+    by_id = {row["id"]: row for row in rows}
+    labels = {ident: {budget: labels_at(entry, ident, long_runs, budget) for budget in BUDGETS}
+              for ident, entry in data.items()}
+    budgets = " / ".join(f"{budget:,}" for budget in BUDGETS)
+    lines = [f"| model | SGD label at {budgets} steps | Adam label at {budgets} steps | "
+             "GradDoctor (SGD / Adam) |", "|---|---|---|---|"]
+    for ident in data:
+        cells = [" / ".join(str(labels[ident][budget][o] or "not run") for budget in BUDGETS)
+                 for o in ("sgd", "adam")]
+        lines.append(f"| `{ident}` | {cells[0]} | {cells[1]} | {by_id[ident]['sgd']} / "
+                     f"{by_id[ident]['adam']} |")
+    lines.append("")
+    for budget in BUDGETS:
+        parts = []
+        for optimizer in ("sgd", "adam"):
+            judged = [ident for ident in data if labels[ident][budget][optimizer] in LABELS]
+            right = sum(by_id[i][optimizer] == labels[i][budget][optimizer] for i in judged)
+            unknown = sum(labels[i][budget][optimizer] is None for i in data)
+            parts.append(f"{optimizer.upper()} labels {right}/{len(judged)} right"
+                         + (f" ({unknown} not run)" if unknown else ""))
+        lines.append(f"- {budget:,} steps: GradDoctor " + "; ".join(parts) + ".")
+    return "\n".join(lines)
 
 
 def score() -> list[dict[str, Any]]:
@@ -143,12 +236,32 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--label", action="store_true", help="train the unlabelled models")
     parser.add_argument("--only", help="one model id (with --label)")
     parser.add_argument("--retrain", action="store_true", help="retrain labelled ones too")
+    parser.add_argument("--long", action="store_true",
+                        help="retrain for the calibrated 3,000 steps what it can change")
+    parser.add_argument("--skip", nargs="*", default=[], help="model ids --long leaves out")
+    parser.add_argument("--shard", default="0/1", help="K/N: every N-th model from K (--long)")
+    parser.add_argument("--path", type=Path, default=VALIDATION_LONG_PATH)
+    parser.add_argument("--merge", nargs="+", type=Path, help="--long shard files -> --path")
     args = parser.parse_args(argv)
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     if args.label:
         label(args.only, args.retrain)
         return 0
-    print(table(score()))
+    if args.merge:
+        merged: dict[str, Any] = {}
+        for part in args.merge:
+            merged.update(json.loads(part.read_text()))
+        args.path.write_text(json.dumps(merged) + "\n")
+        return 0
+    if args.long:
+        k, n = (int(x) for x in args.shard.split("/"))
+        train_long(args.path, frozenset(args.skip), (k, n))
+        return 0
+    rows = score()
+    print(table(rows))
+    if args.path.exists():
+        print()
+        print(long_table(rows, json.loads(args.path.read_text())))
     return 0
 
 

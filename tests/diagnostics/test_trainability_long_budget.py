@@ -87,3 +87,30 @@ def test_the_docs_section_is_what_the_committed_long_runs_give():
     text = DOCS_PATH.read_text()
     section = text.split(BEGIN, 1)[1].split(END, 1)[0]
     assert section == f"\n{render(LONG_PATH)}\n"
+
+
+def test_validation_stacks_are_read_at_a_budget_like_the_benchmark():
+    # validation.json keeps run summaries (losses over B); the runs a longer budget can change
+    # are the finite ones of a non-healthy label, and the stored labels stand at 300 steps
+    from bench.trainability.validation import labels_at as validation_labels_at
+    from bench.trainability.validation import long_runs_needed
+
+    def summary(optimizer: str, lr: float, best: float, nan_step: int | None = None) -> dict:
+        return {"optimizer": optimizer, "lr": lr, "best_over_B": best, "final_over_B": best,
+                "nan_step": nan_step, "outcome": "stalled", "steps_run": 300}
+
+    entry = {"task": "teacher-vector", "baseline": 2.0,
+             "labels": {"sgd": "vanishing", "adam": "healthy"},
+             "runs": [summary("sgd", 0.01, 0.99), summary("sgd", 0.1, 1.2, nan_step=40),
+                      summary("adam", 0.001, 0.5)]}
+    assert long_runs_needed(entry) == [("sgd", 0.01)]
+    assert validation_labels_at(entry, "m", {}, 300) == entry["labels"]
+    assert validation_labels_at(entry, "m", {}, 3000) == {"sgd": None, "adam": "healthy"}
+    # the 1e-2 run's plateau ends at step 1,000 (windows of 20 steps); the 1e-1 run diverged, so
+    # at 1,000 steps the grid is a stall beside a divergence: ambiguous
+    curve = [1.98] * 50 + [1.0] * 100
+    long_run = {"lr": 0.01, "steps": 3000, "steps_run": 3000, "nan_step": None,
+                "best_loss": 1.0, "final_loss": 1.0, "curve": curve}
+    found = {b: validation_labels_at(entry, "m", {"m/sgd/0.01": long_run}, b)["sgd"]
+             for b in (1000, 3000)}
+    assert found == {1000: "ambiguous", 3000: "healthy"}
