@@ -31,9 +31,12 @@ import torch
 from bench.trainability.labelling import LABELS, label_runs, run_outcome, trained_loss
 from bench.trainability.models import BenchModel, cnn, mixer, mlp
 from bench.trainability.predictors import config_for
+from bench.trainability.score import DOCS_PATH
 
 VALIDATION_PATH = Path(__file__).with_name("validation.json")
 VALIDATION_LONG_PATH = Path(__file__).with_name("validation_long.json")
+LONG_BEGIN = "<!-- BEGIN GENERATED: validation.py --long -->"
+LONG_END = "<!-- END GENERATED: validation.py --long -->"
 
 # Round 1: seen before the threshold (20) was set. Round 2: trained after it was committed.
 ROUNDS: dict[int, tuple[BenchModel, ...]] = {
@@ -242,6 +245,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shard", default="0/1", help="K/N: every N-th model from K (--long)")
     parser.add_argument("--path", type=Path, default=VALIDATION_LONG_PATH)
     parser.add_argument("--merge", nargs="+", type=Path, help="--long shard files -> --path")
+    parser.add_argument("--docs", action="store_true",
+                        help="rewrite docs/trainability.md's table of the labels at every budget")
     args = parser.parse_args(argv)
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     if args.label:
@@ -260,8 +265,12 @@ def main(argv: list[str] | None = None) -> int:
     rows = score()
     print(table(rows))
     if args.path.exists():
-        print()
-        print(long_table(rows, json.loads(args.path.read_text())))
+        text = long_table(rows, json.loads(args.path.read_text()))
+        print(f"\n{text}")
+        if args.docs:
+            doc = DOCS_PATH.read_text()
+            start, end = doc.index(LONG_BEGIN) + len(LONG_BEGIN), doc.index(LONG_END)
+            DOCS_PATH.write_text(doc[:start] + f"\n{text}\n" + doc[end:])
     return 0
 
 

@@ -114,3 +114,28 @@ def test_validation_stacks_are_read_at_a_budget_like_the_benchmark():
     found = {b: validation_labels_at(entry, "m", {"m/sgd/0.01": long_run}, b)["sgd"]
              for b in (1000, 3000)}
     assert found == {1000: "ambiguous", 3000: "healthy"}
+
+
+def test_the_validation_labels_in_the_docs_are_what_the_committed_long_runs_give():
+    import json
+
+    from bench.trainability.validation import (
+        LONG_BEGIN,
+        LONG_END,
+        VALIDATION_LONG_PATH,
+        VALIDATION_PATH,
+    )
+    from bench.trainability.validation import labels_at as validation_labels_at
+
+    models = json.loads(VALIDATION_PATH.read_text())["models"]
+    long_runs = json.loads(VALIDATION_LONG_PATH.read_text())
+    section = DOCS_PATH.read_text().split(LONG_BEGIN, 1)[1].split(LONG_END, 1)[0]
+    rows = {line.split("|")[1].strip().strip("`"): [c.strip() for c in line.split("|")[2:4]]
+            for line in section.splitlines() if line.startswith("| `")}
+    assert set(rows) == set(models)
+    for ident, entry in models.items():
+        for column, optimizer in zip(rows[ident], ("sgd", "adam"), strict=True):
+            expected = " / ".join(
+                str(validation_labels_at(entry, ident, long_runs, budget)[optimizer] or "not run")
+                for budget in (300, 1000, 3000))
+            assert column == expected, (ident, optimizer)
