@@ -54,7 +54,7 @@ from bench.trainability.labelling import LABELS, label_runs
 from bench.trainability.long_budget import BUDGETS, LONG_STEPS, at_budget
 from bench.trainability.models import BenchModel, by_id, cnn, mlp
 from bench.trainability.predictors import config_for
-from bench.trainability.score import DOCS_PATH
+from bench.trainability.score import write_docs
 
 FORWARD_SCALE_PATH = Path(__file__).with_name("forward_scale.json")
 BEGIN = "<!-- BEGIN GENERATED: forward_scale.py -->"
@@ -177,12 +177,6 @@ def render(data: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def write_docs(text: str, path: Path) -> None:
-    doc = path.read_text()
-    start, end = doc.index(BEGIN) + len(BEGIN), doc.index(END)
-    path.write_text(doc[:start] + "\n" + text + "\n" + doc[end:])
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--screen", action="store_true", help="list the selected models")
@@ -211,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     text = render(data)
     print(text)
     if args.docs:
-        write_docs(text, DOCS_PATH)
+        write_docs(text, markers=(BEGIN, END))
     return 0
 
 

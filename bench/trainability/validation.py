@@ -28,10 +28,10 @@ from typing import Any
 
 import torch
 
-from bench.trainability.labelling import LABELS, label_runs, run_outcome, trained_loss
+from bench.trainability.labelling import LABELS, run_outcome, trained_loss
 from bench.trainability.models import BenchModel, cnn, mixer, mlp
 from bench.trainability.predictors import config_for
-from bench.trainability.score import DOCS_PATH
+from bench.trainability.score import write_docs
 
 VALIDATION_PATH = Path(__file__).with_name("validation.json")
 VALIDATION_LONG_PATH = Path(__file__).with_name("validation_long.json")
@@ -98,10 +98,23 @@ def _record(summary: dict[str, Any], baseline: float) -> dict[str, Any]:
             "best_loss": loss(summary["best_over_B"]), "final_loss": loss(summary["final_over_B"])}
 
 
+def as_benchmark_entry(entry: dict[str, Any]) -> dict[str, Any]:
+    """A validation entry in labels.json's shape (runs by optimizer, the stored budget), so
+    :mod:`bench.trainability.long_budget` reads it as it reads a benchmark model."""
+    from bench.trainability.long_budget import STORED_STEPS
+
+    runs: dict[str, list[dict[str, Any]]] = {}
+    for summary in entry["runs"]:
+        runs.setdefault(summary["optimizer"], []).append(_record(summary, entry["baseline"]))
+    return {"task": entry["task"], "baseline": entry["baseline"], "steps": STORED_STEPS,
+            "labels": entry["labels"], "runs": runs}
+
+
 def long_runs_needed(entry: dict[str, Any]) -> list[tuple[str, float]]:
-    """``(optimizer, lr)`` pairs a longer budget can change (as long_budget.runs_to_retrain)."""
-    return [(run["optimizer"], run["lr"]) for run in entry["runs"]
-            if entry["labels"][run["optimizer"]] != "healthy" and run["nan_step"] is None]
+    """``(optimizer, lr)`` pairs a longer budget can change (long_budget.runs_to_retrain)."""
+    from bench.trainability.long_budget import runs_to_retrain
+
+    return runs_to_retrain(as_benchmark_entry(entry))
 
 
 def train_long(path: Path, skip: frozenset[str], shard: tuple[int, int]) -> None:
@@ -130,26 +143,12 @@ def train_long(path: Path, skip: frozenset[str], shard: tuple[int, int]) -> None
 
 def labels_at(entry: dict[str, Any], ident: str, long_runs: dict[str, Any],
               budget: int) -> dict[str, str | None]:
-    """The model's labels at ``budget`` (None where a needed long run is missing); at the
-    stored budget or below, the stored labels (as long_budget.labels_at reads the benchmark)."""
-    from bench.trainability.long_budget import STORED_STEPS, at_budget, run_key
+    """The model's labels at ``budget`` (None where a needed long run is missing; the stored
+    labels at the stored budget or below), read exactly as long_budget.labels_at reads the
+    benchmark's."""
+    from bench.trainability import long_budget
 
-    if budget <= STORED_STEPS:
-        return dict(entry["labels"])
-    needed = set(long_runs_needed(entry))
-    out: dict[str, str | None] = {}
-    for optimizer in ("sgd", "adam"):
-        runs, missing = [], False
-        for summary in (run for run in entry["runs"] if run["optimizer"] == optimizer):
-            key = run_key(ident, optimizer, summary["lr"])
-            if (optimizer, summary["lr"]) not in needed:
-                runs.append(_record(summary, entry["baseline"]))
-            elif key in long_runs:
-                runs.append(at_budget(long_runs[key], budget))
-            else:
-                missing = True
-        out[optimizer] = None if missing else label_runs(runs, entry["baseline"], entry["task"])
-    return out
+    return long_budget.labels_at({ident: as_benchmark_entry(entry)}, long_runs, budget)[ident]
 
 
 def long_table(rows: list[dict[str, Any]], long_runs: dict[str, Any]) -> str:
@@ -268,9 +267,7 @@ def main(argv: list[str] | None = None) -> int:
         text = long_table(rows, json.loads(args.path.read_text()))
         print(f"\n{text}")
         if args.docs:
-            doc = DOCS_PATH.read_text()
-            start, end = doc.index(LONG_BEGIN) + len(LONG_BEGIN), doc.index(LONG_END)
-            DOCS_PATH.write_text(doc[:start] + f"\n{text}\n" + doc[end:])
+            write_docs(text, markers=(LONG_BEGIN, LONG_END))
     return 0
 
 
