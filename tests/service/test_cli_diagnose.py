@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from service.cli import main
-from tests.onnx_export import export_legacy
+from tests.onnx_export import export_dynamo, export_legacy
 
 GRADDOCTOR = [sys.executable, "-m", "service.cli"]
 
@@ -122,6 +122,34 @@ def test_sequence_loss_flag_judges_a_gated_cell_trained_on_its_last_step(tmp_pat
     assert report["config"]["sequence_loss"] == "last_step"
     assert [r["rule"] for r in report["verdict"]["evidence"]["rules"] if r["fired"]] == [
         "temporal_vanishing"]
+
+
+def test_a_large_output_scale_is_a_slow_start_reported_as_a_cause_not_exploding(tmp_path):
+    # torch's own Linear init scaled 30x, one hidden layer, exported with the default (dynamo)
+    # exporter: logits hundreds of times the inputs. Below forward_growth_ratio (1e3) that is a
+    # slow start (exit 0, cause large_output_scale); a user who fails builds on slow starts
+    # lowers the threshold in --config and gets exit 3 by forward_scale_exploding.
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 4))
+    with torch.no_grad():
+        for layer in (net[0], net[2]):
+            layer.weight.mul_(30.0)
+    model = tmp_path / "wide_init.onnx"
+    model.write_bytes(export_dynamo(net.eval(), (torch.randn(8, 32),), input_names=["x"]))
+    common = [str(model), "--samples", "1", "--optimizer", "adam", "--format", "json"]
+    assert main(["diagnose", *common, "--output", str(tmp_path / "default.json")]) == 0
+    report = json.loads((tmp_path / "default.json").read_text())
+    cause = next(c for c in report["causes"] if c["id"] == "large_output_scale")
+    growth = report["verdict"]["evidence"]["forward_growth"]["median"]
+    assert 10 < growth < 1e3
+    assert cause["evidence"]["exploding_above"] == 1e3
+    assert "slow start" in cause["title"]
+    strict = tmp_path / "strict.json"
+    strict.write_text(json.dumps({"thresholds": {"adam_forward_growth_ratio": 10}}))
+    assert main(["diagnose", *common, "--config", str(strict),
+                 "--output", str(tmp_path / "strict_report.json")]) == 3
+    verdict = json.loads((tmp_path / "strict_report.json").read_text())["verdict"]
+    assert verdict["summary"].startswith("Exploding (forward_scale_exploding)")
 
 
 def test_default_export_with_folded_batchnorm_exits_4_saying_how_to_reexport(tmp_path):
