@@ -95,7 +95,13 @@ def _endpoints(model: LoadedModel, layers: list[LayerReport], readouts: list[int
     if len(candidates) < 2:
         return None
     deepest = min(candidates, key=lambda i: (-layers[i].depth, i))
-    shallowest = min(candidates, key=lambda i: (layers[i].depth, -i))
+    # A layer that gets exactly no gradient while layers below it get some sits in a branch that
+    # an exact zero closes further up (timm's zero_init_last: a BatchNorm γ = 0 multiplying a
+    # squeeze-excitation gate); the signal bypasses it, so it is no endpoint. Where nothing is
+    # reached, the zeros are the finding (no_gradient, dead_layer) and the ends stay.
+    reached = [i for i in candidates if _measured(layers[i])]
+    shallowest = min(reached if len(reached) >= 2 else candidates,
+                     key=lambda i: (layers[i].depth, -i))
     if layers[deepest].depth == layers[shallowest].depth:
         return None
     return deepest, shallowest
@@ -221,9 +227,13 @@ def _flag_profile(model: LoadedModel, layers: list[LayerReport], shallow: int,
     top_norm = _measured(top)
     if not top_norm:
         return
+    # An exact zero above a layer the gradient reaches is a closed branch (see _endpoints), not
+    # a vanishing signal.
+    reached_depth = max((layer.depth for layer in layers if _measured(layer)), default=-1)
     for index, layer in enumerate(layers):
         norm = _measured(layer)
         if norm is None or layer.depth <= top.depth or not layer.output_numel or \
+                (norm == 0 and layer.depth < reached_depth) or \
                 LayerKind.PARAMETRIC not in model.layers[index].kinds or \
                 anatomy.is_table(model, index) or model.layers[index].attention_scores:
             continue

@@ -268,6 +268,69 @@ class TestClosedGate:
         assert report.verdict.evidence.closed_gate_layer is None
 
 
+class SqueezeExcitationResNet(nn.Module):
+    """timm's SE-ResNet at its own init: blocks ``relu(x + se(bn2(conv2(relu(bn1(conv1(x)))))))``
+    with ``bn2.weight = 0`` (zero_init_last) and the squeeze-excitation gate multiplying bn2's
+    output, so every layer inside a residual branch gets exactly no gradient at init."""
+
+    def __init__(self, channels: int = 16, blocks: int = 3, stem: nn.Module | None = None) -> None:
+        super().__init__()
+        self.stem = stem or nn.Sequential(nn.Conv2d(3, channels, 3, padding=1, bias=False),
+                                          nn.BatchNorm2d(channels), nn.ReLU())
+        self.branches = nn.ModuleList()
+        self.gates = nn.ModuleList()
+        for _ in range(blocks):
+            last = nn.BatchNorm2d(channels)
+            nn.init.zeros_(last.weight)
+            self.branches.append(nn.Sequential(
+                nn.Conv2d(channels, channels, 3, padding=1, bias=False), nn.BatchNorm2d(channels),
+                nn.ReLU(), nn.Conv2d(channels, channels, 3, padding=1, bias=False), last))
+            self.gates.append(nn.Sequential(
+                nn.AdaptiveAvgPool2d(1), nn.Conv2d(channels, channels // 4, 1), nn.ReLU(),
+                nn.Conv2d(channels // 4, channels, 1), nn.Sigmoid()))
+        self.head = nn.Linear(channels, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        for branch, gate in zip(self.branches, self.gates, strict=True):
+            y = branch(x)
+            x = F.relu(x + y * gate(y))
+        return self.head(x.mean(dim=(2, 3)))
+
+
+class TestClosedBranch:
+    def test_layers_behind_a_zero_init_gain_are_no_endpoint(self):
+        # The profile's top used to be the last gate's Conv, whose gradient is exactly zero:
+        # no ratio at all ("fewer than two hidden layers"), and healthy without evidence.
+        torch.manual_seed(0)
+        report = diagnose(export_legacy(SqueezeExcitationResNet().train(),
+                                        (torch.randn(8, 3, 8, 8),), do_constant_folding=False),
+                          config=QUICK)
+        evidence = report.verdict.evidence
+        assert report.verdict.status == "healthy", report.verdict.summary
+        assert evidence.backward_signal_ratio is not None, report.verdict.summary
+        assert 0.1 < evidence.backward_signal_ratio.median < 10
+        by_name = {layer.name: layer for layer in report.layers}
+        assert by_name[evidence.shallowest_layer].output_grad_norm.median > 0
+        closed = [layer for layer in report.layers if layer.output_grad_norm is not None
+                  and layer.output_grad_norm.median == 0]
+        assert closed, "the branches should get no gradient at init"
+        assert not any("vanishing" in layer.flags for layer in closed)
+
+    def test_a_vanishing_stem_below_closed_branches_is_still_vanishing(self):
+        chain: list[nn.Module] = []
+        for _ in range(8):
+            conv = nn.Conv2d(16 if chain else 3, 16, 3, padding=1)
+            nn.init.normal_(conv.weight, std=0.1 / math.sqrt(16 * 9))
+            chain += [conv, nn.Sigmoid()]
+        torch.manual_seed(0)
+        model = SqueezeExcitationResNet(stem=nn.Sequential(*chain)).train()
+        report = diagnose(export_legacy(model, (torch.randn(8, 3, 8, 8),),
+                                        do_constant_folding=False), config=QUICK)
+        assert report.verdict.status == "vanishing", report.verdict.summary
+        assert "backward_signal_vanishing" in fired(report)
+
+
 class TokenModel(nn.Module):
     """A ViT-like stem: a class token at timm's std 1e-6 prepended to projected patches (pooled
     by their mean, so every token reaches the head without an attention layer)."""
