@@ -15,6 +15,7 @@ Usage::
     .venv/bin/python scripts/vision_survey.py                      # everything (about an hour)
     .venv/bin/python scripts/vision_survey.py --models tv:resnet50,timm:cait_xxs24_224
     .venv/bin/python scripts/vision_survey.py --exporters dynamo --json survey.json
+    .venv/bin/python scripts/vision_survey.py --more --exporters dynamo,legacy_unfolded
 """
 
 from __future__ import annotations
@@ -48,6 +49,29 @@ TIMM = (
     "caformer_s18", "convformer_s18", "davit_tiny", "gcvit_xxtiny", "focalnet_tiny_srf",
     "twins_svt_small", "tnt_s_patch16_224", "coat_lite_tiny", "starnet_s1", "rdnet_tiny",
     "mambaout_femto", "swinv2_cr_tiny_ns_224", "eva02_tiny_patch14_224")
+# The fourth survey (2026-12-06): 94 more timm models, families the lists above lack.
+TIMM_MORE = (
+    "resnet18d", "seresnet18", "ecaresnet26t", "skresnet18", "res2net50_14w_8s", "resnext26ts",
+    "gernet_s", "regnetz_b16", "rexnet_100", "lcnet_050", "hardcorenas_a", "tinynet_e",
+    "mixnet_s", "fbnetc_100", "spnasnet_100", "semnasnet_050", "efficientnetv2_rw_t",
+    "tf_efficientnetv2_b0", "ghostnetv2_100", "ese_vovnet19b_dw", "selecsls42b", "cspdarknet53",
+    "cs3darknet_s", "darknet17", "dla46_c", "hrnet_w18_small_v2", "tresnet_m", "inception_v4",
+    "inception_resnet_v2", "resnetv2_50", "resnetv2_50x1_bit", "resnetrs50", "lambda_resnet26t",
+    "halonet26t", "botnet26t_256", "eca_halonext26ts", "bat_resnext26ts", "gcresnet33ts",
+    "convit_tiny", "visformer_tiny", "nest_tiny", "pvt_v2_b0", "mvitv2_tiny", "hiera_tiny_224",
+    "efficientformerv2_s0", "fastvit_sa12", "repvit_m0_9", "nextvit_small",
+    "vit_tiny_patch16_224", "vit_relpos_small_patch16_224", "vit_srelpos_small_patch16_224",
+    "flexivit_small", "vit_medium_patch16_gap_256", "eva02_small_patch14_224",
+    "swin_tiny_patch4_window7_224", "swinv2_tiny_window8_256", "swin_s3_tiny_224",
+    "maxvit_nano_rw_256", "maxxvit_rmlp_nano_rw_256", "coatnet_0_rw_224", "cait_xxs36_224",
+    "levit_conv_128s", "xcit_tiny_12_p16_224", "crossvit_9_240", "pit_xs_224",
+    "twins_pcpvt_small", "resmlp_24_224", "gmixer_12_224", "convnextv2_pico",
+    "convnext_femto_ols", "edgenext_x_small", "efficientvit_m0", "fasternet_t0",
+    "vitamin_small_224", "mobileone_s0", "mobilenetv4_hybrid_medium", "hgnet_tiny", "dm_nfnet_f0",
+    "eca_nfnet_l0", "nf_regnet_b0", "resnet10t", "seresnext26d_32x4d", "xception65", "dpn48b",
+    "inception_v3", "vgg11_bn", "vit_little_patch16_reg4_gap_256",
+    "deit_tiny_distilled_patch16_224", "tiny_vit_11m_224", "poolformerv2_s12", "rdnet_small",
+    "mambaout_kobe", "gcvit_xtiny", "focalnet_tiny_lrf",)
 EXPORTERS = ("legacy", "dynamo")
 
 # One case, run in a fresh interpreter: build, pick the first input size the model accepts,
@@ -134,12 +158,18 @@ def expected(row: dict) -> bool:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", help="comma-separated tv:NAME / timm:NAME (default: all)")
+    parser.add_argument("--more", action="store_true",
+                        help="the fourth survey's 94 timm models instead of the first lists")
     parser.add_argument("--exporters", default=",".join(EXPORTERS))
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds per case")
     parser.add_argument("--json", type=Path, help="write every row here")
     args = parser.parse_args(argv)
-    models = args.models.split(",") if args.models else \
-        [f"tv:{name}" for name in TORCHVISION] + [f"timm:{name}" for name in TIMM]
+    if args.models:
+        models = args.models.split(",")
+    elif args.more:
+        models = [f"timm:{name}" for name in TIMM_MORE]
+    else:
+        models = [f"tv:{name}" for name in TORCHVISION] + [f"timm:{name}" for name in TIMM]
     rows = []
     for exporter in args.exporters.split(","):
         for model in models:

@@ -332,6 +332,14 @@ def timm_cait() -> Exportable:
 
 
 @seeded
+def timm_seresnet() -> Exportable:
+    """timm ``seresnet18`` (224 px): every residual branch ends in a BatchNorm with γ = 0
+    (``zero_init_last``) times a squeeze-excitation gate, so no layer inside a branch gets any
+    gradient at init; the identity path carries it to the stem."""
+    return _timm("seresnet18")
+
+
+@seeded
 def convnext_hidden() -> Exportable:
     """transformers ``ConvNextModel`` (ConvNeXt-T depths, 1/4 widths, 64 px) -> last hidden state:
     a residual stream whose last branch ends in LayerScale γ = 1e-6, no final norm."""
@@ -447,6 +455,8 @@ MODELS: tuple[StandardModel, ...] = (
     StandardModel("timm_deit", "deit_tiny_distilled_patch16_224, 224 px (timm)", timm_deit,
                   "timm"),
     StandardModel("timm_cait", "cait_xxs24_224, 224 px (timm)", timm_cait, "timm"),
+    StandardModel("timm_seresnet", "seresnet18, 224 px (timm)", timm_seresnet, "timm",
+                  has_batch_norm=True),
     StandardModel("convnext_hidden", "ConvNextModel 1/4 width, last hidden state (transformers)",
                   convnext_hidden, "transformers"),
     StandardModel("marian_mt", "MarianMTModel 6+6x64, logits (transformers)", marian_mt,
