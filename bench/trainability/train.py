@@ -105,10 +105,12 @@ def train_run(model: BenchModel, task: Task, optimizer: str, lr: float, steps: i
 
 def train_module(module: torch.nn.Module, task: Task, optimizer: str, lr: float, steps: int, *,
                  stop_below: float | None = None, data_seed: int = DATA_SEED,
-                 started: float | None = None, keep_curve: bool = False) -> RunRecord:
+                 started: float | None = None, keep_curve: bool = False,
+                 clip_norm: float | None = None) -> RunRecord:
     """Train ``module`` (modified in place) as :func:`train_run` trains a benchmark model: any
     module that maps the task's batches to its outputs, e.g. a library architecture
-    (:mod:`bench.trainability.standard`)."""
+    (:mod:`bench.trainability.standard`). ``clip_norm``: clip the gradient's total norm to it
+    before each step (never for labels; :mod:`bench.trainability.clipping` tries a remedy)."""
     started = time.perf_counter() if started is None else started
     module.train()
     weights = weight_tensors(module)
@@ -132,6 +134,8 @@ def train_module(module: torch.nn.Module, task: Task, optimizer: str, lr: float,
             nan_step = step
             break
         losses.append(value)
+        if clip_norm is not None:
+            torch.nn.utils.clip_grad_norm_(params, clip_norm)
         opt.step()
         if (stop_below is not None and len(losses) % SMOOTHING == 0
                 and sum(losses[-SMOOTHING:]) / SMOOTHING <= stop_below):
