@@ -1,6 +1,7 @@
 """Are the stalls GradDoctor misses plateaus that a longer run breaks, or permanent?
 
     python -m bench.trainability.budget            # train the listed models 10x longer; print
+    python -m bench.trainability.budget --pairs mixer-gelu-d32-initdef/sgd --steps 10000
 
 Each pair listed in ``MISSES`` — a held-out model labelled ``vanishing`` under an optimizer that
 GradDoctor calls healthy — is trained again from
@@ -13,6 +14,7 @@ measure next. Results: ``budget.json`` beside this file.
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -50,19 +52,29 @@ def closest_lr(entry: dict[str, Any], optimizer: str) -> float:
     return float(closest["lr"])
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pairs", nargs="*", metavar="ID/OPTIMIZER",
+                        help="these pairs instead of MISSES")
+    parser.add_argument("--steps", type=int, help="step budget (default: 10x the label's)")
+    parser.add_argument("--lr", type=float,
+                        help="learning rate (default: the grid's closest at the stored budget)")
+    parser.add_argument("--path", type=Path, default=BUDGET_PATH,
+                        help="results file (two processes side by side need one each)")
+    args = parser.parse_args(argv)
     torch.set_num_threads(1)
     stored = load_labels(LABELS_PATH)["models"]
-    results = json.loads(BUDGET_PATH.read_text()) if BUDGET_PATH.exists() else {}
-    for ident, optimizer in MISSES:
-        key = f"{ident}/{optimizer}"
-        if key in results:
-            continue
+    results = json.loads(args.path.read_text()) if args.path.exists() else {}
+    pairs = [tuple(pair.rsplit("/", 1)) for pair in args.pairs] if args.pairs else MISSES
+    for ident, optimizer in pairs:
         entry = stored[ident]
         model = bench_model(ident, entry)
+        steps = args.steps or STEPS[model.task] * FACTOR
+        key = f"{ident}/{optimizer}" + (f"/{steps}" if args.steps else "")
+        if key in results:
+            continue
         task = make_task(model)
-        lr = closest_lr(entry, optimizer)
-        steps = STEPS[model.task] * FACTOR
+        lr = args.lr or closest_lr(entry, optimizer)
         stop = trained_loss(model.task, task.baseline)
         run = train_run(model, task, optimizer, lr, steps, stop_below=stop).to_dict()
         results[key] = {"lr": lr, "steps": steps, "label": entry["labels"][optimizer],
@@ -70,7 +82,7 @@ def main() -> int:
                         if run["best_loss"] is not None else None,
                         "trained": run_outcome(run, task.baseline, model.task) == "trained",
                         "steps_run": run["steps_run"], "nan_step": run["nan_step"]}
-        BUDGET_PATH.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
+        args.path.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
         print(key, results[key], flush=True)
     return 0
 
