@@ -185,14 +185,15 @@ def render(models: dict[str, dict[str, Any]]) -> str:
              "|---|---|---|---|---|---|---|"]
     for entry in sorted(models.values(),
                         key=lambda e: (e["task"], e["shape"][2], e["steps"], e["name"])):
-        closest = {o: _closest(entry["runs"][o], entry["baseline"]) for o in ("sgd", "adam")}
-        lrs = ("grids" if all(len(entry["runs"][o]) == len(grid) for o, grid in GRIDS)
-               else ", ".join(f"{o} {r['lr']:g}" for o in ("sgd", "adam")
-                              for r in entry["runs"][o]))
+        # An optimizer not run (a calibration run of one rate) reads "not run".
+        runs = {o: entry["runs"].get(o, []) for o in ("sgd", "adam")}
+        cells = {o: f"{entry['labels'][o]} ({_closest(runs[o], entry['baseline'])})"
+                 if runs[o] else "not run" for o in runs}
+        lrs = ("grids" if all(len(runs[o]) == len(grid) for o, grid in GRIDS)
+               else ", ".join(f"{o} {r['lr']:g}" for o in runs for r in runs[o]))
         lines.append(
             f"| {entry['name']} | {entry['task']} | {entry['shape'][2]} | {entry['steps']} ({lrs}) "
-            f"| {entry['labels']['sgd']} ({closest['sgd']}) "
-            f"| {entry['labels']['adam']} ({closest['adam']}) "
+            f"| {cells['sgd']} | {cells['adam']} "
             f"| {entry['graddoctor']['sgd']} / {entry['graddoctor']['adam']} |")
     return "\n".join(lines)
 
