@@ -71,7 +71,7 @@ TIMM_MORE = (
     "eca_nfnet_l0", "nf_regnet_b0", "resnet10t", "seresnext26d_32x4d", "xception65", "dpn48b",
     "inception_v3", "vgg11_bn", "vit_little_patch16_reg4_gap_256",
     "deit_tiny_distilled_patch16_224", "tiny_vit_11m_224", "poolformerv2_s12", "rdnet_small",
-    "mambaout_kobe", "gcvit_xtiny", "focalnet_tiny_lrf",)
+    "mambaout_kobe", "gcvit_xtiny", "focalnet_tiny_lrf")
 EXPORTERS = ("legacy", "dynamo")
 
 # One case, run in a fresh interpreter: build, pick the first input size the model accepts,

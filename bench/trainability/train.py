@@ -78,7 +78,8 @@ def weight_tensors(module: torch.nn.Module) -> list[torch.Tensor]:
 
 def train_run(model: BenchModel, task: Task, optimizer: str, lr: float, steps: int, *,
               stop_below: float | None = None, data_seed: int = DATA_SEED,
-              init_seed: int = 0, keep_curve: bool = False) -> RunRecord:
+              init_seed: int = 0, keep_curve: bool = False,
+              clip_norm: float | None = None) -> RunRecord:
     """Train ``model`` from its initial weights and record the outcome.
 
     Args:
@@ -95,12 +96,15 @@ def train_run(model: BenchModel, task: Task, optimizer: str, lr: float, steps: i
         init_seed: Seed of the initial weights (the labels use 0, the weights ``diagnose``
             probes with its default ``config.seed``).
         keep_curve: Record every window's mean loss (``RunRecord.curve``).
+        clip_norm: Clip the gradient's total norm to it before each step (see
+            :func:`train_module`).
     """
     started = time.perf_counter()
     torch.manual_seed(data_seed)
     module = build_module(model, init_seed)
     return train_module(module, task, optimizer, lr, steps, stop_below=stop_below,
-                        data_seed=data_seed, started=started, keep_curve=keep_curve)
+                        data_seed=data_seed, started=started, keep_curve=keep_curve,
+                        clip_norm=clip_norm)
 
 
 def train_module(module: torch.nn.Module, task: Task, optimizer: str, lr: float, steps: int, *,
